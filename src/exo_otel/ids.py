@@ -1,0 +1,138 @@
+"""Pure functions from Exosphere ids to trace and span ids, and the id generator that pins them."""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+
+RUN_KIND: Final = "exosphere.run"
+STATE_KIND: Final = "exosphere.state"
+_NON_UUID_PREFIX: Final = "exosphere.run-id:"
+_MASK_128: Final = (1 << 128) - 1
+
+
+def h64(kind: str, value: str) -> int:
+    """First 8 bytes of SHA-256 over ``kind:value``, big-endian; 1 where that is 0 (0 is invalid)."""
+    digest = hashlib.sha256(f"{kind}:{value}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") or 1
+
+
+def run_span_id(run_id: str) -> int:
+    """Span id of a run's root (trigger) span."""
+    return h64(RUN_KIND, run_id)
+
+
+def state_span_id(state_id: str) -> int:
+    """Span id of a state's node span."""
+    return h64(STATE_KIND, state_id)
+
+
+def _swap_0_8(raw: bytes) -> bytes:
+    # UUID4 fixes the variant bits at the top of byte 8; OpenTelemetry's ratio sampler reads
+    # the low 64 bits. Swapping bytes 0 and 8 moves the fixed bits out of the sampled half.
+    b = bytearray(raw)
+    b[0], b[8] = b[8], b[0]
+    return bytes(b)
+
+
+def trace_id_for_run(run_id: str) -> int:
+    """The trace id of a run: its UUID bytes with bytes 0 and 8 swapped.
+
+    A run id that is not a UUID maps to the first 16 bytes of SHA-256 over
+    ``"exosphere.run-id:" + run_id`` (never 0).
+    """
+    parsed = _parse_uuid(run_id)
+    if parsed is None:
+        digest = bytearray(hashlib.sha256((_NON_UUID_PREFIX + str(run_id)).encode()).digest()[:16])
+        # Byte 0 of the trace id is byte 8 of the UUID it would map back to. Clearing its top
+        # bit makes that UUID's variant non-RFC 4122, so run_id_for_trace can tell a hashed id
+        # from a real run id every time. Sampling reads the low 64 bits, which stay intact.
+        digest[0] &= 0x7F
+        return int.from_bytes(digest, "big") or 1
+    return int.from_bytes(_swap_0_8(parsed.bytes), "big") or 1
+
+
+def _parse_uuid(run_id: str) -> uuid.UUID | None:
+    # Only the canonical 8-4-4-4-12 form (any case) with the RFC 4122 variant counts as a UUID
+    # run id: it is what Exosphere issues, and the only form run_id_for_trace can give back.
+    if not isinstance(run_id, str) or len(run_id) != 36:
+        return None
+    try:
+        parsed = uuid.UUID(run_id)
+    except ValueError:
+        return None
+    if parsed.variant != uuid.RFC_4122 or str(parsed) != run_id.lower():
+        return None
+    return parsed
+
+
+def run_id_for_trace(trace_id: int | str) -> str | None:
+    """The run id whose trace this is, or None when the trace id does not come from a UUID run id.
+
+    Args:
+        trace_id: the trace id as an integer or as 32 hex digits.
+    """
+    try:
+        value = int(trace_id, 16) if isinstance(trace_id, str) else int(trace_id)
+    except ValueError:
+        return None
+    if not 0 < value <= _MASK_128:
+        return None
+    candidate = uuid.UUID(bytes=_swap_0_8(value.to_bytes(16, "big")))
+    # Hashed (non-UUID) run ids and most foreign trace ids lack the RFC 4122 variant.
+    if candidate.variant != uuid.RFC_4122:
+        return None
+    return str(candidate)
+
+
+def format_trace_id(run_id: str) -> str:
+    """The run's trace id as 32 lowercase hex digits, as Jaeger and Tempo show it."""
+    return f"{trace_id_for_run(run_id):032x}"
+
+
+_pinned: contextvars.ContextVar[tuple[int | None, int | None] | None] = contextvars.ContextVar(
+    "exo_otel_pinned_ids", default=None
+)
+
+
+@contextmanager
+def pinned_ids(trace_id: int | None = None, span_id: int | None = None) -> Iterator[None]:
+    """Within the block, a `RunIdGenerator` hands out these ids instead of random ones.
+
+    Hold it around one ``start_span`` call only: every span started inside would get them.
+    """
+    token = _pinned.set((trace_id, span_id))
+    try:
+        yield
+    finally:
+        _pinned.reset(token)
+
+
+class RunIdGenerator(IdGenerator):
+    """An IdGenerator that returns ids pinned by `pinned_ids`, and otherwise its delegate's."""
+
+    def __init__(self, delegate: IdGenerator | None = None) -> None:
+        self.delegate: IdGenerator = delegate if delegate is not None else RandomIdGenerator()
+
+    def generate_span_id(self) -> int:
+        pinned = _pinned.get()
+        if pinned is not None and pinned[1] is not None:
+            return pinned[1]
+        return self.delegate.generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        pinned = _pinned.get()
+        if pinned is not None and pinned[0] is not None:
+            return pinned[0]
+        return self.delegate.generate_trace_id()
+
+    def is_trace_id_random(self) -> bool:
+        # Run trace ids keep the UUID's random bytes at the right (W3C level 2); a pinned
+        # non-UUID id is a hash, which is uniformly distributed too.
+        return self.delegate.is_trace_id_random()
