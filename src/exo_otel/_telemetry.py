@@ -1,0 +1,25 @@
+"""What the wrappers close over: the tracer, the metric instruments, the settings and the sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import Sampler
+
+from exo_otel.config import Settings
+from exo_otel.metrics import ExosphereMetrics
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """One `instrument()` call's view of OpenTelemetry.
+
+    ``sampler`` is the SDK provider's sampler, asked by a runtime what the trigger side decided
+    for a run; None when the provider is not the SDK's (then a run's remote parent counts as sampled).
+    """
+
+    tracer: trace.Tracer
+    metrics: ExosphereMetrics
+    settings: Settings
+    sampler: Sampler | None = None

@@ -1,0 +1,152 @@
+"""The trigger side: `StateManager.trigger` as the run's root span, and client spans for graph calls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import Link, SpanKind
+
+from exo_otel import attributes as attr
+from exo_otel._spans import guard, record_failure, start_span
+from exo_otel._telemetry import Telemetry
+from exo_otel.ids import run_span_id, trace_id_for_run
+
+AsyncMethod = Callable[..., Awaitable[Any]]
+Wrapper = Callable[[AsyncMethod, Any, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
+
+def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+def _namespace(instance: Any) -> str:
+    return str(getattr(instance, "_namespace", "") or "")
+
+
+def make_trigger_wrapper(telemetry: Telemetry) -> Wrapper:
+    """Wrap ``StateManager.trigger(graph_name, inputs=None, store=None, start_delay=0)``."""
+
+    async def traced_trigger(
+        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
+        # The run id, and so the trace id, exists only once the server answers: take the start
+        # time now and create the span afterwards, backdated to it.
+        start_ns = time.time_ns()
+        caller = trace.get_current_span()
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            with guard("recording a failed trigger"):
+                _failed_trigger_span(telemetry, instance, args, kwargs, start_ns, exc)
+            raise
+        with guard("recording the trigger span"):
+            _run_root_span(telemetry, instance, args, kwargs, start_ns, caller, result)
+        return result
+
+    return traced_trigger
+
+
+def _trigger_attributes(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    graph_name = str(_argument(args, kwargs, 0, "graph_name", ""))
+    start_delay = _argument(args, kwargs, 3, "start_delay", 0)
+    attributes: dict[str, Any] = {attr.NAMESPACE: _namespace(instance), attr.GRAPH_NAME: graph_name}
+    if isinstance(start_delay, int | float):
+        attributes[attr.TRIGGER_START_DELAY_MS] = int(start_delay)
+    return attributes
+
+
+def _run_root_span(
+    telemetry: Telemetry,
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    start_ns: int,
+    caller: trace.Span,
+    result: Any,
+) -> None:
+    attributes = _trigger_attributes(instance, args, kwargs)
+    run_id = result.get("run_id") if isinstance(result, dict) else None
+    metric_attributes = {k: v for k, v in attributes.items() if k in (attr.NAMESPACE, attr.GRAPH_NAME)}
+    telemetry.metrics.triggers.add(1, metric_attributes)
+    caller_context = caller.get_span_context()
+    links = [Link(caller_context)] if caller_context.is_valid else []
+    name = f"trigger {attributes[attr.GRAPH_NAME]}"
+    if not isinstance(run_id, str) or not run_id:
+        # An answer without a run id cannot root a run trace: report it where the caller is.
+        span = start_span(telemetry.tracer, name, kind=SpanKind.PRODUCER, start_time=start_ns,
+                          attributes=attributes)
+        span.end()
+        return
+    attributes[attr.RUN_ID] = run_id
+    # An empty context makes the span a root whatever is current: the run's trace never nests
+    # inside the caller's, so its trace id is always the run id's.
+    span = start_span(
+        telemetry.tracer,
+        name,
+        kind=SpanKind.PRODUCER,
+        context=Context(),
+        trace_id=trace_id_for_run(run_id),
+        span_id=run_span_id(run_id),
+        start_time=start_ns,
+        attributes=attributes,
+        links=links,
+    )
+    if caller.is_recording():
+        caller.add_link(span.get_span_context(), {attr.RUN_ID: run_id})
+    span.end()
+
+
+def _failed_trigger_span(
+    telemetry: Telemetry,
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    start_ns: int,
+    exc: BaseException,
+) -> None:
+    attributes = _trigger_attributes(instance, args, kwargs)
+    span = start_span(
+        telemetry.tracer,
+        f"trigger {attributes[attr.GRAPH_NAME]}",
+        kind=SpanKind.PRODUCER,
+        start_time=start_ns,
+        attributes=attributes,
+    )
+    record_failure(span, exc)
+    span.end()
+
+
+def make_graph_call_wrapper(telemetry: Telemetry, operation: str) -> Wrapper:
+    """Wrap a ``StateManager`` graph call (``upsert_graph``, ``get_graph``) in a CLIENT span."""
+
+    async def traced_graph_call(
+        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
+        graph_name = str(_argument(args, kwargs, 0, "graph_name", ""))
+        span: trace.Span = trace.INVALID_SPAN
+        with guard(f"starting the {operation} span"):
+            span = telemetry.tracer.start_span(
+                f"{operation} {graph_name}",
+                kind=SpanKind.CLIENT,
+                attributes={attr.NAMESPACE: _namespace(instance), attr.GRAPH_NAME: graph_name},
+            )
+        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+            try:
+                return await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                with guard(f"recording a failed {operation}"):
+                    record_failure(span, exc)
+                raise
+
+    return traced_graph_call

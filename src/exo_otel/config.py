@@ -1,0 +1,111 @@
+"""Settings of the instrumentation: environment variables, and the frozen settings read in _instrument."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from dataclasses import dataclass
+from typing import Final
+
+_logger = logging.getLogger(__name__)
+
+OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION: Final = "OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION"
+"""How a runtime finds the run of a state it executes: ``auto`` (default), ``payload``, ``run_api``, ``none``.
+
+``auto`` uses the run context in the enqueue answer when the state manager sends it and asks the
+run APIs otherwise; ``payload`` only the former; ``run_api`` only the latter; ``none`` gives every
+state a trace of its own.
+"""
+
+OTEL_PYTHON_EXOSPHERE_CAPTURE_IO: Final = "OTEL_PYTHON_EXOSPHERE_CAPTURE_IO"
+"""``true`` records node inputs and outputs on execute spans, truncated. Default ``false``."""
+
+OTEL_PYTHON_EXOSPHERE_IO_MAX_LENGTH: Final = "OTEL_PYTHON_EXOSPHERE_IO_MAX_LENGTH"
+"""Characters kept of a recorded input or output value. Default 256."""
+
+DEFAULT_IO_MAX_LENGTH: Final = 256
+
+
+class RunAssociation(enum.StrEnum):
+    """Where a runtime looks for a state's run."""
+
+    AUTO = "auto"
+    PAYLOAD = "payload"
+    RUN_API = "run_api"
+    NONE = "none"
+
+    @property
+    def uses_payload(self) -> bool:
+        return self in (RunAssociation.AUTO, RunAssociation.PAYLOAD)
+
+    @property
+    def uses_run_api(self) -> bool:
+        return self in (RunAssociation.AUTO, RunAssociation.RUN_API)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `ExosphereInstrumentor.instrument` was told, with the environment filling the gaps."""
+
+    run_association: RunAssociation = RunAssociation.AUTO
+    capture_io: bool = False
+    io_max_length: int = DEFAULT_IO_MAX_LENGTH
+
+    @classmethod
+    def resolve(
+        cls,
+        run_association: RunAssociation | str | None = None,
+        capture_io: bool | None = None,
+        io_max_length: int | None = None,
+    ) -> Settings:
+        """Explicit arguments win; the environment fills what is None; bad values raise ValueError."""
+        if run_association is None:
+            association = _env_association()
+        else:
+            association = RunAssociation(str(run_association).strip().lower())
+        if capture_io is None:
+            capture_io = _env_bool(OTEL_PYTHON_EXOSPHERE_CAPTURE_IO, default=False)
+        if io_max_length is None:
+            io_max_length = _env_int(OTEL_PYTHON_EXOSPHERE_IO_MAX_LENGTH, DEFAULT_IO_MAX_LENGTH)
+        if io_max_length < 1:
+            raise ValueError(f"io_max_length must be at least 1, got {io_max_length}")
+        return cls(run_association=association, capture_io=capture_io, io_max_length=io_max_length)
+
+
+def _env_association() -> RunAssociation:
+    # A bad environment value must not abort the launcher's start-up: warn and use the default.
+    raw = os.environ.get(OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION, "").strip().lower()
+    if not raw:
+        return RunAssociation.AUTO
+    try:
+        return RunAssociation(raw)
+    except ValueError:
+        choices = ", ".join(member.value for member in RunAssociation)
+        _logger.warning(
+            "%s=%r is not one of %s; using auto", OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION, raw, choices
+        )
+        return RunAssociation.AUTO
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    _logger.warning("%s=%r is not a boolean; using %s", name, raw, default)
+    return default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        _logger.warning("%s=%r is not an integer; using %d", name, raw, default)
+        return default

@@ -1,0 +1,149 @@
+"""`ExosphereInstrumentor`: the patch table, and installing and removing it."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Collection
+from typing import Any, Final
+
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.sampling import Sampler
+from wrapt import wrap_function_wrapper
+
+from exo_otel._telemetry import Telemetry
+from exo_otel._trigger import make_graph_call_wrapper, make_trigger_wrapper
+from exo_otel.config import RunAssociation, Settings
+from exo_otel.ids import RunIdGenerator
+from exo_otel.metrics import ExosphereMetrics
+from exo_otel.package import _instruments
+from exo_otel.version import __version__
+
+_logger = logging.getLogger(__name__)
+
+SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
+
+WrapperFactory = Callable[[Telemetry], Callable[..., Any]]
+
+# (module, "Class.method", wrapper factory). _instrument wraps every row and _uninstrument unwraps
+# every row, so the two cannot drift. The targets are methods of a 0.0.x SDK (some private); the
+# drift test fails loudly if one disappears.
+PATCHES: Final[tuple[tuple[str, str, WrapperFactory], ...]] = (
+    ("exospherehost.statemanager", "StateManager.trigger", make_trigger_wrapper),
+    (
+        "exospherehost.statemanager",
+        "StateManager.upsert_graph",
+        lambda telemetry: make_graph_call_wrapper(telemetry, "upsert_graph"),
+    ),
+    (
+        "exospherehost.statemanager",
+        "StateManager.get_graph",
+        lambda telemetry: make_graph_call_wrapper(telemetry, "get_graph"),
+    ),
+)
+
+
+class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Traces Exosphere graph runs: one trace per run, its id derived from the run id.
+
+    Use ``ExosphereInstrumentor().instrument()``; the ``opentelemetry-instrument`` launcher loads it
+    by itself (entry point ``exospherehost``).
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def instrument(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        run_association: RunAssociation | str | None = None,
+        capture_io: bool | None = None,
+        io_max_length: int | None = None,
+        skip_dep_check: bool = False,
+        raise_exception_on_conflict: bool = False,
+    ) -> None:
+        """Install the instrumentation (a second call while installed does nothing).
+
+        Args:
+            tracer_provider: where spans go; the global provider when None.
+            meter_provider: where metrics go; the global provider when None.
+            run_association: how a runtime finds a state's run (see `exo_otel.config`); the
+                ``OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION`` variable when None, else ``auto``.
+            capture_io: record node inputs and outputs (truncated); default off.
+            io_max_length: characters kept of a recorded input or output.
+            skip_dep_check: do not check the installed exospherehost version.
+            raise_exception_on_conflict: raise instead of logging on a version conflict.
+
+        Raises:
+            ValueError: an explicit argument has a bad value.
+        """
+        # Resolve here so that a bad explicit argument raises at the caller.
+        settings = Settings.resolve(run_association, capture_io, io_max_length)
+        super().instrument(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            settings=settings,
+            skip_dep_check=skip_dep_check,
+            raise_exception_on_conflict=raise_exception_on_conflict,
+        )
+
+    def _instrument(self, **kwargs: Any) -> None:
+        tracer_provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
+        meter_provider = kwargs.get("meter_provider") or metrics.get_meter_provider()
+        settings = kwargs.get("settings")
+        if not isinstance(settings, Settings):
+            # Called by the launcher through BaseInstrumentor.instrument(**kwargs).
+            settings = Settings.resolve()
+        self._installed_generator = _install_run_id_generator(tracer_provider)
+        tracer = trace.get_tracer(__name__, __version__, tracer_provider, schema_url=SCHEMA_URL)
+        meter = metrics.get_meter(__name__, __version__, meter_provider, schema_url=SCHEMA_URL)
+        sampler = tracer_provider.sampler if isinstance(tracer_provider, SdkTracerProvider) else None
+        telemetry = Telemetry(
+            tracer=tracer,
+            metrics=ExosphereMetrics.create(meter),
+            settings=settings,
+            sampler=sampler if isinstance(sampler, Sampler) else None,
+        )
+        for module_name, attribute, factory in PATCHES:
+            wrap_function_wrapper(module_name, attribute, factory(telemetry))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        for module_name, attribute, _factory in PATCHES:
+            owner_name, _, method = attribute.rpartition(".")
+            owner = importlib.import_module(module_name)
+            for part in owner_name.split("."):
+                owner = getattr(owner, part)
+            unwrap(owner, method)
+        _remove_run_id_generator(getattr(self, "_installed_generator", None))
+        self._installed_generator = None
+
+
+def _install_run_id_generator(provider: object) -> tuple[SdkTracerProvider, RunIdGenerator] | None:
+    """Make an SDK provider's id generator a `RunIdGenerator` (before any tracer is taken from it).
+
+    Returns what to undo, or None when there is nothing to undo (not an SDK provider, or the
+    generator was a RunIdGenerator already, e.g. from ``OTEL_PYTHON_ID_GENERATOR=exosphere``).
+    """
+    if not isinstance(provider, SdkTracerProvider):
+        _logger.debug("exo_otel: %r is not an SDK TracerProvider; run ids cannot pin trace ids", provider)
+        return None
+    if isinstance(provider.id_generator, RunIdGenerator):
+        return None
+    generator = RunIdGenerator(provider.id_generator)
+    # setattr: the SDK annotates the attribute with the type of its default generator.
+    setattr(provider, "id_generator", generator)  # noqa: B010
+    return provider, generator
+
+
+def _remove_run_id_generator(installed: tuple[SdkTracerProvider, RunIdGenerator] | None) -> None:
+    if installed is None:
+        return
+    provider, generator = installed
+    current: object = provider.id_generator
+    if current is generator:
+        setattr(provider, "id_generator", generator.delegate)  # noqa: B010

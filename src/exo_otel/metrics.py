@@ -1,0 +1,64 @@
+"""The metric instruments of the trace model (names are user-facing: dashboards depend on them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from opentelemetry.metrics import Counter, Histogram, Meter, UpDownCounter
+
+TRIGGER_COUNT: Final = "exosphere.trigger.count"
+NODE_DURATION: Final = "exosphere.node.duration"
+NODE_QUEUE_WAIT: Final = "exosphere.node.queue_wait"
+NODE_EXECUTIONS: Final = "exosphere.node.executions"
+RUNTIME_INFLIGHT: Final = "exosphere.runtime.inflight"
+RUNTIME_POLL_DURATION: Final = "exosphere.runtime.poll.duration"
+
+# Seconds; node work spans milliseconds to minutes, far past the SDK's default buckets' low end.
+_DURATION_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)
+
+
+@dataclass(frozen=True)
+class ExosphereMetrics:
+    """The instruments, made once per `instrument()` from the given or global meter provider."""
+
+    triggers: Counter
+    node_duration: Histogram
+    queue_wait: Histogram
+    executions: Counter
+    inflight: UpDownCounter
+    poll_duration: Histogram
+
+    @classmethod
+    def create(cls, meter: Meter) -> ExosphereMetrics:
+        return cls(
+            triggers=meter.create_counter(
+                TRIGGER_COUNT, unit="{run}", description="Graph runs triggered."
+            ),
+            node_duration=meter.create_histogram(
+                NODE_DURATION,
+                unit="s",
+                description="Duration of one node execution attempt, by outcome.",
+                explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+            ),
+            queue_wait=meter.create_histogram(
+                NODE_QUEUE_WAIT,
+                unit="s",
+                description="Time from a state's creation to the start of its execution.",
+                explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+            ),
+            executions=meter.create_counter(
+                NODE_EXECUTIONS, unit="{execution}", description="Node execution attempts, by outcome."
+            ),
+            inflight=meter.create_up_down_counter(
+                RUNTIME_INFLIGHT, unit="{state}", description="States a runtime is executing now."
+            ),
+            poll_duration=meter.create_histogram(
+                RUNTIME_POLL_DURATION,
+                unit="s",
+                description="Duration of one poll of the state manager's queue.",
+                explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+            ),
+        )
