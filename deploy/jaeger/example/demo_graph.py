@@ -1,0 +1,52 @@
+"""The example graph: names and node wiring shared by the runtime and the trigger."""
+
+from __future__ import annotations
+
+import os
+
+from exospherehost import GraphNodeModel, RetryPolicyModel, RetryStrategyEnum, UnitesModel, UnitesStrategyEnum
+
+NAMESPACE = os.environ.get("EXOSPHERE_NAMESPACE", "exo-otel-demo")
+GRAPH_NAME = "score-batch"
+RUNTIME_NAME = "exo-otel-example"
+
+
+def graph_nodes(namespace: str = NAMESPACE) -> list[GraphNodeModel]:
+    """split fans out one state per item; score runs per item; merge waits for all of them."""
+    return [
+        GraphNodeModel(
+            node_name="SplitBatch",
+            namespace=namespace,
+            identifier="split",
+            # Defaults for the root node; a trigger's inputs override them key by key.
+            inputs={"batch_id": "batch-0", "size": "4"},
+            next_nodes=["score"],
+        ),
+        GraphNodeModel(
+            node_name="ScoreItem",
+            namespace=namespace,
+            identifier="score",
+            inputs={"item": "${{ split.outputs.item }}"},
+            next_nodes=["merge"],
+        ),
+        GraphNodeModel(
+            node_name="MergeScores",
+            namespace=namespace,
+            identifier="merge",
+            inputs={"score": "${{ score.outputs.score }}", "batch_id": "${{ split.outputs.batch_id }}"},
+            # ALL_DONE: merge also runs when some items ended errored or pruned, so every run finishes.
+            unites=UnitesModel(identifier="split", strategy=UnitesStrategyEnum.ALL_DONE),
+            next_nodes=["publish"],
+        ),
+        GraphNodeModel(
+            node_name="PublishReport",
+            namespace=namespace,
+            identifier="publish",
+            inputs={"summary": "${{ merge.outputs.summary }}"},
+        ),
+    ]
+
+
+def retry_policy() -> RetryPolicyModel:
+    """One quick retry, so a flaky ScoreItem shows both an errored and an executed attempt."""
+    return RetryPolicyModel(max_retries=1, strategy=RetryStrategyEnum.FIXED, backoff_factor=500)
