@@ -1,4 +1,4 @@
-"""RunLookup against real state managers over HTTP: right runs and parents, bounded calls and caches, failures."""
+"""RunLookup over real HTTP: right runs and parents, bounded calls and caches, quiet failures."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from exo_otel._run_lookup import RunLookup
+from exo_otel._run_lookup import RunInfo, RunLookup
 
 NAMESPACE = "lookup-ns"
 API_KEY = "lookup-key"
@@ -75,7 +80,10 @@ async def test_server_that_never_answers_times_out(serve: Callable[[Handler], Aw
         ("not json", "not json"),
         ([], []),
         ({"runs": "nope"}, {}),
-        ({"runs": [None, 3, {"run_id": 5}, {"run_id": "r1", "status": "PENDING"}]}, {"nodes": 3, "edges": []}),
+        (
+            {"runs": [None, 3, {"run_id": 5}, {"run_id": "r1", "status": "PENDING"}]},
+            {"nodes": 3, "edges": []},
+        ),
         (
             {"runs": [{"run_id": "r1", "status": "PENDING"}]},
             {"nodes": [None, {"id": 7}, {"id": "s-other"}], "edges": [None, {"source": 1}], "graph_name": 9},
@@ -103,3 +111,32 @@ async def test_error_status_gives_nothing(serve: Callable[[Handler], Awaitable[s
     lookup = RunLookup(await serve(handler), NAMESPACE, API_KEY)
     assert await lookup.resolve(["s-wanted"]) == {}
     assert lookup.calls == 1
+
+
+async def test_own_calls_make_no_client_spans(serve: Callable[[Handler], Awaitable[str]]) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        if request.path.endswith("/graph"):
+            nodes = [{"id": "s-root"}, {"id": "s-child"}]
+            return web.json_response(
+                {"graph_name": "g", "nodes": nodes, "edges": [{"source": "s-root", "target": "s-child"}]}
+            )
+        return web.json_response({"runs": [{"run_id": "r1", "graph_name": "g", "status": "PENDING"}]})
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = AioHttpClientInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        base_uri = await serve(handler)
+        async with aiohttp.ClientSession() as session, session.get(f"{base_uri}/probe"):
+            pass
+        assert len(exporter.get_finished_spans()) == 1  # the instrumentation is live
+        exporter.clear()
+        lookup = RunLookup(base_uri, NAMESPACE, API_KEY)
+        assert await lookup.resolve(["s-child"]) == {"s-child": RunInfo("r1", "g", "s-root")}
+        assert lookup.calls == 2
+        assert exporter.get_finished_spans() == ()
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
