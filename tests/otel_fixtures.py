@@ -40,7 +40,9 @@ def meter_provider(metric_reader: InMemoryMetricReader) -> Iterator[MeterProvide
 
 
 @pytest.fixture
-def instrumentor(tracer_provider: TracerProvider, meter_provider: MeterProvider) -> Iterator[ExosphereInstrumentor]:
+def instrumentor(
+    tracer_provider: TracerProvider, meter_provider: MeterProvider
+) -> Iterator[ExosphereInstrumentor]:
     instrumentor = ExosphereInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
     yield instrumentor

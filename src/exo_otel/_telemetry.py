@@ -11,7 +11,7 @@ from exo_otel.config import Settings
 from exo_otel.metrics import ExosphereMetrics
 
 
-@dataclass(frozen=True)
+@dataclass
 class Telemetry:
     """One `instrument()` call's view of OpenTelemetry.
 
@@ -23,3 +23,6 @@ class Telemetry:
     metrics: ExosphereMetrics
     settings: Settings
     sampler: Sampler | None = None
+    # Cleared by uninstrument: runtimes made while instrumented keep their traced queue, which
+    # then passes states through untouched.
+    enabled: bool = True

@@ -82,8 +82,9 @@ def _run_root_span(
     name = f"trigger {attributes[attr.GRAPH_NAME]}"
     if not isinstance(run_id, str) or not run_id:
         # An answer without a run id cannot root a run trace: report it where the caller is.
-        span = start_span(telemetry.tracer, name, kind=SpanKind.PRODUCER, start_time=start_ns,
-                          attributes=attributes)
+        span = start_span(
+            telemetry.tracer, name, kind=SpanKind.PRODUCER, start_time=start_ns, attributes=attributes
+        )
         span.end()
         return
     attributes[attr.RUN_ID] = run_id

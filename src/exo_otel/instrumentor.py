@@ -14,6 +14,14 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.sampling import Sampler
 from wrapt import wrap_function_wrapper
 
+from exo_otel._runtime import (
+    make_errored_wrapper,
+    make_executed_wrapper,
+    make_poll_wrapper,
+    make_pruned_wrapper,
+    make_requeued_wrapper,
+    make_runtime_init_wrapper,
+)
 from exo_otel._telemetry import Telemetry
 from exo_otel._trigger import make_graph_call_wrapper, make_trigger_wrapper
 from exo_otel.config import RunAssociation, Settings
@@ -43,6 +51,13 @@ PATCHES: Final[tuple[tuple[str, str, WrapperFactory], ...]] = (
         "StateManager.get_graph",
         lambda telemetry: make_graph_call_wrapper(telemetry, "get_graph"),
     ),
+    # The runtime has no hook for "a worker took a state": __init__ swaps in a traced queue.
+    ("exospherehost.runtime", "Runtime.__init__", make_runtime_init_wrapper),
+    ("exospherehost.runtime", "Runtime._enqueue_call", make_poll_wrapper),
+    ("exospherehost.runtime", "Runtime._notify_executed", make_executed_wrapper),
+    ("exospherehost.runtime", "Runtime._notify_errored", make_errored_wrapper),
+    ("exospherehost.signals", "PruneSignal.send", make_pruned_wrapper),
+    ("exospherehost.signals", "ReQueueAfterSignal.send", make_requeued_wrapper),
 )
 
 
@@ -109,10 +124,14 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             settings=settings,
             sampler=sampler if isinstance(sampler, Sampler) else None,
         )
+        self._telemetry = telemetry
         for module_name, attribute, factory in PATCHES:
             wrap_function_wrapper(module_name, attribute, factory(telemetry))
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        telemetry = getattr(self, "_telemetry", None)
+        if telemetry is not None:
+            telemetry.enabled = False
         for module_name, attribute, _factory in PATCHES:
             owner_name, _, method = attribute.rpartition(".")
             owner = importlib.import_module(module_name)

@@ -16,7 +16,22 @@ RUNTIME_POLL_DURATION: Final = "exosphere.runtime.poll.duration"
 
 # Seconds; node work spans milliseconds to minutes, far past the SDK's default buckets' low end.
 _DURATION_BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
 )
 
 
@@ -34,9 +49,7 @@ class ExosphereMetrics:
     @classmethod
     def create(cls, meter: Meter) -> ExosphereMetrics:
         return cls(
-            triggers=meter.create_counter(
-                TRIGGER_COUNT, unit="{run}", description="Graph runs triggered."
-            ),
+            triggers=meter.create_counter(TRIGGER_COUNT, unit="{run}", description="Graph runs triggered."),
             node_duration=meter.create_histogram(
                 NODE_DURATION,
                 unit="s",

@@ -1,0 +1,170 @@
+"""One state's execution in a runtime: the node and execute spans, baggage, the outcome and its metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import baggage, context, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from exo_otel import attributes as attr
+from exo_otel._spans import qualified_name, record_failure, start_span
+from exo_otel._state_context import (
+    PolledState,
+    parent_context,
+    run_is_sampled,
+    run_root_context,
+    upstream_link,
+)
+from exo_otel._telemetry import Telemetry
+from exo_otel.ids import state_span_id
+
+FINAL_OUTCOMES = frozenset({attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED, attr.OUTCOME_PRUNED})
+
+
+@dataclass
+class Execution:
+    """One attempt at one state, from the worker taking it off the queue to the task being done."""
+
+    telemetry: Telemetry
+    state: PolledState
+    namespace: str
+    runtime_name: str
+    node_span: trace.Span
+    execute_span: trace.Span
+    started_ns: int
+    token: object = None
+    outcome: str | None = None
+    error: BaseException | None = None
+    requeue_delay_ms: int | None = None
+    metric_attributes: dict[str, str] = field(default_factory=dict)
+
+    def common_attributes(self) -> dict[str, Any]:
+        state = self.state
+        attributes: dict[str, Any] = {
+            attr.NAMESPACE: self.namespace,
+            attr.NODE_NAME: state.node_name,
+            attr.NODE_IDENTIFIER: state.identifier,
+            attr.STATE_ID: state.state_id,
+        }
+        if state.run is not None:
+            attributes[attr.RUN_ID] = state.run.run_id
+            if state.run.graph_name:
+                attributes[attr.GRAPH_NAME] = state.run.graph_name
+        return attributes
+
+
+def begin(
+    telemetry: Telemetry, state: PolledState, payload: dict[str, Any], namespace: str, runtime_name: str
+) -> Execution:
+    """Start the node and execute spans of a state and make the execute span current.
+
+    The node span starts at the state's creation (backdated: its gap before the execute span is
+    the queue wait) and is ended only at the state's final outcome.
+    """
+    now = time.time_ns()
+    run = state.run
+    links = []
+    parent = None
+    if run is not None:
+        sampled = run_is_sampled(telemetry.sampler, run)
+        parent = parent_context(run_root_context(run, sampled))
+        links = upstream_link(run, sampled)
+    execution = Execution(
+        telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now
+    )
+    attributes = execution.common_attributes()
+    created = state.created_at_ns if state.created_at_ns is not None else now
+    node_span = start_span(
+        telemetry.tracer,
+        f"node {state.identifier}",
+        context=parent if parent is not None else context.Context(),
+        span_id=state_span_id(state.state_id) if state.state_id else None,
+        start_time=min(created, now),
+        attributes=attributes,
+        links=links,
+    )
+    queue_wait_ns = max(0, now - created)
+    execute_attributes = dict(attributes)
+    execute_attributes[attr.STATE_QUEUE_WAIT_MS] = queue_wait_ns / 1e6
+    execute_attributes[attr.RUNTIME_NAME] = runtime_name
+    if telemetry.settings.capture_io:
+        execute_attributes[attr.NODE_INPUTS] = _truncated(payload.get("inputs"), telemetry)
+    node_context = trace.set_span_in_context(node_span, parent)
+    execute_span = telemetry.tracer.start_span(
+        f"execute {state.node_name}",
+        context=node_context,
+        kind=SpanKind.CONSUMER,
+        attributes=execute_attributes,
+        start_time=now,
+    )
+    current = trace.set_span_in_context(execute_span, node_context)
+    for key, value in attributes.items():
+        if key in attr.BAGGAGE_KEYS:
+            current = baggage.set_baggage(key, str(value), current)
+    execution.node_span = node_span
+    execution.execute_span = execute_span
+    execution.token = context.attach(current)
+    execution.metric_attributes = {
+        key: value
+        for key, value in attributes.items()
+        if key in (attr.NAMESPACE, attr.GRAPH_NAME, attr.NODE_NAME)
+    }
+    telemetry.metrics.inflight.add(1, execution.metric_attributes)
+    telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, execution.metric_attributes)
+    return execution
+
+
+def record_outputs(execution: Execution, outputs: object) -> None:
+    """Record node outputs on the execute span, when the user opted in."""
+    if execution.telemetry.settings.capture_io and execution.execute_span.is_recording():
+        execution.execute_span.set_attribute(attr.NODE_OUTPUTS, _truncated(outputs, execution.telemetry))
+
+
+def finish(execution: Execution) -> None:
+    """End the attempt: outcome on both spans, metrics, and the node span if the outcome is final."""
+    end = time.time_ns()
+    outcome = execution.outcome or attr.OUTCOME_ERRORED
+    execute_span, node_span = execution.execute_span, execution.node_span
+    for span in (execute_span, node_span):
+        span.set_attribute(attr.STATE_OUTCOME, outcome)
+    if outcome == attr.OUTCOME_EXECUTED:
+        execute_span.set_status(Status(StatusCode.OK))
+    elif outcome == attr.OUTCOME_PRUNED:
+        execute_span.add_event(attr.EVENT_PRUNED)
+    elif outcome == attr.OUTCOME_REQUEUED:
+        delay = (
+            {}
+            if execution.requeue_delay_ms is None
+            else {attr.EVENT_REQUEUE_DELAY_MS: execution.requeue_delay_ms}
+        )
+        execute_span.add_event(attr.EVENT_REQUEUED, delay)
+    elif execution.error is not None:
+        record_failure(execute_span, execution.error)
+        node_span.set_attribute(attr.ERROR_TYPE, qualified_name(execution.error))
+        node_span.set_status(Status(StatusCode.ERROR, f"{type(execution.error).__name__}: {execution.error}"))
+    metric_attributes = {**execution.metric_attributes, attr.STATE_OUTCOME: outcome}
+    metrics = execution.telemetry.metrics
+    # Recorded while the execute span is current, so sampled runs give the histogram exemplars.
+    metrics.node_duration.record((end - execution.started_ns) / 1e9, metric_attributes)
+    metrics.executions.add(1, metric_attributes)
+    metrics.inflight.add(-1, execution.metric_attributes)
+    execute_span.end(end)
+    if outcome in FINAL_OUTCOMES:
+        node_span.end(end)
+    # A requeued state's node span is left unended, so never exported: the runtime that reports
+    # the state's final outcome emits it, and no span id is emitted twice.
+    if execution.token is not None:
+        context.detach(execution.token)  # type: ignore[arg-type]
+
+
+def _truncated(value: object, telemetry: Telemetry) -> str:
+    try:
+        text = json.dumps(value, default=str, sort_keys=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    limit = telemetry.settings.io_max_length
+    return text if len(text) <= limit else text[:limit] + "..."

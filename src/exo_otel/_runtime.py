@@ -1,0 +1,195 @@
+"""The runtime side: each state a `Runtime` polls carries its run's context through the worker queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, suppress_http_instrumentation
+
+from exo_otel import attributes as attr
+from exo_otel._execution import Execution, begin, finish, record_outputs
+from exo_otel._spans import guard
+from exo_otel._state_context import PolledState, RunInfo, run_from_payload
+from exo_otel._telemetry import Telemetry
+
+AsyncMethod = Callable[..., Awaitable[Any]]
+TRACING_ATTRIBUTE = "_exo_otel_tracing"
+
+# The execution the current worker task is in: set when a worker takes a state off the queue,
+# read by the notification wrappers, cleared when the worker marks the task done.
+_current_execution: contextvars.ContextVar[Execution | None] = contextvars.ContextVar(
+    "exo_otel_execution", default=None
+)
+
+
+class RuntimeTracing:
+    """Per-runtime bookkeeping: the states polled and not yet taken by a worker, with their runs."""
+
+    def __init__(self, telemetry: Telemetry, runtime: Any) -> None:
+        self.telemetry = telemetry
+        self.runtime = runtime
+        self.polled: dict[str, PolledState] = {}
+        self._lookup: Any = None
+
+    @property
+    def namespace(self) -> str:
+        return str(getattr(self.runtime, "_namespace", ""))
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.runtime, "_name", ""))
+
+    async def on_polled(self, answer: Any) -> None:
+        """Find the run of every state in an enqueue answer and remember it until a worker takes it."""
+        states = answer.get("states") if isinstance(answer, dict) else None
+        if not isinstance(states, list):
+            return
+        settings = self.telemetry.settings
+        runs: dict[str, RunInfo] = {}
+        unknown: list[str] = []
+        for state in states:
+            if not isinstance(state, dict) or not isinstance(state.get("state_id"), str):
+                continue
+            run = run_from_payload(state) if settings.run_association.uses_payload else None
+            if run is not None:
+                runs[state["state_id"]] = run
+            else:
+                unknown.append(state["state_id"])
+        if unknown and settings.run_association.uses_run_api:
+            runs.update(await self.lookup().resolve(unknown))
+        for state in states:
+            if isinstance(state, dict) and isinstance(state.get("state_id"), str):
+                state_id = state["state_id"]
+                self.polled[state_id] = PolledState.from_payload(state, runs.get(state_id))
+
+    def lookup(self) -> Any:
+        if self._lookup is None:
+            from exo_otel._run_lookup import RunLookup
+
+            runtime = self.runtime
+            self._lookup = RunLookup(
+                str(runtime._state_manager_uri),
+                self.namespace,
+                str(runtime._key),
+                version=str(runtime._state_manager_version),
+            )
+        return self._lookup
+
+    def on_taken(self, state: Any) -> None:
+        """A worker took ``state`` off the queue: start its spans and make them current."""
+        if not isinstance(state, dict) or not self.telemetry.enabled:
+            return
+        polled = self.polled.pop(str(state.get("state_id")), None) or PolledState.from_payload(state, None)
+        execution = begin(self.telemetry, polled, state, self.namespace, self.name)
+        _current_execution.set(execution)
+
+
+class TracedStateQueue(asyncio.Queue[Any]):
+    """The runtime's worker queue: taking a state starts its execution, marking it done ends it.
+
+    The SDK's worker awaits ``get()`` directly, so a context attached inside it stays current in
+    the worker task until ``task_done()``.
+    """
+
+    def __init__(self, maxsize: int, tracing: RuntimeTracing) -> None:
+        super().__init__(maxsize)
+        self.tracing = tracing
+
+    async def get(self) -> Any:
+        state = await super().get()
+        with guard("starting a state's spans"):
+            self.tracing.on_taken(state)
+        return state
+
+    def task_done(self) -> None:
+        execution = _current_execution.get()
+        if execution is not None:
+            _current_execution.set(None)
+            with guard("ending a state's spans"):
+                finish(execution)
+        super().task_done()
+
+
+def make_runtime_init_wrapper(telemetry: Telemetry) -> Callable[..., None]:
+    """After ``Runtime.__init__``, give the runtime a traced worker queue."""
+
+    def traced_init(
+        wrapped: Callable[..., None], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        wrapped(*args, **kwargs)
+        with guard("tracing a runtime's queue"):
+            queue = instance._state_queue
+            tracing = RuntimeTracing(telemetry, instance)
+            instance._state_queue = TracedStateQueue(queue.maxsize, tracing)
+            setattr(instance, TRACING_ATTRIBUTE, tracing)
+
+    return traced_init
+
+
+def make_poll_wrapper(telemetry: Telemetry) -> AsyncMethod:
+    """Around ``Runtime._enqueue_call``: no spans (not even HTTP ones), a poll duration, run lookup."""
+
+    async def traced_poll(
+        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        tracing = getattr(instance, TRACING_ATTRIBUTE, None)
+        if not is_instrumentation_enabled() or not isinstance(tracing, RuntimeTracing):
+            return await wrapped(*args, **kwargs)
+        started = time.perf_counter()
+        # Polling runs every poll_interval: its HTTP spans would bury the runs.
+        with suppress_http_instrumentation():
+            answer = await wrapped(*args, **kwargs)
+            with guard("recording a poll"):
+                telemetry.metrics.poll_duration.record(
+                    time.perf_counter() - started, {attr.NAMESPACE: tracing.namespace}
+                )
+                await tracing.on_polled(answer)
+        return answer
+
+    return traced_poll
+
+
+def _outcome_wrapper(outcome: str) -> Callable[[Telemetry], AsyncMethod]:
+    """Wrap a call that tells the state manager a state's outcome: remember it on the execution."""
+
+    def factory(telemetry: Telemetry) -> AsyncMethod:
+        async def traced_report(
+            wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            execution = _current_execution.get()
+            if execution is not None:
+                with guard(f"noting outcome {outcome}"):
+                    _note_outcome(execution, outcome, instance, args, kwargs)
+            return await wrapped(*args, **kwargs)
+
+        return traced_report
+
+    return factory
+
+
+def _note_outcome(
+    execution: Execution, outcome: str, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    execution.outcome = outcome
+    if outcome == attr.OUTCOME_ERRORED:
+        # The SDK reports errors from inside its `except` block: the exception is the one handled.
+        execution.error = sys.exc_info()[1]
+    elif outcome == attr.OUTCOME_REQUEUED:
+        delay = getattr(instance, "delay", None)
+        if delay is not None and hasattr(delay, "total_seconds"):
+            execution.requeue_delay_ms = int(delay.total_seconds() * 1000)
+    elif outcome == attr.OUTCOME_EXECUTED:
+        outputs = args[1] if len(args) > 1 else kwargs.get("outputs")
+        if outputs is not None and execution.telemetry.settings.capture_io:
+            record_outputs(execution, [o.model_dump() if hasattr(o, "model_dump") else o for o in outputs])
+
+
+make_executed_wrapper = _outcome_wrapper(attr.OUTCOME_EXECUTED)
+make_errored_wrapper = _outcome_wrapper(attr.OUTCOME_ERRORED)
+make_pruned_wrapper = _outcome_wrapper(attr.OUTCOME_PRUNED)
+make_requeued_wrapper = _outcome_wrapper(attr.OUTCOME_REQUEUED)

@@ -1,0 +1,109 @@
+"""What a runtime knows of one polled state: its run, its direct upstream state, and the trace context."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
+
+from exo_otel import attributes as attr
+from exo_otel.ids import run_span_id, state_span_id, trace_id_for_run
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The run a state belongs to, as far as it is known."""
+
+    run_id: str
+    graph_name: str | None = None
+    parent_state_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PolledState:
+    """A state as the enqueue answer gave it, with its run when one was found."""
+
+    state_id: str
+    node_name: str
+    identifier: str
+    created_at_ns: int | None
+    run: RunInfo | None
+
+    @classmethod
+    def from_payload(cls, state: dict[str, Any], run: RunInfo | None) -> PolledState:
+        return cls(
+            state_id=str(state.get("state_id", "")),
+            node_name=str(state.get("node_name", "")),
+            identifier=str(state.get("identifier", "")),
+            created_at_ns=parse_timestamp_ns(state.get("created_at")),
+            run=run,
+        )
+
+
+def run_from_payload(state: dict[str, Any]) -> RunInfo | None:
+    """The run context the proposed enqueue extension carries (``run_id``, ``graph_name``, ``parents``)."""
+    run_id = state.get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        return None
+    graph_name = state.get("graph_name")
+    parents = state.get("parents")
+    parent = None
+    if isinstance(parents, dict) and parents:
+        # Parents are in insertion order: the last entry is the direct parent.
+        parent = str(list(parents.values())[-1])
+    return RunInfo(run_id, graph_name if isinstance(graph_name, str) else None, parent)
+
+
+def parse_timestamp_ns(value: object) -> int | None:
+    """Epoch nanoseconds of an ISO 8601 timestamp (naive means UTC, as the state manager writes it)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1_000_000_000)
+
+
+def run_is_sampled(sampler: Sampler | None, run: RunInfo) -> bool:
+    """What the trigger side decided: the sampler's decision for the run's root span.
+
+    Exact for samplers that decide on the trace id alone (always on/off, ratio, parent-based forms).
+    """
+    if sampler is None:
+        return True
+    result = sampler.should_sample(
+        None, trace_id_for_run(run.run_id), f"trigger {run.graph_name or ''}".rstrip(), SpanKind.PRODUCER
+    )
+    return result.decision is Decision.RECORD_AND_SAMPLE
+
+
+def run_root_context(run: RunInfo, sampled: bool) -> SpanContext:
+    """The remote span context of the run's trigger span, derived from the run id alone."""
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    return SpanContext(
+        trace_id_for_run(run.run_id), run_span_id(run.run_id), is_remote=True, trace_flags=flags
+    )
+
+
+def upstream_link(run: RunInfo, sampled: bool) -> list[Link]:
+    """A link from a state's span to its direct upstream state's span, when that state is known."""
+    if run.parent_state_id is None:
+        return []
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    context = SpanContext(
+        trace_id_for_run(run.run_id), state_span_id(run.parent_state_id), is_remote=True, trace_flags=flags
+    )
+    return [Link(context, {attr.STATE_ID: run.parent_state_id})]
+
+
+def parent_context(root: SpanContext) -> Context:
+    """A context whose current span is the (remote) run root."""
+    return trace.set_span_in_context(trace.NonRecordingSpan(root))
