@@ -1,0 +1,416 @@
+"""Request bodies, checked by hand into typed records; errors come out as FastAPI would word them.
+
+The checks follow pydantic's lax mode for the field types the API uses (an int field takes ``"3"``,
+``3.0`` or ``true``; a str field takes only strings), so a client sees the same 422 answers as from
+the upstream service.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from exo_otel.embedded.errors import BodyInvalid
+from exo_otel.embedded.models import (
+    JsonDict,
+    NodeTemplate,
+    RetryPolicy,
+    RetryStrategy,
+    StoreConfig,
+    Unites,
+    UnitesStrategy,
+)
+
+Loc = tuple[str | int, ...]
+E = TypeVar("E", bound=StrEnum)
+_MISSING: Any = object()
+
+
+class _Checker:
+    """Collects validation errors while converting one body."""
+
+    def __init__(self) -> None:
+        self.errors: list[dict[str, Any]] = []
+
+    def fail(self, kind: str, loc: Loc, msg: str, value: Any, ctx: dict[str, Any] | None = None) -> None:
+        error: dict[str, Any] = {"type": kind, "loc": ["body", *loc], "msg": msg, "input": value}
+        if ctx is not None:
+            error["ctx"] = ctx
+        self.errors.append(error)
+
+    def value_error(self, loc: Loc, message: str, value: Any) -> None:
+        self.fail("value_error", loc, f"Value error, {message}", value, {"error": message})
+
+    def model(self, value: Any, loc: Loc) -> JsonDict | None:
+        if isinstance(value, dict):
+            return value
+        msg = "Input should be a valid dictionary or object to extract fields from"
+        self.fail("model_attributes_type", loc, msg, value)
+        return None
+
+    def field(self, obj: JsonDict, name: str, loc: Loc, default: Any = _MISSING) -> Any:
+        if name in obj:
+            return obj[name]
+        if default is _MISSING:
+            self.fail("missing", (*loc, name), "Field required", obj)
+        return _MISSING
+
+    def string(self, value: Any, loc: Loc) -> str | None:
+        if isinstance(value, str):
+            return value
+        self.fail("string_type", loc, "Input should be a valid string", value)
+        return None
+
+    def integer(self, value: Any, loc: Loc, gt: int | None = None, ge: int | None = None) -> int | None:
+        number: int | None = None
+        if isinstance(value, bool | int):
+            number = int(value)
+        elif isinstance(value, float):
+            if value.is_integer():
+                number = int(value)
+            else:
+                msg = "Input should be a valid integer, got a number with a fractional part"
+                self.fail("int_from_float", loc, msg, value)
+                return None
+        elif isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                msg = "Input should be a valid integer, unable to parse string as an integer"
+                self.fail("int_parsing", loc, msg, value)
+                return None
+        else:
+            self.fail("int_type", loc, "Input should be a valid integer", value)
+            return None
+        if gt is not None and number <= gt:
+            self.fail("greater_than", loc, f"Input should be greater than {gt}", value, {"gt": gt})
+            return None
+        if ge is not None and number < ge:
+            msg = f"Input should be greater than or equal to {ge}"
+            self.fail("greater_than_equal", loc, msg, value, {"ge": ge})
+            return None
+        return number
+
+    def mapping(self, value: Any, loc: Loc) -> JsonDict | None:
+        if isinstance(value, dict):
+            return value
+        self.fail("dict_type", loc, "Input should be a valid dictionary", value)
+        return None
+
+    def listing(self, value: Any, loc: Loc) -> list[Any] | None:
+        if isinstance(value, list):
+            return value
+        self.fail("list_type", loc, "Input should be a valid list", value)
+        return None
+
+    def str_map(self, value: Any, loc: Loc) -> dict[str, str] | None:
+        mapping = self.mapping(value, loc)
+        if mapping is None:
+            return None
+        before = len(self.errors)
+        result = {key: self.string(item, (*loc, key)) for key, item in mapping.items()}
+        return None if len(self.errors) > before else {k: v for k, v in result.items() if v is not None}
+
+    def str_list(self, value: Any, loc: Loc) -> list[str] | None:
+        items = self.listing(value, loc)
+        if items is None:
+            return None
+        before = len(self.errors)
+        result = [self.string(item, (*loc, index)) for index, item in enumerate(items)]
+        return None if len(self.errors) > before else [item for item in result if item is not None]
+
+    def choice(self, value: Any, loc: Loc, enum: type[E]) -> E | None:
+        for member in enum:
+            if value == member.value:
+                return member
+        names = [f"'{member.value}'" for member in enum]
+        expected = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        self.fail("enum", loc, f"Input should be {expected}", value, {"expected": expected})
+        return None
+
+    def done(self) -> None:
+        if self.errors:
+            raise BodyInvalid(self.errors)
+
+
+def decode_json(raw: bytes) -> Any:
+    """The request's JSON document, ``None`` for an empty body; 422 for text that is not JSON."""
+    if not raw.strip():
+        return _MISSING
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        position = exc.pos if isinstance(exc, json.JSONDecodeError) else 0
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "invalid encoding"
+        error = {
+            "type": "json_invalid",
+            "loc": ["body", position],
+            "msg": "JSON decode error",
+            "input": {},
+            "ctx": {"error": reason},
+        }
+        raise BodyInvalid([error]) from None
+
+
+def _root(checker: _Checker, document: Any) -> JsonDict | None:
+    if document is _MISSING:
+        checker.fail("missing", (), "Field required", None)
+        return None
+    return checker.model(document, ())
+
+
+@dataclass(frozen=True)
+class NodeRegistration:
+    name: str
+    inputs_schema: JsonDict
+    outputs_schema: JsonDict
+    secrets: list[str]
+
+
+@dataclass(frozen=True)
+class RegisterNodesBody:
+    runtime_name: str
+    nodes: list[NodeRegistration]
+
+
+def parse_register_nodes(document: Any) -> RegisterNodesBody:
+    """Body of ``PUT /nodes/``."""
+    c = _Checker()
+    body = _root(c, document)
+    c.done()
+    assert body is not None
+    runtime_name = c.string(c.field(body, "runtime_name", ()), ("runtime_name",))
+    raw_nodes = c.field(body, "nodes", ())
+    nodes: list[NodeRegistration] = []
+    items = c.listing(raw_nodes, ("nodes",)) if raw_nodes is not _MISSING else None
+    for index, item in enumerate(items or []):
+        loc: Loc = ("nodes", index)
+        node = c.model(item, loc)
+        if node is None:
+            continue
+        name = c.string(c.field(node, "name", loc), (*loc, "name"))
+        inputs = c.mapping(c.field(node, "inputs_schema", loc), (*loc, "inputs_schema"))
+        outputs = c.mapping(c.field(node, "outputs_schema", loc), (*loc, "outputs_schema"))
+        secrets = c.str_list(c.field(node, "secrets", loc), (*loc, "secrets"))
+        if name is not None and inputs is not None and outputs is not None and secrets is not None:
+            nodes.append(NodeRegistration(name, inputs, outputs, secrets))
+    c.done()
+    assert runtime_name is not None
+    return RegisterNodesBody(runtime_name, nodes)
+
+
+def _trimmed_name(c: _Checker, value: Any, loc: Loc, what: str, reserved: bool = False) -> str | None:
+    text = c.string(value, loc)
+    if text is None:
+        return None
+    if not text.strip():
+        c.value_error(loc, f"{what} must not be blank", value)
+        return None
+    if reserved and text.strip() == "store":
+        c.value_error(loc, f"{what} 'store' is reserved for store placeholders", value)
+        return None
+    return text.strip()
+
+
+def _node_template(c: _Checker, item: Any, loc: Loc) -> NodeTemplate | None:
+    node = c.model(item, loc)
+    if node is None:
+        return None
+    node_name = _trimmed_name(c, c.field(node, "node_name", loc), (*loc, "node_name"), "Node name")
+    namespace = c.string(c.field(node, "namespace", loc), (*loc, "namespace"))
+    identifier = _trimmed_name(
+        c, c.field(node, "identifier", loc), (*loc, "identifier"), "Identifier", reserved=True
+    )
+    inputs = c.mapping(c.field(node, "inputs", loc), (*loc, "inputs"))
+    next_nodes: list[str] | None = None
+    raw_next = node.get("next_nodes")
+    if raw_next is not None:
+        listed = c.str_list(raw_next, (*loc, "next_nodes"))
+        if listed is not None:
+            next_nodes = [name.strip() for name in listed]
+            if any(not name for name in next_nodes):
+                c.value_error((*loc, "next_nodes"), "next node identifiers must not be blank", raw_next)
+            elif len(set(next_nodes)) != len(next_nodes):
+                c.value_error((*loc, "next_nodes"), "next node identifiers must be unique", raw_next)
+    unites: Unites | None = None
+    raw_unites = node.get("unites")
+    if raw_unites is not None:
+        uloc: Loc = (*loc, "unites")
+        fields = c.model(raw_unites, uloc)
+        if fields is not None:
+            target = _trimmed_name(
+                c, c.field(fields, "identifier", uloc), (*uloc, "identifier"), "Identifier"
+            )
+            strategy = c.choice(fields.get("strategy", "ALL_SUCCESS"), (*uloc, "strategy"), UnitesStrategy)
+            if target is not None and strategy is not None:
+                unites = Unites(target, strategy)
+    if node_name is None or namespace is None or identifier is None or inputs is None:
+        return None
+    return NodeTemplate(node_name, namespace, identifier, inputs, next_nodes, unites)
+
+
+def _retry_policy(c: _Checker, value: Any) -> RetryPolicy | None:
+    loc: Loc = ("retry_policy",)
+    fields = c.model(value, loc)
+    if fields is None:
+        return None
+    policy = RetryPolicy()
+    max_retries = c.integer(fields.get("max_retries", 3), (*loc, "max_retries"), ge=0)
+    strategy = c.choice(fields.get("strategy", "EXPONENTIAL"), (*loc, "strategy"), RetryStrategy)
+    backoff = c.integer(fields.get("backoff_factor", 2000), (*loc, "backoff_factor"), gt=0)
+    exponent = c.integer(fields.get("exponent", 2), (*loc, "exponent"), gt=0)
+    raw_max = fields.get("max_delay")
+    max_delay = None if raw_max is None else c.integer(raw_max, (*loc, "max_delay"), gt=0)
+    if max_retries is None or strategy is None or backoff is None or exponent is None:
+        return None
+    if raw_max is not None and max_delay is None:
+        return None
+    policy.max_retries, policy.strategy, policy.backoff_factor = max_retries, strategy, backoff
+    policy.exponent, policy.max_delay = exponent, max_delay
+    return policy
+
+
+def _store_keys(c: _Checker, keys: list[str], loc: Loc, value: Any) -> list[str] | None:
+    seen: list[str] = []
+    problems: list[str] = []
+    for key in keys:
+        key = key.strip()
+        if not key:
+            problems.append("store keys must not be blank")
+        elif "." in key:
+            problems.append(f"store key '{key}' must not contain '.'")
+        elif key in seen:
+            problems.append(f"store key '{key}' is repeated")
+        else:
+            seen.append(key)
+    if problems:
+        c.value_error(loc, "; ".join(problems), value)
+        return None
+    return seen
+
+
+def _store_config(c: _Checker, value: Any) -> StoreConfig | None:
+    loc: Loc = ("store_config",)
+    fields = c.model(value, loc)
+    if fields is None:
+        return None
+    raw_required = fields.get("required_keys", [])
+    raw_defaults = fields.get("default_values", {})
+    required = c.str_list(raw_required, (*loc, "required_keys"))
+    defaults = c.str_map(raw_defaults, (*loc, "default_values"))
+    if required is not None:
+        required = _store_keys(c, required, (*loc, "required_keys"), raw_required)
+    if defaults is not None:
+        names = _store_keys(c, list(defaults), (*loc, "default_values"), raw_defaults)
+        defaults = None if names is None else {key.strip(): item for key, item in defaults.items()}
+    if required is None or defaults is None:
+        return None
+    return StoreConfig(required, defaults)
+
+
+def _triggers(c: _Checker, value: Any) -> list[JsonDict] | None:
+    items = c.listing(value, ("triggers",))
+    if items is None:
+        return None
+    result: list[JsonDict] = []
+    for index, item in enumerate(items):
+        loc: Loc = ("triggers", index)
+        fields = c.model(item, loc)
+        if fields is None:
+            continue
+        kind = c.choice(c.field(fields, "type", loc), (*loc, "type"), _TriggerType)
+        spec = c.mapping(fields.get("value", {}), (*loc, "value"))
+        if kind is None or spec is None:
+            continue
+        expression = spec.get("expression")
+        if not isinstance(expression, str) or len(expression.split()) != 5:
+            c.value_error(loc, "a CRON trigger needs a five-field cron expression", item)
+            continue
+        result.append({"type": kind.value, "value": dict(spec)})
+    return result
+
+
+class _TriggerType(StrEnum):
+    CRON = "CRON"
+
+
+@dataclass(frozen=True)
+class UpsertGraphBody:
+    secrets: dict[str, str]
+    nodes: list[NodeTemplate]
+    retry_policy: RetryPolicy
+    store_config: StoreConfig
+    triggers: list[JsonDict]
+
+
+def parse_upsert_graph(document: Any) -> UpsertGraphBody:
+    """Body of ``PUT /graph/{graph}``."""
+    c = _Checker()
+    body = _root(c, document)
+    c.done()
+    assert body is not None
+    secrets = c.str_map(c.field(body, "secrets", ()), ("secrets",))
+    raw_nodes = c.field(body, "nodes", ())
+    items = c.listing(raw_nodes, ("nodes",)) if raw_nodes is not _MISSING else None
+    nodes = [_node_template(c, item, ("nodes", index)) for index, item in enumerate(items or [])]
+    policy = _retry_policy(c, body["retry_policy"]) if "retry_policy" in body else RetryPolicy()
+    store = _store_config(c, body["store_config"]) if "store_config" in body else StoreConfig()
+    triggers = _triggers(c, body["triggers"]) if "triggers" in body else []
+    c.done()
+    assert secrets is not None and policy is not None and store is not None and triggers is not None
+    return UpsertGraphBody(secrets, [node for node in nodes if node is not None], policy, store, triggers)
+
+
+@dataclass(frozen=True)
+class TriggerBody:
+    inputs: dict[str, str]
+    store: dict[str, str]
+    start_delay: int
+
+
+def parse_trigger(document: Any) -> TriggerBody:
+    """Body of ``POST /graph/{graph}/trigger``."""
+    c = _Checker()
+    body = _root(c, document)
+    c.done()
+    assert body is not None
+    inputs = c.str_map(body.get("inputs", {}), ("inputs",))
+    store = c.str_map(body.get("store", {}), ("store",))
+    delay = c.integer(body.get("start_delay", 0), ("start_delay",), ge=0)
+    c.done()
+    assert inputs is not None and store is not None and delay is not None
+    return TriggerBody(inputs, store, delay)
+
+
+def parse_fields(document: Any, spec: dict[str, str]) -> JsonDict:
+    """A flat body of required fields; ``spec`` maps each name to ``str``, ``int``, ``int>0``,
+    ``str[]``, ``dict`` or ``dict[]``."""
+    c = _Checker()
+    body = _root(c, document)
+    c.done()
+    assert body is not None
+    result: JsonDict = {}
+    for name, kind in spec.items():
+        value = c.field(body, name, ())
+        if value is _MISSING:
+            continue
+        loc: Loc = (name,)
+        if kind == "str":
+            result[name] = c.string(value, loc)
+        elif kind == "int":
+            result[name] = c.integer(value, loc)
+        elif kind == "int>0":
+            result[name] = c.integer(value, loc, gt=0)
+        elif kind == "str[]":
+            result[name] = c.str_list(value, loc)
+        elif kind == "dict":
+            result[name] = c.mapping(value, loc)
+        elif kind == "dict[]":
+            items = c.listing(value, loc)
+            result[name] = [c.mapping(item, (name, i)) for i, item in enumerate(items or [])]
+        else:  # pragma: no cover - a programming error in the caller
+            raise ValueError(f"unknown field kind {kind}")
+    c.done()
+    return result

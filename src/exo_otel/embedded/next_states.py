@@ -1,0 +1,179 @@
+"""Creation of the states that follow executed ones, including uniting nodes."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from exo_otel.embedded.models import (
+    PENDING_STATUSES,
+    GraphTemplate,
+    NodeTemplate,
+    State,
+    StateStatus,
+    UnitesStrategy,
+    ValidationStatus,
+    new_object_id,
+)
+from exo_otel.embedded.store import Database
+from exo_otel.embedded.templates import Placeholder, parse
+
+logger = logging.getLogger(__name__)
+
+# Statuses that let an ALL_SUCCESS uniting node go ahead: a retried state counts through its retry.
+_ALL_SUCCESS_DONE = frozenset({StateStatus.SUCCESS, StateStatus.RETRY_CREATED})
+
+
+class _Creation:
+    """One round of next-state creation for the states one ``executed`` call left behind."""
+
+    def __init__(
+        self, db: Database, graph: GraphTemplate, identifier: str, parents: dict[str, State]
+    ) -> None:
+        self.db = db
+        self.graph = graph
+        self.identifier = identifier
+        self.parents = parents
+
+    def input_fields(self, template: NodeTemplate) -> list[str]:
+        registered = self.db.nodes.get((template.namespace, template.node_name))
+        if registered is None:
+            raise ValueError(f"Node {template.node_name} in namespace {template.namespace} is not registered")
+        return registered.input_fields()
+
+    def check_dependencies(self, template: NodeTemplate, fields: list[str]) -> None:
+        for field in fields:
+            if field not in template.inputs:
+                raise ValueError(f"Input {field} of node {template.identifier} has no template")
+            for placeholder in parse(str(template.inputs[field])).placeholders:
+                if placeholder.is_store or placeholder.source == self.identifier:
+                    continue
+                parent = self.parents.get(placeholder.source)
+                if parent is None:
+                    raise KeyError(f"{placeholder.source} is not among the parents of {template.identifier}")
+                if placeholder.field not in parent.outputs:
+                    raise KeyError(f"Output {placeholder.field} missing on {placeholder.source}")
+
+    def store_value(self, run_id: str, key: str) -> str:
+        run = self.db.runs.get(run_id)
+        if run is not None and key in run.store:
+            return run.store[key]
+        if key in self.graph.store_config.default_values:
+            return self.graph.store_config.default_values[key]
+        raise ValueError(f"Store key {key} has no value in run {run_id} and no default")
+
+    def new_state(self, template: NodeTemplate, fields: list[str], current: State) -> State:
+        def lookup(placeholder: Placeholder) -> str:
+            if placeholder.is_store:
+                return self.store_value(current.run_id, placeholder.field)
+            source = current if placeholder.source == current.identifier else self.parents[placeholder.source]
+            if placeholder.field not in source.outputs:
+                raise KeyError(f"Output {placeholder.field} missing on {placeholder.source}")
+            value: str = source.outputs[placeholder.field]
+            return value
+
+        inputs = {field: parse(str(template.inputs[field])).render(lookup) for field in fields}
+        return State(
+            id=new_object_id(), node_name=template.node_name, namespace=template.namespace,
+            identifier=template.identifier, graph_name=current.graph_name, run_id=current.run_id,
+            status=StateStatus.CREATED, inputs=inputs,
+            parents={**current.parents, current.identifier: current.id},
+            does_unites=template.unites is not None,
+        )
+
+    def unites_satisfied(self, template: NodeTemplate, parent_ids: dict[str, str]) -> bool:
+        assert template.unites is not None
+        united_id = parent_ids.get(template.unites.identifier)
+        if united_id is None:
+            raise ValueError(f"United node {template.unites.identifier} is not among the parents")
+        for state in self.db.states.values():
+            if state.parents.get(template.unites.identifier) != united_id:
+                continue
+            if state.namespace != self.graph.namespace or state.graph_name != self.graph.name:
+                continue
+            strategy = template.unites.strategy
+            if strategy == UnitesStrategy.ALL_SUCCESS and state.status not in _ALL_SUCCESS_DONE:
+                return False
+            if strategy == UnitesStrategy.ALL_DONE and state.status in PENDING_STATUSES:
+                return False
+        return True
+
+
+def _unites_key(state: State) -> tuple[str, ...]:
+    return (state.run_id, state.namespace, state.identifier, str(state.retry_count),
+            json.dumps(state.parents, sort_keys=True))
+
+
+def create_next_states(
+    db: Database, state_ids: list[str], identifier: str, namespace: str, graph_name: str,
+    parent_ids: dict[str, str],
+) -> None:
+    """Create the next states of ``state_ids`` (EXECUTED states of node ``identifier``), mark them
+    SUCCESS, then create any uniting node whose wait is over. On failure the states are marked
+    NEXT_CREATED_ERROR with the reason.
+    """
+    with db.lock:
+        try:
+            _create(db, state_ids, identifier, namespace, graph_name, parent_ids)
+        except Exception as exc:  # any failure ends in NEXT_CREATED_ERROR, never in a stuck state
+            reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            logger.debug("next states of %s not created: %s", state_ids, reason)
+            for state_id in state_ids:
+                state = db.states.get(state_id)
+                if state is not None:
+                    state.error = reason
+                    state.set_status(StateStatus.NEXT_CREATED_ERROR)
+
+
+def _mark_success(db: Database, state_ids: list[str]) -> None:
+    for state_id in state_ids:
+        db.states[state_id].set_status(StateStatus.SUCCESS)
+
+
+def _create(
+    db: Database, state_ids: list[str], identifier: str, namespace: str, graph_name: str,
+    parent_ids: dict[str, str],
+) -> None:
+    if not state_ids:
+        raise ValueError("no states to continue from")
+    graph = db.graphs.get((namespace, graph_name))
+    if graph is None or graph.validation_status != ValidationStatus.VALID:
+        raise ValueError(f"Graph {graph_name} in namespace {namespace} is missing or not valid")
+    template = graph.node(identifier)
+    if template is None:
+        raise ValueError(f"Graph {graph_name} has no node {identifier}")
+    if not template.next_nodes:
+        _mark_success(db, state_ids)
+        return
+    parents = {db.states[pid].identifier: db.states[pid] for pid in parent_ids.values() if pid in db.states}
+    creation = _Creation(db, graph, identifier, parents)
+    current = [db.states[state_id] for state_id in state_ids]
+    created: list[State] = []
+    uniting: list[NodeTemplate] = []
+    for next_identifier in template.next_nodes:
+        next_template = graph.node(next_identifier)
+        if next_template is None:
+            raise ValueError(f"Graph {graph_name} has no node {next_identifier}")
+        if next_template.unites is not None:
+            uniting.append(next_template)
+            continue
+        fields = creation.input_fields(next_template)
+        creation.check_dependencies(next_template, fields)
+        created.extend(creation.new_state(next_template, fields, state) for state in current)
+    for state in created:
+        db.add_state(state)
+    _mark_success(db, state_ids)
+
+    for next_template in uniting:
+        if not creation.unites_satisfied(next_template, parent_ids):
+            continue
+        fields = creation.input_fields(next_template)
+        creation.check_dependencies(next_template, fields)
+        assert next_template.unites is not None
+        united = parents[next_template.unites.identifier]
+        state = creation.new_state(next_template, fields, united)
+        key = _unites_key(state)
+        if key in db.unites_keys:
+            continue  # another branch already completed the wait
+        db.unites_keys.add(key)
+        db.add_state(state)

@@ -1,0 +1,171 @@
+"""EmbeddedStateManager: the in-memory state manager on a real socket, in a loop or in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from types import TracebackType
+
+from aiohttp import web
+
+from exo_otel.embedded.app import Api, build_app
+from exo_otel.embedded.models import RunStatus
+from exo_otel.embedded.store import Database, StateView
+
+
+class EmbeddedStateManager:
+    """An in-memory Exosphere state manager speaking the upstream HTTP API.
+
+    Use it from async code as ``async with EmbeddedStateManager() as sm:``, or from synchronous
+    code as ``with EmbeddedStateManager() as sm:`` (or ``start_in_thread()`` / ``stop()``), which
+    serves from a daemon thread with its own event loop. Either way ``sm.uri`` and ``sm.api_key``
+    are what an exospherehost ``StateManager`` or ``Runtime`` needs.
+
+    Args:
+        api_key: The key clients must send as ``x-api-key``; a random one when None.
+        host: Interface to bind.
+        port: Port to bind; 0 picks a free one.
+        expose_run_context: Add ``run_id``, ``graph_name`` and ``parents`` to each enqueued state
+            (the extension exo_otel proposes); without it the answer has exactly the upstream fields.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        expose_run_context: bool = False,
+    ) -> None:
+        self.api_key = api_key if api_key is not None else secrets.token_urlsafe(24)
+        self.host = host
+        self.expose_run_context = expose_run_context
+        self._requested_port = port
+        self._port: int | None = None
+        self._db = Database()
+        self._api = Api(self._db, self.api_key, expose_run_context)
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the state manager is not running")
+        return self._port
+
+    @property
+    def uri(self) -> str:
+        """Base URI to give the SDK, e.g. ``http://127.0.0.1:41234``."""
+        return f"http://{self.host}:{self.port}"
+
+    # Serving from the caller's event loop.
+
+    async def start(self) -> None:
+        """Bind and start serving on the running event loop."""
+        if self._runner is not None:
+            raise RuntimeError("the state manager is already running")
+        runner = web.AppRunner(build_app(self._api), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self._requested_port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        address = runner.addresses[0]
+        self._port = int(address[1])
+
+    async def aclose(self) -> None:
+        """Finish background jobs, stop serving and release the port."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        await self._api.drain()
+        await runner.cleanup()
+        self._port = None
+
+    async def __aenter__(self) -> EmbeddedStateManager:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # Serving from a thread of its own, for synchronous callers.
+
+    def start_in_thread(self, timeout: float = 10.0) -> None:
+        """Serve from a daemon thread running its own event loop; returns once the port is bound."""
+        if self._thread is not None or self._runner is not None:
+            raise RuntimeError("the state manager is already running")
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(self.aclose())
+                loop.close()
+
+        thread = threading.Thread(target=serve, name="exo-otel-state-manager", daemon=True)
+        thread.start()
+        if not ready.wait(timeout):
+            raise TimeoutError("the embedded state manager did not start in time")
+        if failure:
+            thread.join()
+            raise failure[0]
+        self._thread, self._thread_loop = thread, loop
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop a state manager started with :meth:`start_in_thread`."""
+        thread, loop = self._thread, self._thread_loop
+        if thread is None or loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        self._thread = self._thread_loop = None
+
+    def __enter__(self) -> EmbeddedStateManager:
+        self.start_in_thread()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # Read-only inspection: copies of the records, safe from any thread.
+
+    def states(self, run_id: str | None = None) -> list[StateView]:
+        """Copies of the states (of one run, or all), in creation order, each with its history."""
+        return self._db.state_views(run_id)
+
+    def state(self, state_id: str) -> StateView | None:
+        """A copy of one state, or None."""
+        return self._db.state_view(state_id)
+
+    def run_ids(self) -> list[str]:
+        """Ids of all runs, oldest first."""
+        return self._db.run_ids()
+
+    def run_status(self, run_id: str) -> RunStatus | None:
+        """SUCCESS, PENDING or FAILED for a known run; None for an unknown one."""
+        return self._db.run_status_of(run_id)
+
+    def graph(self, namespace: str, name: str) -> dict[str, object] | None:
+        """The graph template as ``GET /graph/{name}`` answers it, or None."""
+        return self._db.graph_json(namespace, name)

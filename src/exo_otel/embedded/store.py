@@ -1,0 +1,137 @@
+"""The in-memory database: records by key, one lock, and read-only copies for inspection."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from exo_otel.embedded.models import (
+    FAILED_STATUSES,
+    PENDING_STATUSES,
+    GraphTemplate,
+    JsonDict,
+    RegisteredNode,
+    Run,
+    RunStatus,
+    State,
+    StateStatus,
+    StatusChange,
+)
+
+
+@dataclass(frozen=True)
+class StateView:
+    """A copy of a state record, taken under the lock; changing it changes nothing on the server."""
+
+    id: str
+    node_name: str
+    namespace: str
+    identifier: str
+    graph_name: str
+    run_id: str
+    status: StateStatus
+    inputs: JsonDict
+    outputs: JsonDict
+    data: JsonDict
+    error: str | None
+    parents: dict[str, str]
+    does_unites: bool
+    enqueue_after: int
+    retry_count: int
+    fanout_id: str
+    created_at: datetime
+    updated_at: datetime
+    history: tuple[StatusChange, ...]
+
+    @property
+    def statuses(self) -> list[StateStatus]:
+        """The statuses the state went through, in order."""
+        return [change.status for change in self.history]
+
+    @classmethod
+    def of(cls, state: State) -> StateView:
+        return cls(
+            id=state.id,
+            node_name=state.node_name,
+            namespace=state.namespace,
+            identifier=state.identifier,
+            graph_name=state.graph_name,
+            run_id=state.run_id,
+            status=state.status,
+            inputs=copy.deepcopy(state.inputs),
+            outputs=copy.deepcopy(state.outputs),
+            data=copy.deepcopy(state.data),
+            error=state.error,
+            parents=dict(state.parents),
+            does_unites=state.does_unites,
+            enqueue_after=state.enqueue_after,
+            retry_count=state.retry_count,
+            fanout_id=state.fanout_id,
+            created_at=state.created_at,
+            updated_at=state.updated_at,
+            history=tuple(state.history),
+        )
+
+
+def run_status(states: list[State]) -> RunStatus:
+    """FAILED when a state failed for good, else PENDING while one is still to run, else SUCCESS."""
+    if any(state.status in FAILED_STATUSES for state in states):
+        return RunStatus.FAILED
+    if any(state.status in PENDING_STATUSES for state in states):
+        return RunStatus.PENDING
+    return RunStatus.SUCCESS
+
+
+class Database:
+    """All records of one embedded state manager.
+
+    Every read and write happens under ``lock``: request handlers run on the server's event loop,
+    while tests and synchronous callers inspect from other threads. No code awaits while holding it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.nodes: dict[tuple[str, str], RegisteredNode] = {}
+        self.graphs: dict[tuple[str, str], GraphTemplate] = {}
+        self.states: dict[str, State] = {}
+        self.runs: dict[str, Run] = {}
+        # Keys of uniting states already created: a uniting node is created at most once per lineage.
+        self.unites_keys: set[tuple[str, ...]] = set()
+
+    def add_state(self, state: State) -> None:
+        self.states[state.id] = state
+
+    def states_of_run(self, run_id: str) -> list[State]:
+        return [state for state in self.states.values() if state.run_id == run_id]
+
+    # Read-only inspection, for tests and tools. Each call returns fresh copies.
+
+    def state_views(self, run_id: str | None = None) -> list[StateView]:
+        with self.lock:
+            return [
+                StateView.of(state)
+                for state in self.states.values()
+                if run_id is None or state.run_id == run_id
+            ]
+
+    def state_view(self, state_id: str) -> StateView | None:
+        with self.lock:
+            state = self.states.get(state_id)
+            return None if state is None else StateView.of(state)
+
+    def run_ids(self) -> list[str]:
+        with self.lock:
+            return list(self.runs)
+
+    def run_status_of(self, run_id: str) -> RunStatus | None:
+        with self.lock:
+            if run_id not in self.runs:
+                return None
+            return run_status(self.states_of_run(run_id))
+
+    def graph_json(self, namespace: str, name: str) -> JsonDict | None:
+        with self.lock:
+            graph = self.graphs.get((namespace, name))
+            return None if graph is None else graph.to_json()
