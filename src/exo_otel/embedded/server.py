@@ -158,6 +158,10 @@ class EmbeddedStateManager:
         """A copy of one state, or None."""
         return self._db.state_view(state_id)
 
+    def registered_nodes(self, namespace: str) -> set[str]:
+        """Names of the nodes registered in ``namespace``."""
+        return self._db.node_names(namespace)
+
     def run_ids(self) -> list[str]:
         """Ids of all runs, oldest first."""
         return self._db.run_ids()

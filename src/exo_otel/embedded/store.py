@@ -121,6 +121,10 @@ class Database:
             state = self.states.get(state_id)
             return None if state is None else StateView.of(state)
 
+    def node_names(self, namespace: str) -> set[str]:
+        with self.lock:
+            return {name for ns, name in self.nodes if ns == namespace}
+
     def run_ids(self) -> list[str]:
         with self.lock:
             return list(self.runs)
