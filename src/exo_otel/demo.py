@@ -17,7 +17,7 @@ GRAPH = "demo"
 TIMEOUT_S = 30.0
 
 
-class Greet(BaseNode):
+class Greet(BaseNode):  # type: ignore[misc]  # exospherehost ships no type information
     class Inputs(BaseModel):
         name: str
 
@@ -28,7 +28,7 @@ class Greet(BaseNode):
         return self.Outputs(greeting=f"hello {self.inputs.name}")
 
 
-class Shout(BaseNode):
+class Shout(BaseNode):  # type: ignore[misc]  # exospherehost ships no type information
     class Inputs(BaseModel):
         text: str
 
@@ -39,7 +39,7 @@ class Shout(BaseNode):
         return [self.Outputs(loud=self.inputs.text.upper()), self.Outputs(loud=self.inputs.text.title())]
 
 
-class Echo(BaseNode):
+class Echo(BaseNode):  # type: ignore[misc]  # exospherehost ships no type information
     class Inputs(BaseModel):
         text: str
 
