@@ -33,8 +33,9 @@ def graph_nodes(namespace: str = NAMESPACE) -> list[GraphNodeModel]:
             node_name="MergeScores",
             namespace=namespace,
             identifier="merge",
-            inputs={"score": "${{ score.outputs.score }}", "batch_id": "${{ split.outputs.batch_id }}"},
-            # ALL_DONE: merge also runs when some items ended errored or pruned, so every run finishes.
+            # A unites node reads outputs of the node it unites (or that node's ancestors), not of the
+            # branches. ALL_DONE: merge also runs when items ended errored or pruned.
+            inputs={"batch_id": "${{ split.outputs.batch_id }}"},
             unites=UnitesModel(identifier="split", strategy=UnitesStrategyEnum.ALL_DONE),
             next_nodes=["publish"],
         ),

@@ -56,7 +56,6 @@ class MergeScores(BaseNode):
     """Unites node: runs once every ScoreItem of the run is done."""
 
     class Inputs(BaseModel):
-        score: str
         batch_id: str
 
     class Outputs(BaseModel):
@@ -64,7 +63,7 @@ class MergeScores(BaseNode):
 
     async def execute(self) -> BaseNode.Outputs:
         await asyncio.sleep(random.uniform(0.02, 0.1))
-        return self.Outputs(summary=f"{self.inputs.batch_id}: last score {self.inputs.score}")
+        return self.Outputs(summary=f"{self.inputs.batch_id}: all items done")
 
 
 class PublishReport(BaseNode):
