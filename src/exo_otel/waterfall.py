@@ -1,0 +1,55 @@
+"""A terminal waterfall of one trace: indented spans with bars on a shared time axis, errors marked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
+
+BAR: Final = "█"
+ERROR_MARK: Final = "✗"
+
+
+def render_waterfall(spans: Sequence[ReadableSpan], width: int = 40, label_width: int = 34) -> str:
+    """The trace as text: one line per span, children under parents in start order.
+
+    Spans whose parent is not among ``spans`` are shown at the top level.
+    """
+    finished = [s for s in spans if s.start_time is not None and s.end_time is not None]
+    if not finished:
+        return "(no spans)"
+    origin = min(s.start_time or 0 for s in finished)
+    total = max(max(s.end_time or 0 for s in finished) - origin, 1)
+    ids = {s.context.span_id for s in finished if s.context is not None}
+    children: dict[int | None, list[ReadableSpan]] = {}
+    for span in finished:
+        parent = span.parent.span_id if span.parent is not None else None
+        children.setdefault(parent if parent in ids else None, []).append(span)
+    lines = [f"{'span':<{label_width}} {'0':<{width // 2}}{_ms(total):>{width - width // 2}}  duration"]
+
+    def walk(parent: int | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=lambda s: (s.start_time or 0, s.name)):
+            start = (span.start_time or 0) - origin
+            end = (span.end_time or 0) - origin
+            first = min(int(start * width / total), width - 1)
+            last = max(first + 1, round(end * width / total))
+            bar = " " * first + BAR * (last - first)
+            failed = span.status.status_code is StatusCode.ERROR
+            mark = (
+                f" {ERROR_MARK} {span.attributes.get('error.type', 'error')}"
+                if failed and span.attributes
+                else ""
+            )
+            label = ("  " * depth + span.name)[:label_width]
+            lines.append(f"{label:<{label_width}} |{bar:<{width}}| {_ms(end - start):>9}{mark}")
+            if span.context is not None:
+                walk(span.context.span_id, depth + 1)
+
+    walk(None, 0)
+    return "\n".join(lines)
+
+
+def _ms(nanoseconds: int) -> str:
+    return f"{nanoseconds / 1e6:.1f} ms"
