@@ -1,1 +1,1 @@
-pytest_plugins = ["sm_fixtures"]
+pytest_plugins = ["sm_fixtures", "otel_fixtures"]
