@@ -124,7 +124,7 @@ class RunLookup:
                 # Runs seen growing earlier that have left the first page may still be creating states.
                 listed = {run_id for run_id, _ in runs}
                 candidates.extend(
-                    rid for rid, run in reversed(self._runs.items()) if not run.finished and rid not in listed
+                    rid for rid, run in reversed(self._runs.items()) if not run.settled and rid not in listed
                 )
             for run_id in candidates:
                 if not missing or budget == 0:
@@ -186,10 +186,14 @@ class RunLookup:
                 found[state_id] = info
             self._states[state_id] = info
             self._states.move_to_end(state_id)
-        while len(self._states) > self._max_states:
-            self._states.popitem(last=False)
         run.indexed_count = len(nodes)
         run.finished = run.settled
+        while len(self._states) > self._max_states:
+            _, evicted = self._states.popitem(last=False)
+            # The run's index is incomplete now: its graph must be fetched again to find that state.
+            stale = self._runs.get(evicted.run_id)
+            if stale is not None:
+                stale.indexed_count, stale.finished = -1, False
 
     async def _get(self, session: aiohttp.ClientSession, path: str) -> Any:
         """The JSON body of ``GET path``; None for an error answer; _TransportError when unreachable."""
