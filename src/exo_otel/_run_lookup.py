@@ -65,14 +65,18 @@ class RunLookup:
         max_cached_states: int = DEFAULT_MAX_CACHED_STATES,
         max_cached_runs: int = DEFAULT_MAX_CACHED_RUNS,
     ) -> None:
-        """Args:
-        base_uri: the state manager, e.g. ``http://127.0.0.1:8000`` (what the SDK is given).
-        namespace: the namespace whose runs are searched.
-        api_key: sent as ``x-api-key``.
-        max_calls_per_poll: HTTP calls one `resolve` may make at most.
-        page_size: runs asked for per page, newest first.
-        timeout_s: total time allowed per HTTP call.
-        max_cached_states, max_cached_runs: LRU bounds of the caches.
+        """Set up an empty lookup; nothing is fetched until `resolve` meets an unknown state.
+
+        Args:
+            base_uri: the state manager, e.g. ``http://127.0.0.1:8000`` (what the SDK is given).
+            namespace: the namespace whose runs are searched.
+            api_key: sent as ``x-api-key``.
+            version: the API version in the path, as the SDK's ``state_manage_version``.
+            max_calls_per_poll: HTTP calls one `resolve` may make at most.
+            page_size: runs asked for per page, newest first.
+            timeout_s: total time allowed per HTTP call.
+            max_cached_states: states remembered, least recently used evicted first.
+            max_cached_runs: runs remembered, least recently used evicted first.
         """
         self._prefix = f"{base_uri.rstrip('/')}/{version}/namespace/{namespace}"
         self._headers = {"x-api-key": api_key}
@@ -142,6 +146,7 @@ class RunLookup:
         run.graph_name = _text(item, "graph_name") or run.graph_name
         if run.finished:
             return False
+        # The count, not the status: a run with an errored state may report FAILED while others still run.
         if "pending_count" in item:
             run.settled = run.settled or item["pending_count"] == 0
         else:
