@@ -1,96 +1,341 @@
-"""A small demo: a three-node graph run by the real exospherehost SDK on the embedded state manager."""
+"""`exo-otel demo`: run the demo graph, instrumented, on the embedded state manager; print each run's trace.
+
+Everything runs in this process: the embedded state manager, an exospherehost Runtime and the
+trigger side. Spans are kept in memory for the terminal waterfall; with ``OTEL_EXPORTER_OTLP_ENDPOINT``
+set they (and the metrics) are also exported over OTLP, and with ``OTEL_METRICS_EXPORTER=prometheus``
+the metrics are served for a Prometheus scraper.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
+import threading
 import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+from wsgiref.simple_server import WSGIServer
 
-from exospherehost import BaseNode, GraphNodeModel, Runtime, StateManager, StoreConfigModel
-from pydantic import BaseModel
+from exospherehost import Runtime, StateManager
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from exo_otel.demo_graph import (
+    FAILURE_TEXT,
+    GRAPH_NAME,
+    ITEMS_PER_RUN,
+    NAMESPACE,
+    NODES,
+    RETRY_POLICY,
+    ScoringError,
+    graph_nodes,
+)
 from exo_otel.embedded import EmbeddedStateManager
+from exo_otel.ids import RunIdGenerator, run_span_id, state_span_id, trace_id_for_run
+from exo_otel.instrumentor import ExosphereInstrumentor
+from exo_otel.links import run_links
+from exo_otel.waterfall import render_waterfall
 
-NAMESPACE = "exo-otel-demo"
-GRAPH = "demo"
-TIMEOUT_S = 30.0
+RUNTIME_NAME: Final = "exo-otel-demo"
+POLL_INTERVAL_S: Final = 0.05
+DEFAULT_RUNS: Final = 3
+DEFAULT_TIMEOUT_S: Final = 30.0
+"""Bound on each wait (registration, the runs, their spans): the demo never hangs."""
 
-
-class Greet(BaseNode):  # type: ignore[misc]  # exospherehost ships no type information
-    class Inputs(BaseModel):
-        name: str
-
-    class Outputs(BaseModel):
-        greeting: str
-
-    async def execute(self) -> BaseNode.Outputs:
-        return self.Outputs(greeting=f"hello {self.inputs.name}")
-
-
-class Shout(BaseNode):  # type: ignore[misc]  # exospherehost ships no type information
-    class Inputs(BaseModel):
-        text: str
-
-    class Outputs(BaseModel):
-        loud: str
-
-    async def execute(self) -> list[BaseNode.Outputs]:
-        return [self.Outputs(loud=self.inputs.text.upper()), self.Outputs(loud=self.inputs.text.title())]
+OTLP_PROTOCOLS: Final = ("grpc", "http/protobuf")
+PROMETHEUS_HOST_DEFAULT: Final = "127.0.0.1"
+"""Loopback unless ``OTEL_EXPORTER_PROMETHEUS_HOST`` says otherwise: the demo serves no one else."""
+PROMETHEUS_PORT_DEFAULT: Final = 9464
 
 
-class Echo(BaseNode):  # type: ignore[misc]  # exospherehost ships no type information
-    class Inputs(BaseModel):
-        text: str
-
-    class Outputs(BaseModel):
-        echoed: str
-
-    async def execute(self) -> BaseNode.Outputs:
-        return self.Outputs(echoed=self.inputs.text)
+class TelemetryError(Exception):
+    """The OTEL_* configuration cannot be honoured (bad protocol, port in use)."""
 
 
-def _graph() -> list[GraphNodeModel]:
-    return [
-        GraphNodeModel(node_name="Greet", namespace=NAMESPACE, identifier="greet",
-                       inputs={"name": "${{ store.name }}"}, next_nodes=["shout"]),
-        GraphNodeModel(node_name="Shout", namespace=NAMESPACE, identifier="shout",
-                       inputs={"text": "${{ greet.outputs.greeting }}"}, next_nodes=["echo"]),
-        GraphNodeModel(node_name="Echo", namespace=NAMESPACE, identifier="echo",
-                       inputs={"text": "${{ shout.outputs.loud }}"}),
-    ]
+def _env(name: str) -> str:
+    return os.environ.get(name, "").strip()
 
 
-async def _demo() -> int:
-    async with EmbeddedStateManager() as sm:
-        runtime = Runtime(namespace=NAMESPACE, name="demo-runtime", nodes=[Greet, Shout, Echo],
-                          state_manager_uri=sm.uri, key=sm.api_key, poll_interval=0.05)
+def _exporters(name: str, default: str) -> set[str]:
+    return {part.strip().lower() for part in (_env(name) or default).split(",") if part.strip()}
+
+
+def _protocol(signal: str) -> str:
+    protocol = _env(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or _env("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    if protocol not in OTLP_PROTOCOLS:
+        raise TelemetryError(f"OTLP protocol {protocol!r} is not one of {', '.join(OTLP_PROTOCOLS)}")
+    return protocol
+
+
+def _otlp_span_exporter() -> SpanExporter:
+    # The standard exporters read the endpoint, headers, timeout and TLS settings from OTEL_* themselves.
+    if _protocol("TRACES") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+
+        return Grpc()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+    return Http()
+
+
+def _otlp_metric_exporter() -> MetricExporter:
+    if _protocol("METRICS") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+
+        return Grpc()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+
+    return Http()
+
+
+@dataclass
+class DemoTelemetry:
+    """The demo's own providers (never the global ones) and where their data goes."""
+
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    spans: InMemorySpanExporter
+    notes: list[str] = field(default_factory=list)
+    metrics_server: tuple[WSGIServer, threading.Thread] | None = None
+
+    @classmethod
+    def start(cls, prometheus: bool | None = None) -> DemoTelemetry:
+        """Providers per the OTEL_* variables; ``prometheus`` overrides ``OTEL_METRICS_EXPORTER``."""
+        attributes = {} if _env("OTEL_SERVICE_NAME") else {SERVICE_NAME: "exo-otel-demo"}
+        resource = Resource.create(attributes)
+        spans = InMemorySpanExporter()
+        tracer_provider = TracerProvider(resource=resource, id_generator=RunIdGenerator())
+        tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+        notes = ["spans: kept in memory for the waterfall"]
+        readers: list[MetricReader] = []
+        endpoint = _env("OTEL_EXPORTER_OTLP_ENDPOINT")
+        metric_exporters = _exporters("OTEL_METRICS_EXPORTER", "otlp")
+        if endpoint and "otlp" in _exporters("OTEL_TRACES_EXPORTER", "otlp"):
+            tracer_provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter()))
+            notes.append(f"spans: OTLP ({_protocol('TRACES')}) to {endpoint}")
+        if endpoint and "otlp" in metric_exporters:
+            readers.append(PeriodicExportingMetricReader(_otlp_metric_exporter()))
+            notes.append(f"metrics: OTLP ({_protocol('METRICS')}) to {endpoint}")
+        server = None
+        if prometheus if prometheus is not None else "prometheus" in metric_exporters:
+            server, reader, url = _serve_prometheus()
+            readers.append(reader)
+            notes.append(f"metrics: Prometheus exposition on {url}")
+        meter_provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
+        return cls(tracer_provider, meter_provider, spans, notes, server)
+
+    def describe(self) -> list[str]:
+        return list(self.notes)
+
+    def serving_note(self) -> str:
+        served = [note.split(" on ", 1)[1] for note in self.notes if "Prometheus" in note]
+        return f" (metrics on {served[0]})" if served else ""
+
+    def run_spans(self, run_id: str) -> list[ReadableSpan]:
+        """The finished spans of the run's trace."""
+        trace_id = trace_id_for_run(run_id)
+        return [s for s in self.spans.get_finished_spans() if s.context and s.context.trace_id == trace_id]
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters and the metrics server; leaves no thread behind."""
+        self.tracer_provider.shutdown()
+        if self.metrics_server is not None:
+            server, thread = self.metrics_server
+            server.shutdown()
+            server.server_close()
+            thread.join()
+        self.meter_provider.shutdown()
+
+
+def _serve_prometheus() -> tuple[tuple[WSGIServer, threading.Thread], MetricReader, str]:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    host = _env("OTEL_EXPORTER_PROMETHEUS_HOST") or PROMETHEUS_HOST_DEFAULT
+    raw_port = _env("OTEL_EXPORTER_PROMETHEUS_PORT") or str(PROMETHEUS_PORT_DEFAULT)
+    if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+        raise TelemetryError(f"OTEL_EXPORTER_PROMETHEUS_PORT={raw_port!r} is not a port number")
+    # A registry of our own, so nothing is left registered in prometheus_client's global one.
+    registry = CollectorRegistry()
+    reader = PrometheusMetricReader(registry=registry)
+    try:
+        server = start_http_server(int(raw_port), addr=host, registry=registry)
+    except OSError as error:
+        reader.shutdown()
+        raise TelemetryError(f"cannot serve metrics on {host}:{raw_port}: {error}") from error
+    return server, reader, f"http://{host}:{raw_port}/metrics"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `run_demo` does.
+
+    Attributes:
+        runs: how many runs to trigger.
+        hold_s: seconds to keep serving (metrics, runtime polling) after the runs finished.
+        prometheus: serve metrics for Prometheus; None reads ``OTEL_METRICS_EXPORTER``.
+        timeout_s: bound on each wait.
+    """
+
+    runs: int = DEFAULT_RUNS
+    hold_s: float = 0.0
+    prometheus: bool | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+class DemoError(Exception):
+    """The demo could not complete (a wait timed out, the runtime died); the message says why."""
+
+
+@dataclass(frozen=True)
+class _Run:
+    index: int
+    run_id: str
+    started: float
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+async def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return result
+
+
+def _spans_complete(telemetry: DemoTelemetry, sm: EmbeddedStateManager, run_id: str) -> bool:
+    """True once the trigger span and the node span of every state a runtime executed have ended.
+
+    Fan-out copies of a state were never queued (no runtime executed them), so they are not awaited.
+    """
+    ended = {span.context.span_id for span in telemetry.run_spans(run_id) if span.context is not None}
+    executed = (s for s in sm.states(run_id) if any(c.status == "QUEUED" for c in s.history))
+    return {run_span_id(run_id)} | {state_span_id(state.id) for state in executed} <= ended
+
+
+class _HideDemoFailure(logging.Filter):
+    """Drops the runtime's log of the failure ScoreItem raises on purpose; the waterfall shows it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return ScoringError.__name__ not in record.getMessage() and FAILURE_TEXT not in record.getMessage()
+
+
+def _run_finished(sm: EmbeddedStateManager, run_id: str) -> Callable[[], str | None]:
+    def finished() -> str | None:
+        status = sm.run_status(run_id)
+        return None if status in (None, "PENDING") else str(status)
+
+    return finished
+
+
+async def _trigger_and_wait(options: DemoOptions, sm: EmbeddedStateManager) -> list[tuple[_Run, str]]:
+    client = StateManager(namespace=NAMESPACE, state_manager_uri=sm.uri, key=sm.api_key)
+    await client.upsert_graph(
+        GRAPH_NAME, graph_nodes(), {}, retry_policy=RETRY_POLICY, polling_interval=POLL_INTERVAL_S
+    )
+    _say(f"graph {GRAPH_NAME!r} registered in namespace {NAMESPACE!r}")
+    runs = []
+    for index in range(1, options.runs + 1):
+        batch = f"batch-{index}-{uuid.uuid4().hex[:6]}"
+        answer = await client.trigger(GRAPH_NAME, inputs={"batch_id": batch, "size": str(ITEMS_PER_RUN)})
+        runs.append(_Run(index, str(answer["run_id"]), time.monotonic()))
+        _say(f"[{index}/{options.runs}] triggered run {answer['run_id']} ({batch})")
+    finished = []
+    for run in runs:
+        status = await _wait(_run_finished(sm, run.run_id), options.timeout_s, f"run {run.run_id}")
+        elapsed = time.monotonic() - run.started
+        _say(f"[{run.index}/{options.runs}] run {run.run_id} finished: {status} ({elapsed:.1f} s)")
+        finished.append((run, str(status)))
+    return finished
+
+
+def _report(telemetry: DemoTelemetry, finished: list[tuple[_Run, str]]) -> None:
+    for run, status in finished:
+        links = run_links(run.run_id)
+        _say("")
+        _say(f"run {run.index}")
+        _say(f"  run id:   {run.run_id}")
+        _say(f"  trace id: {links.trace_id}")
+        _say(f"  status:   {status}")
+        _say(f"  jaeger:   {links.jaeger}")
+        _say(f"  grafana:  {links.grafana}")
+        _say(render_waterfall(telemetry.run_spans(run.run_id)))
+
+
+async def _demo(options: DemoOptions, telemetry: DemoTelemetry) -> int:
+    async with EmbeddedStateManager(expose_run_context=True) as sm:
+        _say(f"embedded state manager on {sm.uri}")
+        runtime = Runtime(
+            namespace=NAMESPACE,
+            name=RUNTIME_NAME,
+            nodes=list(NODES),
+            state_manager_uri=sm.uri,
+            key=sm.api_key,
+            workers=4,
+            poll_interval=POLL_INTERVAL_S,
+        )
         task = runtime.start()
-        assert task is not None
+        assert task is not None  # Runtime.start returns its task when a loop is running
         try:
-            client = StateManager(namespace=NAMESPACE, state_manager_uri=sm.uri, key=sm.api_key)
-            deadline = time.monotonic() + TIMEOUT_S
-            while sm.registered_nodes(NAMESPACE) != {"Greet", "Shout", "Echo"}:
-                if task.done() or time.monotonic() > deadline:
-                    print("demo: the runtime did not register its nodes")
-                    return 1
-                await asyncio.sleep(0.02)
-            await client.upsert_graph(GRAPH, _graph(), {}, store_config=StoreConfigModel(
-                default_values={"name": "exosphere"}), polling_interval=0.05)
-            run_id = (await client.trigger(GRAPH))["run_id"]
-            print(f"run id: {run_id}")
-            while (status := sm.run_status(run_id)) == "PENDING" and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            print(f"run status: {status}")
-            return 0 if status == "SUCCESS" else 1
+            names = {node.__name__ for node in NODES}
+            await _wait(lambda: task.done() or names <= sm.registered_nodes(NAMESPACE), options.timeout_s,
+                        "the runtime to register its nodes")
+            if task.done():
+                raise DemoError(f"the runtime stopped: {task.exception()!r}")
+            _say(f"runtime {RUNTIME_NAME!r} registered {', '.join(sorted(names))}")
+            finished = await _trigger_and_wait(options, sm)
+            for run, _status in finished:
+                run_id = run.run_id
+                await _wait(functools.partial(_spans_complete, telemetry, sm, run_id), options.timeout_s,
+                            f"the spans of run {run_id}")
+            _report(telemetry, finished)
+            if options.hold_s > 0:
+                _say(f"\nholding {options.hold_s:g} s{telemetry.serving_note()}")
+                await asyncio.sleep(options.hold_s)
+            return 0 if all(status == "SUCCESS" for _run, status in finished) else 1
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
 
-def run_demo() -> int:
-    """Run the demo; the exit status is 0 when the run succeeded."""
-    # The SDK logs every poll at INFO; the demo prints its own summary instead.
+def run_demo(options: DemoOptions | None = None) -> int:
+    """Run the demo and shut its telemetry down; returns the exit status (0: every run succeeded)."""
+    options = options if options is not None else DemoOptions()
+    # The SDK logs every poll at INFO; the demo prints its own progress instead.
     logging.getLogger("exospherehost").setLevel(logging.WARNING)
-    return asyncio.run(_demo())
+    runtime_logger, hide = logging.getLogger("exospherehost.runtime"), _HideDemoFailure()
+    runtime_logger.addFilter(hide)
+    try:
+        telemetry = DemoTelemetry.start(prometheus=options.prometheus)
+    except TelemetryError as error:
+        print(f"exo-otel demo: {error}", flush=True)
+        return 2
+    for line in telemetry.describe():
+        _say(line)
+    instrumentor = ExosphereInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider
+    )
+    try:
+        return asyncio.run(_demo(options, telemetry))
+    except DemoError as error:
+        print(f"exo-otel demo: {error}", flush=True)
+        return 1
+    finally:
+        instrumentor.uninstrument()
+        telemetry.shutdown()
+        runtime_logger.removeFilter(hide)
