@@ -1,0 +1,161 @@
+"""`exo-otel demo` as a user runs it: a subprocess, its printed runs, links and waterfalls."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exo_otel import format_trace_id
+from exo_otel.waterfall import ERROR_MARK
+
+DEMO_TIMEOUT_S = 45.0
+GRAPH_SPANS = {
+    "trigger score-batch": 0,
+    "node fetch": 2,
+    "execute FetchBatch": 4,
+    "node split": 2,
+    "execute SplitBatch": 4,
+    "node score": 2,
+    "execute ScoreItem": 4,
+    "node merge": 2,
+    "execute MergeScores": 4,
+    "node publish": 2,
+    "execute PublishReport": 4,
+}
+"""Span name -> indentation in the waterfall (root, node spans under it, execute spans under those)."""
+
+_TRIGGERED = re.compile(r"^\[(\d+)/(\d+)\] triggered run (\S+)")
+_FIELD = re.compile(r"^  (run id|trace id|status|jaeger|grafana):\s+(\S+)$")
+_WATERFALL_ROW = re.compile(r"^( *)(\S.*?)\s+\|.*\|\s+[\d.]+ ms(.*)$")
+
+
+@dataclass
+class ReportedRun:
+    """One run as the demo printed it."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    rows: list[tuple[int, str, str]] = field(default_factory=list)  # (indent, span name, error mark)
+
+
+def demo_command() -> list[str]:
+    """The installed console script next to this interpreter, as `make demo` runs it."""
+    script = Path(sys.executable).parent / "exo-otel"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "exo_otel.cli"]
+
+
+def demo_env(**extra: str) -> dict[str, str]:
+    """The environment without any OTEL_*/EXO_OTEL_* setting of the caller, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "EXO_OTEL_"))}
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.update(extra)
+    return env
+
+
+def run_demo(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+             timeout: float = DEMO_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*demo_command(), "demo", *args], capture_output=True, text=True, encoding="utf-8",
+        env=env if env is not None else demo_env(), cwd=cwd, timeout=timeout, check=False,
+    )
+
+
+def triggered_run_ids(stdout: str) -> list[str]:
+    return [m.group(3) for line in stdout.splitlines() if (m := _TRIGGERED.match(line))]
+
+
+def parse_report(stdout: str) -> list[ReportedRun]:
+    """The per-run sections printed after the runs finished."""
+    runs: list[ReportedRun] = []
+    for line in stdout.splitlines():
+        if re.fullmatch(r"run \d+", line):
+            runs.append(ReportedRun())
+        elif runs and (m := _FIELD.match(line)):
+            runs[-1].fields[m.group(1)] = m.group(2)
+        elif runs and (m := _WATERFALL_ROW.match(line)):
+            runs[-1].rows.append((len(m.group(1)), m.group(2), m.group(3).strip()))
+    return runs
+
+
+def test_demo_prints_each_run_with_its_trace_links_and_waterfall(tmp_path: Path) -> None:
+    env = demo_env(EXO_OTEL_JAEGER_URL="http://jaeger.example:16686/",
+                   EXO_OTEL_GRAFANA_URL="https://grafana.example")
+    result = run_demo(env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    ids = triggered_run_ids(result.stdout)
+    assert len(ids) == 3 and len(set(ids)) == 3  # the default is three runs
+    for index, run_id in enumerate(ids, start=1):
+        assert f"[{index}/3] run {run_id} finished: SUCCESS" in result.stdout
+    report = parse_report(result.stdout)
+    assert [run.fields["run id"] for run in report] == ids
+    for run in report:
+        run_id, trace_id = run.fields["run id"], run.fields["trace id"]
+        assert trace_id == format_trace_id(run_id)
+        assert run.fields["status"] == "SUCCESS"
+        assert run.fields["jaeger"] == f"http://jaeger.example:16686/trace/{trace_id}"
+        _assert_grafana_explore(run.fields["grafana"], trace_id)
+        _assert_waterfall(run.rows)
+    # The runtime's log of the planned failure is hidden; the waterfall shows it instead.
+    assert "ScoringError" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def _assert_grafana_explore(url: str, trace_id: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    assert (parsed.scheme, parsed.netloc, parsed.path) == ("https", "grafana.example", "/explore")
+    query = urllib.parse.parse_qs(parsed.query)
+    (pane,) = json.loads(query["panes"][0]).values()
+    assert pane["datasource"] == "tempo"
+    (target,) = pane["queries"]
+    assert target["datasource"] == {"type": "tempo", "uid": "tempo"}
+    assert target["query"] == trace_id
+
+
+def _assert_waterfall(rows: list[tuple[int, str, str]]) -> None:
+    names = Counter(name for _indent, name, _mark in rows)
+    assert set(names) == set(GRAPH_SPANS), names
+    for indent, name, _mark in rows:
+        assert indent == GRAPH_SPANS[name], (indent, name)
+    # One trigger, one state each for fetch, split, merge, publish; four items plus one retry.
+    assert names["trigger score-batch"] == 1
+    assert names["node score"] == names["execute ScoreItem"] == 5
+    for single in ("fetch", "split", "merge", "publish"):
+        assert names[f"node {single}"] == 1
+    failed = [(name, mark) for _indent, name, mark in rows if mark]
+    assert failed == [
+        ("node score", f"{ERROR_MARK} exo_otel.demo_graph.ScoringError"),
+        ("execute ScoreItem", f"{ERROR_MARK} exo_otel.demo_graph.ScoringError"),
+    ]
+    # The failed execute sits under the failed node span: the row right after it.
+    first_failed = next(i for i, row in enumerate(rows) if row[2])
+    assert rows[first_failed + 1][1:] == ("execute ScoreItem", failed[1][1])
+
+
+def test_demo_runs_option(tmp_path: Path) -> None:
+    result = run_demo("--runs", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(triggered_run_ids(result.stdout)) == 1
+    assert len(parse_report(result.stdout)) == 1
+
+
+def test_demo_rejects_bad_options_with_status_2() -> None:
+    for args in (("--runs", "0"), ("--runs", "x"), ("--hold", "-1")):
+        result = run_demo(*args)
+        assert result.returncode == 2, args
+        assert "usage:" in result.stderr
+
+
+def test_demo_rejects_an_unknown_otlp_protocol() -> None:
+    env = demo_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_EXPORTER_OTLP_PROTOCOL="carrier-pigeon"
+    )
+    result = run_demo(env=env)
+    assert result.returncode == 2
+    assert "carrier-pigeon" in result.stdout + result.stderr
