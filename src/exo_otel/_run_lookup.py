@@ -12,17 +12,9 @@ from urllib.parse import quote
 import aiohttp
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
+from exo_otel._state_context import RunInfo
+
 _logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """The run a state belongs to."""
-
-    run_id: str
-    graph_name: str | None
-    parent_state_id: str | None
-    """The direct upstream state; None for a run's root state."""
 
 
 @dataclass
@@ -112,6 +104,18 @@ class RunLookup:
         except Exception:
             _logger.debug("run lookup failed", exc_info=True)
         return found
+
+    async def run_graph(self, run_id: str) -> Any:
+        """The body of ``states/run/{run_id}/graph``, or None on any failure. Never raises."""
+        try:
+            with suppress_http_instrumentation():
+                async with aiohttp.ClientSession(headers=self._headers, timeout=self._timeout) as session:
+                    return await self._get(session, f"states/run/{quote(run_id, safe='')}/graph")
+        except _TransportError:
+            return None
+        except Exception:
+            _logger.debug("run graph of %s failed", run_id, exc_info=True)
+            return None
 
     async def _search(
         self, session: aiohttp.ClientSession, missing: set[str], found: dict[str, RunInfo]

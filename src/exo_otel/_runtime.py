@@ -13,6 +13,8 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, supp
 
 from exo_otel import attributes as attr
 from exo_otel._execution import Execution, begin, finish, record_outputs
+from exo_otel._fanout import emit_copy_spans, fanout_copy_ids
+from exo_otel._run_lookup import RunLookup
 from exo_otel._spans import guard
 from exo_otel._state_context import PolledState, RunInfo, run_from_payload
 from exo_otel._telemetry import Telemetry
@@ -34,7 +36,7 @@ class RuntimeTracing:
         self.telemetry = telemetry
         self.runtime = runtime
         self.polled: dict[str, PolledState] = {}
-        self._lookup: Any = None
+        self._lookup: RunLookup | None = None
 
     @property
     def namespace(self) -> str:
@@ -67,10 +69,9 @@ class RuntimeTracing:
                 state_id = state["state_id"]
                 self.polled[state_id] = PolledState.from_payload(state, runs.get(state_id))
 
-    def lookup(self) -> Any:
+    def lookup(self) -> RunLookup:
+        """The run API client, made on first use (the runtime's settings are final by then)."""
         if self._lookup is None:
-            from exo_otel._run_lookup import RunLookup
-
             runtime = self.runtime
             self._lookup = RunLookup(
                 str(runtime._state_manager_uri),
@@ -154,6 +155,35 @@ def make_poll_wrapper(telemetry: Telemetry) -> AsyncMethod:
     return traced_poll
 
 
+def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
+    """Around ``Runtime._notify_executed``: note the outcome; after a fan-out, give its copies spans."""
+    note = _outcome_wrapper(attr.OUTCOME_EXECUTED)(telemetry)
+
+    async def traced_executed(
+        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        result = await note(wrapped, instance, args, kwargs)
+        execution = _current_execution.get()
+        tracing = getattr(instance, TRACING_ATTRIBUTE, None)
+        outputs = args[1] if len(args) > 1 else kwargs.get("outputs")
+        if (
+            execution is not None
+            and execution.state.run is not None
+            and isinstance(tracing, RuntimeTracing)
+            and isinstance(outputs, list)
+            and len(outputs) > 1
+        ):
+            with guard("tracing fan-out copies"):
+                # The executed answer does not name the copies; the run graph does (one call).
+                graph = await tracing.lookup().run_graph(execution.state.run.run_id)
+                emit_copy_spans(
+                    execution, fanout_copy_ids(graph, execution.state.state_id, execution.state.identifier)
+                )
+        return result
+
+    return traced_executed
+
+
 def _outcome_wrapper(outcome: str) -> Callable[[Telemetry], AsyncMethod]:
     """Wrap a call that tells the state manager a state's outcome: remember it on the execution."""
 
@@ -189,7 +219,6 @@ def _note_outcome(
             record_outputs(execution, [o.model_dump() if hasattr(o, "model_dump") else o for o in outputs])
 
 
-make_executed_wrapper = _outcome_wrapper(attr.OUTCOME_EXECUTED)
 make_errored_wrapper = _outcome_wrapper(attr.OUTCOME_ERRORED)
 make_pruned_wrapper = _outcome_wrapper(attr.OUTCOME_PRUNED)
 make_requeued_wrapper = _outcome_wrapper(attr.OUTCOME_REQUEUED)
