@@ -226,6 +226,18 @@ def _spans_complete(telemetry: DemoTelemetry, sm: EmbeddedStateManager, run_id: 
     return {run_span_id(run_id)} | {state_span_id(state.id) for state in executed} <= ended
 
 
+def _settled(telemetry: DemoTelemetry, quiet_s: float = 0.1) -> Callable[[], bool]:
+    last = [-1, time.monotonic()]
+
+    def settled() -> bool:
+        count = len(telemetry.spans.get_finished_spans())
+        if count != last[0]:
+            last[:] = [count, time.monotonic()]
+        return time.monotonic() - last[1] >= quiet_s
+
+    return settled
+
+
 class _HideDemoFailure(logging.Filter):
     """Drops the runtime's log of the failure ScoreItem raises on purpose; the waterfall shows it."""
 
@@ -301,6 +313,9 @@ async def _demo(options: DemoOptions, telemetry: DemoTelemetry) -> int:
                 run_id = run.run_id
                 await _wait(functools.partial(_spans_complete, telemetry, sm, run_id), options.timeout_s,
                             f"the spans of run {run_id}")
+            # Spans the instrumentation makes besides the awaited ones (fan-out copies) end within
+            # moments of them: wait until nothing new arrives for a little while.
+            await _wait(_settled(telemetry), options.timeout_s, "the spans to settle")
             _report(telemetry, finished)
             if options.hold_s > 0:
                 _say(f"\nholding {options.hold_s:g} s{telemetry.serving_note()}")
