@@ -1,0 +1,65 @@
+"""The `opentelemetry-instrument` launcher loads exo_otel by itself, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from exo_otel import format_trace_id, run_span_id
+
+HERE = Path(__file__).parent
+LAUNCHER = Path(sys.executable).with_name("opentelemetry-instrument")
+
+
+def launch(*env_pairs: tuple[str, str]) -> tuple[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(env_pairs)
+    env["PYTHONPATH"] = str(HERE)
+    env["EXOSPHERE_DISABLE_DEFAULT_LOGGING"] = "1"
+    env["OTEL_METRICS_EXPORTER"] = "none"
+    env["OTEL_LOGS_EXPORTER"] = "none"
+    done = subprocess.run(
+        [str(LAUNCHER), "--traces_exporter", "console", sys.executable, str(HERE / "launcher_script.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [run_id] = re.findall(r"RUN_ID=(\S+)", done.stdout)
+    return run_id, done.stdout
+
+
+def trigger_span_text(stdout: str) -> str | None:
+    for block in re.split(r"\n(?=\{)", stdout):
+        if '"name": "trigger launched"' in block:
+            return block
+    return None
+
+
+def test_the_launcher_traces_the_trigger_with_the_run_trace_id() -> None:
+    run_id, stdout = launch()
+    span = trigger_span_text(stdout)
+    assert span is not None, stdout
+    assert f'"trace_id": "0x{format_trace_id(run_id)}"' in span
+    assert f'"span_id": "0x{run_span_id(run_id):016x}"' in span
+    assert '"kind": "SpanKind.PRODUCER"' in span
+    # The runtime in the same process put the node in the run's trace too.
+    assert stdout.count(f'"trace_id": "0x{format_trace_id(run_id)}"') >= 3
+
+
+def test_the_launcher_with_the_exosphere_id_generator() -> None:
+    run_id, stdout = launch(("OTEL_PYTHON_ID_GENERATOR", "exosphere"))
+    span = trigger_span_text(stdout)
+    assert span is not None, stdout
+    assert f'"trace_id": "0x{format_trace_id(run_id)}"' in span
+
+
+def test_disabled_instrumentation_gives_no_exosphere_span() -> None:
+    _run_id, stdout = launch(("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "exospherehost"))
+    assert trigger_span_text(stdout) is None
+    assert '"exosphere.' not in stdout
