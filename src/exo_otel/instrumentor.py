@@ -26,6 +26,7 @@ from exo_otel._telemetry import Telemetry
 from exo_otel._trigger import make_graph_call_wrapper, make_trigger_wrapper
 from exo_otel.config import RunAssociation, Settings
 from exo_otel.ids import RunIdGenerator
+from exo_otel.logs import install_log_correlation, remove_log_correlation
 from exo_otel.metrics import ExosphereMetrics
 from exo_otel.package import _instruments
 from exo_otel.version import __version__
@@ -125,6 +126,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             sampler=sampler if isinstance(sampler, Sampler) else None,
         )
         self._telemetry = telemetry
+        install_log_correlation()
         for module_name, attribute, factory in PATCHES:
             wrap_function_wrapper(module_name, attribute, factory(telemetry))
 
@@ -138,6 +140,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             for part in owner_name.split("."):
                 owner = getattr(owner, part)
             unwrap(owner, method)
+        remove_log_correlation()
         _remove_run_id_generator(getattr(self, "_installed_generator", None))
         self._installed_generator = None
 

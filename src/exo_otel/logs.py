@@ -1,0 +1,56 @@
+"""Log correlation: records emitted while a node runs carry the trace id, span id and run id."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+from opentelemetry import baggage, trace
+
+from exo_otel import attributes as attr
+
+TRACE_ID_FIELD: Final = "otelTraceID"
+SPAN_ID_FIELD: Final = "otelSpanID"
+RUN_ID_FIELD: Final = "exosphere_run_id"
+"""Record attribute names: usable as ``%(otelTraceID)s %(exosphere_run_id)s`` in a format string.
+
+The first two are the names the OpenTelemetry logging instrumentation uses; outside a span they
+hold ``0``, and the run id is empty outside a run, so a format string never fails.
+"""
+
+RecordFactory = Callable[..., logging.LogRecord]
+
+
+class _CorrelatingFactory:
+    """A log record factory that adds the current ids, then defers to the factory it replaced."""
+
+    def __init__(self, previous: RecordFactory) -> None:
+        self.previous = previous
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
+        try:
+            context = trace.get_current_span().get_span_context()
+            if not hasattr(record, TRACE_ID_FIELD):
+                setattr(record, TRACE_ID_FIELD, f"{context.trace_id:032x}" if context.is_valid else "0")
+                setattr(record, SPAN_ID_FIELD, f"{context.span_id:016x}" if context.is_valid else "0")
+            run_id = baggage.get_baggage(attr.RUN_ID)
+            setattr(record, RUN_ID_FIELD, str(run_id) if run_id is not None else "")
+        except Exception:  # a log call must never fail because of us
+            pass
+        return record
+
+
+def install_log_correlation() -> None:
+    """Wrap the current log record factory (once)."""
+    current = logging.getLogRecordFactory()
+    if not isinstance(current, _CorrelatingFactory):
+        logging.setLogRecordFactory(_CorrelatingFactory(current))
+
+
+def remove_log_correlation() -> None:
+    """Put back the factory we wrapped, if nobody has wrapped ours since."""
+    current = logging.getLogRecordFactory()
+    if isinstance(current, _CorrelatingFactory):
+        logging.setLogRecordFactory(current.previous)
