@@ -116,9 +116,9 @@ async def test_a_failed_trigger_raises_as_before_and_leaves_an_error_span_in_the
     instrumentor = ExosphereInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider)
     try:
-        with tracer_provider.get_tracer("caller").start_as_current_span("caller") as caller:
-            with pytest.raises(Exception) as traced:
-                await graph_ready.trigger("no-such-graph")
+        tracer = tracer_provider.get_tracer("caller")
+        with tracer.start_as_current_span("caller") as caller, pytest.raises(Exception) as traced:
+            await graph_ready.trigger("no-such-graph")
     finally:
         instrumentor.uninstrument()
     assert type(traced.value) is type(plain.value)
