@@ -1,4 +1,19 @@
-"""OpenTelemetry instrumentation for Exosphere: one trace per graph run, derived from the run id."""
+"""OpenTelemetry instrumentation for Exosphere: one trace per graph run, derived from the run id.
+
+Usage::
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from exo_otel import ExosphereInstrumentor, format_trace_id
+
+    provider = TracerProvider()
+    ExosphereInstrumentor().instrument(tracer_provider=provider)
+    print(format_trace_id("9d2c6f0e-3b1a-4c5d-8e7f-001122334455"))
+    ExosphereInstrumentor().uninstrument()
+
+Under the ``opentelemetry-instrument`` launcher nothing is needed: the entry point ``exospherehost``
+loads the instrumentor.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +26,11 @@ from exo_otel.ids import (
     state_span_id,
     trace_id_for_run,
 )
+from exo_otel.instrumentor import ExosphereInstrumentor
 from exo_otel.version import __version__
 
 __all__ = [
+    "ExosphereInstrumentor",
     "RunIdGenerator",
     "__version__",
     "format_trace_id",
