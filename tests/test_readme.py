@@ -15,7 +15,9 @@ README = Path(__file__).parent.parent / "README.md"
 
 def _run(source: str) -> None:
     # A fresh interpreter: the examples set global providers, as a user's program would.
-    done = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
 
 
