@@ -22,13 +22,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exospherehost import BaseNode, GraphNodeModel, Runtime
+from exospherehost import BaseNode, GraphNodeModel, Runtime, StoreConfigModel
 from pydantic import BaseModel
 
 import conformance_graph
 
 PAIR_NAMESPACE = "exo-otel-pair"
 PAIR_GRAPH = "pair"
+PAIR_STORE_CONFIG = StoreConfigModel(required_keys=["word"])
 
 
 class PairFirstNode(BaseNode):

@@ -25,7 +25,7 @@ async def trigger_runs(args: argparse.Namespace) -> list[str]:
         secrets = cg.SECRETS
     else:
         namespace, graph, nodes = pr.PAIR_NAMESPACE, pr.PAIR_GRAPH, pr.pair_graph_nodes()
-        extra, secrets = {}, {}
+        extra, secrets = {"store_config": pr.PAIR_STORE_CONFIG}, {}
     client = StateManager(namespace=namespace, state_manager_uri=args.uri, key=args.key)
     await client.upsert_graph(graph, nodes, secrets, polling_interval=0.05, **extra)
     store_key = "topic" if args.graph == "conformance" else "word"
