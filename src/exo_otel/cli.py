@@ -29,8 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs", type=_positive_int, default=3, help="runs to trigger (default 3)")
     demo.add_argument(
         "--hold", type=_seconds, default=0.0, metavar="SECONDS",
-        help="keep serving metrics this long after the runs finished (for a Prometheus scrape)",
+        help="keep serving metrics this long after the runs finished, for a Prometheus scrape "
+        "(SIGINT/SIGTERM ends it early)",
     )
+    demo.add_argument("--interval", type=_seconds, default=0.0, metavar="SECONDS",
+                      help="pause between two triggers (default 0)")
     demo.add_argument(
         "--prometheus", action="store_true", default=None,
         help="serve metrics for Prometheus on $OTEL_EXPORTER_PROMETHEUS_HOST:$OTEL_EXPORTER_PROMETHEUS_PORT "
@@ -93,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from exo_otel.demo import DemoOptions, run_demo
 
     return run_demo(
-        DemoOptions(runs=args.runs, hold_s=args.hold, prometheus=args.prometheus, timeout_s=args.timeout)
+        DemoOptions(
+            runs=args.runs, hold_s=args.hold, interval_s=args.interval, prometheus=args.prometheus,
+            timeout_s=args.timeout,
+        )
     )
 
 

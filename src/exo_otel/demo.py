@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -181,13 +182,16 @@ class DemoOptions:
 
     Attributes:
         runs: how many runs to trigger.
-        hold_s: seconds to keep serving (metrics, runtime polling) after the runs finished.
+        hold_s: seconds to keep serving (metrics, runtime polling) after the runs finished;
+            SIGINT or SIGTERM ends the hold early, and the demo still exits cleanly.
+        interval_s: pause between two triggers (spreads the runs over several metric scrapes).
         prometheus: serve metrics for Prometheus; None reads ``OTEL_METRICS_EXPORTER``.
         timeout_s: bound on each wait.
     """
 
     runs: int = DEFAULT_RUNS
     hold_s: float = 0.0
+    interval_s: float = 0.0
     prometheus: bool | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
 
@@ -261,6 +265,8 @@ async def _trigger_and_wait(options: DemoOptions, sm: EmbeddedStateManager) -> l
     _say(f"graph {GRAPH_NAME!r} registered in namespace {NAMESPACE!r}")
     runs = []
     for index in range(1, options.runs + 1):
+        if index > 1 and options.interval_s > 0:
+            await asyncio.sleep(options.interval_s)
         batch = f"batch-{index}-{uuid.uuid4().hex[:6]}"
         answer = await client.trigger(GRAPH_NAME, inputs={"batch_id": batch, "size": str(ITEMS_PER_RUN)})
         runs.append(_Run(index, str(answer["run_id"]), time.monotonic()))
@@ -285,6 +291,21 @@ def _report(telemetry: DemoTelemetry, finished: list[tuple[_Run, str]]) -> None:
         _say(f"  jaeger:   {links.jaeger}")
         _say(f"  grafana:  {links.grafana}")
         _say(render_waterfall(telemetry.run_spans(run.run_id)))
+
+
+async def _hold(seconds: float) -> None:
+    """Sleep, until SIGINT or SIGTERM if one comes first (the demo then shuts down normally)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
 
 
 async def _demo(options: DemoOptions, telemetry: DemoTelemetry) -> int:
@@ -318,8 +339,8 @@ async def _demo(options: DemoOptions, telemetry: DemoTelemetry) -> int:
             await _wait(_settled(telemetry), options.timeout_s, "the spans to settle")
             _report(telemetry, finished)
             if options.hold_s > 0:
-                _say(f"\nholding {options.hold_s:g} s{telemetry.serving_note()}")
-                await asyncio.sleep(options.hold_s)
+                _say(f"\nholding {options.hold_s:g} s{telemetry.serving_note()}; Ctrl-C ends it")
+                await _hold(options.hold_s)
             return 0 if all(status == "SUCCESS" for _run, status in finished) else 1
         finally:
             task.cancel()
