@@ -33,7 +33,7 @@ GRAPH_SPANS = {
 """Span name -> indentation in the waterfall (root, node spans under it, execute spans under those)."""
 
 _TRIGGERED = re.compile(r"^\[(\d+)/(\d+)\] triggered run (\S+)")
-_FIELD = re.compile(r"^  (run id|trace id|status|jaeger|grafana):\s+(\S+)$")
+_FIELD = re.compile(r"^  (run id|trace id|run status|jaeger|grafana):\s+(\S+)$")
 _WATERFALL_ROW = re.compile(r"^( *)(\S.*?)\s+\|.*\|\s+[\d.]+ ms(.*)$")
 
 
@@ -99,7 +99,7 @@ def test_demo_prints_each_run_with_its_trace_links_and_waterfall(tmp_path: Path)
     for run in report:
         run_id, trace_id = run.fields["run id"], run.fields["trace id"]
         assert trace_id == format_trace_id(run_id)
-        assert run.fields["status"] == "SUCCESS"
+        assert run.fields["run status"] == "SUCCESS"
         assert run.fields["jaeger"] == f"http://jaeger.example:16686/trace/{trace_id}"
         _assert_grafana_explore(run.fields["grafana"], trace_id)
         _assert_waterfall(run.rows)

@@ -285,11 +285,11 @@ def _report(telemetry: DemoTelemetry, finished: list[tuple[_Run, str]]) -> None:
         links = run_links(run.run_id)
         _say("")
         _say(f"run {run.index}")
-        _say(f"  run id:   {run.run_id}")
-        _say(f"  trace id: {links.trace_id}")
-        _say(f"  status:   {status}")
-        _say(f"  jaeger:   {links.jaeger}")
-        _say(f"  grafana:  {links.grafana}")
+        _say(f"  run id:     {run.run_id}")
+        _say(f"  trace id:   {links.trace_id}")
+        _say(f"  run status: {status}")
+        _say(f"  jaeger:     {links.jaeger}")
+        _say(f"  grafana:    {links.grafana}")
         _say(render_waterfall(telemetry.run_spans(run.run_id)))
 
 
