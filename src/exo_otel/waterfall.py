@@ -42,7 +42,8 @@ def render_waterfall(spans: Sequence[ReadableSpan], width: int = 40, label_width
                 if failed and span.attributes
                 else ""
             )
-            label = ("  " * depth + span.name)[:label_width]
+            copy = " (copy)" if span.attributes and "exosphere.state.fanout_of" in span.attributes else ""
+            label = ("  " * depth + span.name + copy)[:label_width]
             lines.append(f"{label:<{label_width}} |{bar:<{width}}| {_ms(end - start):>9}{mark}")
             if span.context is not None:
                 walk(span.context.span_id, depth + 1)
