@@ -1,0 +1,153 @@
+"""Upstream-shaped enqueue answers: runs found through the run APIs, bounded; broken run APIs harmless."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from exospherehost import BaseNode, GraphNodeModel, Runtime
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import BaseModel
+
+import conformance_graph as cg
+from exo_otel._run_lookup import RunLookup
+from exo_otel.embedded import EmbeddedStateManager
+from exo_otel.ids import trace_id_for_run
+from exo_otel.instrumentor import ExosphereInstrumentor
+from http_proxy import CountingProxy, RunApiMode, counting_proxy
+from runtime_tracing import EXPECTED_RUN_TREE, SPANS_PER_RUN, label, run_spans
+from sm_fixtures import POLL_INTERVAL, sdk_state_manager, wait_for_run, wait_until
+from span_tree import dump_tree
+
+CHAIN_NAMESPACE = "run-api-chain"
+
+
+class First(BaseNode):
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> BaseNode.Outputs:
+        return self.Outputs(text=self.inputs.text + "!")
+
+
+class Second(First):
+    pass
+
+
+@contextlib.asynccontextmanager
+async def runtime_through(
+    proxy: CountingProxy, sm: EmbeddedStateManager, namespace: str, nodes: Sequence[type[BaseNode]]
+) -> AsyncIterator[Runtime]:
+    runtime = Runtime(
+        namespace=namespace,
+        name="test-runtime",
+        nodes=list(nodes),
+        state_manager_uri=proxy.uri,
+        key=sm.api_key,
+        poll_interval=POLL_INTERVAL,
+    )  # type: ignore[arg-type]
+    task = runtime.start()
+    assert task is not None
+    try:
+        await wait_until(lambda: {n.__name__ for n in nodes} <= sm.registered_nodes(namespace))
+        yield runtime
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+def instrumented_run_api(tracer_provider: TracerProvider) -> ExosphereInstrumentor:
+    instrumentor = ExosphereInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, run_association="run_api")
+    yield instrumentor  # type: ignore[misc]
+    instrumentor.uninstrument()
+
+
+async def test_run_api_association_is_bounded_per_poll(
+    state_manager: EmbeddedStateManager,
+    span_exporter: InMemorySpanExporter,
+    instrumented_run_api: ExosphereInstrumentor,
+) -> None:
+    async with (
+        counting_proxy(state_manager.uri) as proxy,
+        runtime_through(proxy, state_manager, cg.NAMESPACE, cg.NODES),
+    ):
+        client = sdk_state_manager(state_manager, cg.NAMESPACE)
+        await client.upsert_graph(
+            cg.GRAPH,
+            cg.graph_nodes(),
+            cg.SECRETS,
+            retry_policy=cg.RETRY_POLICY,
+            store_config=cg.STORE_CONFIG,
+            polling_interval=0.05,
+        )  # type: ignore[arg-type]
+        run_id = (await client.trigger(cg.GRAPH, store={"topic": f"bound-{uuid.uuid4()}"}))["run_id"]
+        assert await wait_for_run(state_manager, run_id) == "SUCCESS"
+        await wait_until(lambda: len(run_spans(span_exporter.get_finished_spans(), run_id)) >= SPANS_PER_RUN)
+    spans = run_spans(span_exporter.get_finished_spans(), run_id)
+    assert dump_tree(spans, label) == EXPECTED_RUN_TREE
+    polls_with_states = proxy.calls["enqueue_with_states"]
+    fan_outs = 1  # split's report asks the run graph once for its copies
+    print(f"run API calls {proxy.calls['run_api']} over {polls_with_states} polls with states")
+    assert 0 < proxy.calls["run_api"] <= RunLookup.DEFAULT_MAX_CALLS_PER_POLL * polls_with_states + fan_outs
+    # Polls that bring nothing new cost nothing extra.
+    assert proxy.calls["enqueue"] > polls_with_states
+
+
+@pytest.mark.parametrize("mode", ["error", "timeout"])
+async def test_broken_run_apis_leave_execution_alone_and_give_traces_of_their_own(
+    state_manager: EmbeddedStateManager,
+    span_exporter: InMemorySpanExporter,
+    instrumented_run_api: ExosphereInstrumentor,
+    mode: RunApiMode,
+) -> None:
+    nodes = [
+        GraphNodeModel(
+            node_name="First",
+            namespace=CHAIN_NAMESPACE,
+            identifier="first",
+            inputs={"text": "hi"},
+            next_nodes=["second"],
+        ),
+        GraphNodeModel(
+            node_name="Second",
+            namespace=CHAIN_NAMESPACE,
+            identifier="second",
+            inputs={"text": "${{ first.outputs.text }}"},
+        ),
+    ]
+    async with (
+        counting_proxy(state_manager.uri, run_api=mode) as proxy,
+        runtime_through(proxy, state_manager, CHAIN_NAMESPACE, [First, Second]),
+    ):
+        client = sdk_state_manager(state_manager, CHAIN_NAMESPACE)
+        await client.upsert_graph("chain", nodes, {}, polling_interval=0.05)  # type: ignore[arg-type]
+        run_id = (await client.trigger("chain"))["run_id"]
+        assert await wait_for_run(state_manager, run_id, timeout=30) == "SUCCESS"
+        await wait_until(
+            lambda: sum(s.name.startswith("node ") for s in span_exporter.get_finished_spans()) >= 2
+        )
+    assert proxy.calls["run_api"] >= 1
+    states = state_manager.states(run_id)
+    assert [s.outputs for s in sorted(states, key=lambda s: s.identifier)] == [
+        {"text": "hi!"},
+        {"text": "hi!!"},
+    ]
+    spans = span_exporter.get_finished_spans()
+    node_spans = [s for s in spans if s.name.startswith("node ")]
+    assert sorted(s.name for s in node_spans) == ["node first", "node second"]
+    for span in node_spans:
+        assert span.parent is None  # a trace of its own
+        assert span.context is not None and span.context.trace_id != trace_id_for_run(run_id)
+        assert (span.attributes or {})["exosphere.state.id"] in {s.id for s in states}
+        assert "exosphere.run.id" not in (span.attributes or {})
+    assert [s.name for s in run_spans(spans, run_id)] == ["trigger chain"]
