@@ -96,25 +96,25 @@ class Database:
         self.nodes: dict[tuple[str, str], RegisteredNode] = {}
         self.graphs: dict[tuple[str, str], GraphTemplate] = {}
         self.states: dict[str, State] = {}
+        # States by run, in creation order: runs are looked up on every report and status query.
+        self.run_states: dict[str, list[State]] = {}
         self.runs: dict[str, Run] = {}
         # Keys of uniting states already created: a uniting node is created at most once per lineage.
         self.unites_keys: set[tuple[str, ...]] = set()
 
     def add_state(self, state: State) -> None:
         self.states[state.id] = state
+        self.run_states.setdefault(state.run_id, []).append(state)
 
     def states_of_run(self, run_id: str) -> list[State]:
-        return [state for state in self.states.values() if state.run_id == run_id]
+        return list(self.run_states.get(run_id, ()))
 
     # Read-only inspection, for tests and tools. Each call returns fresh copies.
 
     def state_views(self, run_id: str | None = None) -> list[StateView]:
         with self.lock:
-            return [
-                StateView.of(state)
-                for state in self.states.values()
-                if run_id is None or state.run_id == run_id
-            ]
+            states = self.states.values() if run_id is None else self.run_states.get(run_id, [])
+            return [StateView.of(state) for state in states]
 
     def state_view(self, state_id: str) -> StateView | None:
         with self.lock:
