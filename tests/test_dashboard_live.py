@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from demo_helpers import demo_command, demo_env
 from deploy_checks import (
     free_port,
     in_ci,
@@ -25,7 +26,6 @@ from deploy_checks import (
     rendered_dashboard_queries,
     start_prometheus,
 )
-from test_demo import demo_command, demo_env
 
 RUNS = 6
 TRIGGER_INTERVAL_S = 0.4

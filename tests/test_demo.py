@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from demo_helpers import demo_env, run_demo, triggered_run_ids
 from exo_otel import format_trace_id
 from exo_otel.demo_graph import ITEMS_PER_RUN
 from exo_otel.waterfall import ERROR_MARK
 
-DEMO_TIMEOUT_S = 45.0
 GRAPH_SPANS = {
     "trigger score-batch": 0,
     "node fetch": 2,
     "execute FetchBatch": 4,
     "node split": 2,
+    "node split (copy)": 2,
     "execute SplitBatch": 4,
     "node score": 2,
     "execute ScoreItem": 4,
@@ -32,7 +30,6 @@ GRAPH_SPANS = {
 }
 """Span name -> indentation in the waterfall (root, node spans under it, execute spans under those)."""
 
-_TRIGGERED = re.compile(r"^\[(\d+)/(\d+)\] triggered run (\S+)")
 _FIELD = re.compile(r"^  (run id|trace id|run status|jaeger|grafana):\s+(\S+)$")
 _WATERFALL_ROW = re.compile(r"^( *)(\S.*?)\s+\|.*\|\s+[\d.]+ ms(.*)$")
 
@@ -43,32 +40,6 @@ class ReportedRun:
 
     fields: dict[str, str] = field(default_factory=dict)
     rows: list[tuple[int, str, str]] = field(default_factory=list)  # (indent, span name, error mark)
-
-
-def demo_command() -> list[str]:
-    """The installed console script next to this interpreter, as `make demo` runs it."""
-    script = Path(sys.executable).parent / "exo-otel"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "exo_otel.cli"]
-
-
-def demo_env(**extra: str) -> dict[str, str]:
-    """The environment without any OTEL_*/EXO_OTEL_* setting of the caller, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "EXO_OTEL_"))}
-    env["PYTHONIOENCODING"] = "utf-8"
-    env.update(extra)
-    return env
-
-
-def run_demo(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout: float = DEMO_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*demo_command(), "demo", *args], capture_output=True, text=True, encoding="utf-8",
-        env=env if env is not None else demo_env(), cwd=cwd, timeout=timeout, check=False,
-    )
-
-
-def triggered_run_ids(stdout: str) -> list[str]:
-    return [m.group(3) for line in stdout.splitlines() if (m := _TRIGGERED.match(line))]
 
 
 def parse_report(stdout: str) -> list[ReportedRun]:
@@ -125,13 +96,17 @@ def _assert_waterfall(rows: list[tuple[int, str, str]]) -> None:
     for indent, name, _mark in rows:
         assert indent == GRAPH_SPANS[name], (indent, name)
     # One trigger, one state each for fetch, merge, publish; four items plus one retry. The fan-out
-    # leaves split with copies of its state (one per extra output), which get node spans of their own
-    # when the instrumentation traces fan-out copies, and never an execute span.
+    # leaves split with copies of its state (one per extra output), each with a node span of its own,
+    # marked "(copy)", and no execute span: one split state executed, one split node span per item.
     assert names["trigger score-batch"] == 1
-    assert names["node score"] == names["execute ScoreItem"] == 5
-    assert names["node split"] in (1, ITEMS_PER_RUN)
-    for single in ("fetch", "merge", "publish"):
-        assert names[f"node {single}"] == 1
+    assert names["node score"] == names["execute ScoreItem"] == ITEMS_PER_RUN + 1
+    assert names["node split"] == names["execute SplitBatch"] == 1
+    assert names["node split (copy)"] == ITEMS_PER_RUN - 1
+    for index, (_indent, name, _mark) in enumerate(rows):
+        if name == "node split (copy)":  # nothing under a copy: the next row is not deeper
+            assert index + 1 == len(rows) or rows[index + 1][0] <= rows[index][0], rows[index + 1]
+    for single, cls in (("fetch", "FetchBatch"), ("merge", "MergeScores"), ("publish", "PublishReport")):
+        assert names[f"node {single}"] == names[f"execute {cls}"] == 1
     failed = [(name, mark) for _indent, name, mark in rows if mark]
     assert failed == [
         ("node score", f"{ERROR_MARK} exo_otel.demo_graph.ScoringError"),

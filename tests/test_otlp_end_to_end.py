@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from demo_helpers import demo_env, run_demo, triggered_run_ids
 from exo_otel import format_trace_id, run_span_id, state_span_id
 from exo_otel.demo_graph import GRAPH_NAME, ITEMS_PER_RUN, NAMESPACE
 from exo_otel.metrics import (
@@ -18,7 +19,6 @@ from exo_otel.metrics import (
     TRIGGER_COUNT,
 )
 from otlp_receiver import MetricPoint, OtlpGrpcReceiver, OtlpHttpReceiver, Span
-from test_demo import demo_env, run_demo, triggered_run_ids
 
 RUNS = 2
 KIND_INTERNAL, KIND_PRODUCER, KIND_CONSUMER = 1, 4, 5
@@ -99,10 +99,26 @@ def _assert_run_tree(run_id: str, trace: list[Span]) -> None:
     executed = Counter(nodes[parent].attributes["exosphere.node.identifier"] for parent in children)
     assert executed == EXECUTIONS
     assert all(len(attempts) == 1 for attempts in children.values())  # a retry is a new state
-    # Node spans without an execute child are fan-out copies of split's state.
+    # Node spans without an execute child are the fan-out copies of split's state, one per extra item:
+    # each names the executed split state as the one it copies, and links to its span.
     copies = [n for span_id, n in nodes.items() if span_id not in children]
-    assert all(n.attributes["exosphere.node.identifier"] == "split" for n in copies)
-    assert len(copies) in (0, ITEMS_PER_RUN - 1)
+    assert len(copies) == ITEMS_PER_RUN - 1, sorted(n.name for n in copies)
+    (split,) = [nodes[parent] for parent in children if nodes[parent].name == "node split"]
+    split_state = split.attributes["exosphere.state.id"]
+    for copy in copies:
+        assert copy.name == "node split"
+        assert copy.attributes["exosphere.node.identifier"] == "split"
+        assert copy.attributes["exosphere.state.fanout_of"] == split_state
+        assert copy.attributes["exosphere.state.id"] != split_state
+        assert (copy.trace_id, split.span_id) in copy.links, copy.links
+    assert len({c.attributes["exosphere.state.id"] for c in copies}) == len(copies)
+    assert not any("exosphere.state.fanout_of" in s.attributes for s in trace if s not in copies)
+    # The trace is whole: every parent and every link target is a span of this trace.
+    span_ids = {s.span_id for s in trace}
+    for span in trace:
+        assert span.parent_span_id is None or span.parent_span_id in span_ids, span.name
+        for trace_id, span_id in span.links:
+            assert trace_id == root.trace_id and span_id in span_ids, (span.name, trace_id, span_id)
 
     failed = [s for s in trace if s.status_code == STATUS_ERROR]
     assert sorted(s.name for s in failed) == ["execute ScoreItem", "node score"]
