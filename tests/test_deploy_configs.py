@@ -5,6 +5,7 @@ accepted by a real Prometheus."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import re
 import shutil
@@ -448,6 +449,47 @@ def test_example_graph_is_consistent() -> None:
                 outputs = next(c for c in runtime.NODES if c.__name__ == producer.node_name).Outputs
                 assert field in outputs.model_fields, f"{node.identifier}: {source}.{field}"
     assert any(node.unites is not None and node.unites.identifier in identifiers for node in nodes)
+    _assert_unites_above_the_fan_out(runtime, nodes)
+
+
+def _assert_unites_above_the_fan_out(runtime: Any, nodes: list[Any]) -> None:
+    """A unites node names a strict ancestor of the fan-out it waits for, never the fan-out node itself.
+
+    A fan-out copies the fanned-out state once per extra output, so the branches share no state of that
+    node: uniting it would run the unites node once per item instead of once per run.
+    """
+    by_id = {node.identifier: node for node in nodes}
+    parents: dict[str, set[str]] = {identifier: set() for identifier in by_id}
+    for node in nodes:
+        for child in node.next_nodes or []:
+            parents[child].add(node.identifier)
+
+    def ancestors(identifier: str) -> set[str]:
+        found: set[str] = set()
+        todo = list(parents[identifier])
+        while todo:
+            if (current := todo.pop()) not in found:
+                found.add(current)
+                todo.extend(parents[current])
+        return found
+
+    classes = {cls.__name__: cls for cls in runtime.NODES}
+    fan_outs = {
+        identifier
+        for identifier, node in by_id.items()
+        if "list" in str(inspect.signature(classes[node.node_name].execute).return_annotation)
+    }
+    assert fan_outs, "the example graph has no fan-out node"
+    uniting = [node for node in nodes if node.unites is not None]
+    assert uniting, "the example graph has no unites node"
+    for node in uniting:
+        united = node.unites.identifier
+        assert united not in fan_outs, f"{node.identifier} unites the fan-out node {united}"
+        upstream = ancestors(node.identifier)
+        fanned = {f for f in fan_outs if f in upstream}
+        assert fanned, f"{node.identifier} waits for no fan-out"
+        for fan_out in fanned:
+            assert united in ancestors(fan_out), f"{node.identifier} unites {united}, not above {fan_out}"
 
 
 def test_trigger_parses_arguments() -> None:

@@ -12,14 +12,27 @@ RUNTIME_NAME = "exo-otel-example"
 
 
 def graph_nodes(namespace: str = NAMESPACE) -> list[GraphNodeModel]:
-    """split fans out one state per item; score runs per item; merge waits for all of them."""
+    """fetch names the batch; split fans out one state per item; score runs per item; merge waits for
+    all of them.
+
+    A fan-out copies the fanned-out state (one copy per extra output), so the items share no split
+    state: merge unites `fetch`, the node above the fan-out, and runs once per run. Uniting `split`
+    would run merge once per item.
+    """
     return [
+        GraphNodeModel(
+            node_name="FetchBatch",
+            namespace=namespace,
+            identifier="fetch",
+            # Defaults for the root node; a trigger's inputs override them key by key.
+            inputs={"batch_id": "batch-0", "size": "4"},
+            next_nodes=["split"],
+        ),
         GraphNodeModel(
             node_name="SplitBatch",
             namespace=namespace,
             identifier="split",
-            # Defaults for the root node; a trigger's inputs override them key by key.
-            inputs={"batch_id": "batch-0", "size": "4"},
+            inputs={"batch_id": "${{ fetch.outputs.batch_id }}", "size": "${{ fetch.outputs.size }}"},
             next_nodes=["score"],
         ),
         GraphNodeModel(
@@ -35,8 +48,8 @@ def graph_nodes(namespace: str = NAMESPACE) -> list[GraphNodeModel]:
             identifier="merge",
             # A unites node reads outputs of the node it unites (or that node's ancestors), not of the
             # branches. ALL_DONE: merge also runs when items ended errored or pruned.
-            inputs={"batch_id": "${{ split.outputs.batch_id }}"},
-            unites=UnitesModel(identifier="split", strategy=UnitesStrategyEnum.ALL_DONE),
+            inputs={"batch_id": "${{ fetch.outputs.batch_id }}"},
+            unites=UnitesModel(identifier="fetch", strategy=UnitesStrategyEnum.ALL_DONE),
             next_nodes=["publish"],
         ),
         GraphNodeModel(

@@ -1,4 +1,4 @@
-"""Example Exosphere runtime for the local stack: four nodes with a fan-out, a unites node,
+"""Example Exosphere runtime for the local stack: five nodes with a fan-out, a unites node,
 a node that fails now and then, prunes and requeues. Run it under `opentelemetry-instrument`."""
 
 from __future__ import annotations
@@ -16,6 +16,22 @@ PRUNE_RATE = 0.1
 REQUEUE_RATE = 0.2
 
 
+class FetchBatch(BaseNode):
+    """Starts the run: names the batch and its size (the node MergeScores unites)."""
+
+    class Inputs(BaseModel):
+        batch_id: str
+        size: str
+
+    class Outputs(BaseModel):
+        batch_id: str
+        size: str
+
+    async def execute(self) -> BaseNode.Outputs:
+        await asyncio.sleep(random.uniform(0.01, 0.03))
+        return self.Outputs(batch_id=self.inputs.batch_id, size=self.inputs.size)
+
+
 class SplitBatch(BaseNode):
     """Fan-out: one output, hence one ScoreItem state, per item of the batch."""
 
@@ -24,13 +40,12 @@ class SplitBatch(BaseNode):
         size: str
 
     class Outputs(BaseModel):
-        batch_id: str
         item: str
 
     async def execute(self) -> list[BaseNode.Outputs]:
         size = max(1, min(int(self.inputs.size), 50))
         await asyncio.sleep(random.uniform(0.01, 0.05))
-        return [self.Outputs(batch_id=self.inputs.batch_id, item=f"item-{i}") for i in range(size)]
+        return [self.Outputs(item=f"item-{i}") for i in range(size)]
 
 
 class ScoreItem(BaseNode):
@@ -53,7 +68,7 @@ class ScoreItem(BaseNode):
 
 
 class MergeScores(BaseNode):
-    """Unites node: runs once every ScoreItem of the run is done."""
+    """Unites FetchBatch: runs once per run, when every ScoreItem under it is done."""
 
     class Inputs(BaseModel):
         batch_id: str
@@ -82,7 +97,7 @@ class PublishReport(BaseNode):
         return self.Outputs(published="true")
 
 
-NODES: list[type[BaseNode]] = [SplitBatch, ScoreItem, MergeScores, PublishReport]
+NODES: list[type[BaseNode]] = [FetchBatch, SplitBatch, ScoreItem, MergeScores, PublishReport]
 
 
 def main() -> None:
