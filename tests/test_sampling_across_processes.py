@@ -72,7 +72,8 @@ def test_each_run_is_recorded_everywhere_or_nowhere(tmp_path: Path) -> None:
         fraction = len(recorded) / RUNS
         sigma = math.sqrt(RATIO * (1 - RATIO) / RUNS)
         print(f"recorded {len(recorded)}/{RUNS} runs = {fraction:.3f} (ratio {RATIO}, sigma {sigma:.3f})")
-        assert abs(fraction - RATIO) <= 3 * sigma
+        # 4 sigma: a false alarm once in ~16,000 runs of this test, not once in ~370 (shared CI machines).
+        assert abs(fraction - RATIO) <= 4 * sigma
         # No exo_otel span outside the recorded runs' traces (e.g. a runtime starting an unsampled run
         # afresh). HTTP client spans of requests made outside any run (register, upsert, the trigger's
         # own POST, which precedes the run id) have traces of their own and are not counted.
