@@ -24,6 +24,7 @@ from exospherehost import (
     ReQueueAfterSignal,
     RetryPolicyModel,
     RetryStrategyEnum,
+    StateManager,
     StoreConfigModel,
     UnitesModel,
     UnitesStrategyEnum,
@@ -165,7 +166,15 @@ class FinishNode(BaseNode):
 
 
 NODES: list[type[BaseNode]] = [
-    StartNode, AuditNode, AuditLogNode, PrepNode, SplitNode, WorkNode, MergeNode, FlakyNode, FinishNode
+    StartNode,
+    AuditNode,
+    AuditLogNode,
+    PrepNode,
+    SplitNode,
+    WorkNode,
+    MergeNode,
+    FlakyNode,
+    FinishNode,
 ]
 
 
@@ -173,21 +182,48 @@ def graph_nodes(strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS) -
     """The node templates; ``strategy`` is how merge waits for the branches under prep."""
 
     def node(cls: type[BaseNode], identifier: str, inputs: dict[str, str], **extra: object) -> GraphNodeModel:
-        return GraphNodeModel(node_name=cls.__name__, namespace=NAMESPACE, identifier=identifier,
-                              inputs=inputs, **extra)
+        return GraphNodeModel(
+            node_name=cls.__name__, namespace=NAMESPACE, identifier=identifier, inputs=inputs, **extra
+        )
 
     return [
-        node(StartNode, "start", {"topic": "${{ store.topic }}", "prefix": "${{ store.prefix }}"},
-             next_nodes=["prep", "audit"]),
+        node(
+            StartNode,
+            "start",
+            {"topic": "${{ store.topic }}", "prefix": "${{ store.prefix }}"},
+            next_nodes=["prep", "audit"],
+        ),
         node(AuditNode, "audit", {"seed": "${{ start.outputs.seed }}"}, next_nodes=["audit_log"]),
         node(AuditLogNode, "audit_log", {"note": "${{ audit.outputs.note }}"}),
         node(PrepNode, "prep", {"seed": "${{ start.outputs.seed }}"}, next_nodes=["split"]),
         node(SplitNode, "split", {"batch": "${{ prep.outputs.batch }}"}, next_nodes=["work"]),
-        node(WorkNode, "work", {"item": "${{ split.outputs.item }}", "mode": "${{ store.mode }}"},
-             next_nodes=["merge"]),
-        node(MergeNode, "merge", {"batch": "${{ prep.outputs.batch }}", "topic": "${{ store.topic }}"},
-             next_nodes=["flaky"], unites=UnitesModel(identifier="prep", strategy=strategy)),
+        node(
+            WorkNode,
+            "work",
+            {"item": "${{ split.outputs.item }}", "mode": "${{ store.mode }}"},
+            next_nodes=["merge"],
+        ),
+        node(
+            MergeNode,
+            "merge",
+            {"batch": "${{ prep.outputs.batch }}", "topic": "${{ store.topic }}"},
+            next_nodes=["flaky"],
+            unites=UnitesModel(identifier="prep", strategy=strategy),
+        ),
         node(FlakyNode, "flaky", {"summary": "${{ merge.outputs.summary }}"}, next_nodes=["finish"]),
-        node(FinishNode, "finish",
-             {"value": "${{ flaky.outputs.value }}", "seed": "${{ start.outputs.seed }}"}),
+        node(
+            FinishNode, "finish", {"value": "${{ flaky.outputs.value }}", "seed": "${{ start.outputs.seed }}"}
+        ),
     ]
+
+
+async def upsert(client: StateManager, strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS) -> None:
+    """Upsert the conformance graph through the SDK and wait until it is valid (its nodes registered)."""
+    await client.upsert_graph(
+        GRAPH,
+        graph_nodes(strategy),
+        SECRETS,
+        retry_policy=RETRY_POLICY,
+        store_config=STORE_CONFIG,
+        polling_interval=0.05,  # type: ignore[arg-type]
+    )

@@ -67,14 +67,7 @@ async def run_conformance_graph(
     """Register, upsert and trigger the conformance graph once; its run id and trace, complete."""
     async with running_runtime(sm, cg.NAMESPACE, cg.NODES, workers=workers):
         client = sdk_state_manager(sm, cg.NAMESPACE)
-        await client.upsert_graph(
-            cg.GRAPH,
-            cg.graph_nodes(),
-            cg.SECRETS,
-            retry_policy=cg.RETRY_POLICY,
-            store_config=cg.STORE_CONFIG,
-            polling_interval=0.05,  # type: ignore[arg-type]
-        )
+        await cg.upsert(client)
         run_id = (await client.trigger(cg.GRAPH, store={"topic": topic}))["run_id"]
         assert await wait_for_run(sm, run_id) == "SUCCESS"
         # The worker ends its spans just after reporting, which may be after the run is done.

@@ -139,14 +139,7 @@ async def _conformance_run(sm: EmbeddedStateManager) -> list[tuple[Any, ...]]:
     topic = f"same-{uuid.uuid4()}"
     async with running_runtime(sm, cg.NAMESPACE, cg.NODES):
         client = sdk_state_manager(sm, cg.NAMESPACE)
-        await client.upsert_graph(
-            cg.GRAPH,
-            cg.graph_nodes(),
-            cg.SECRETS,
-            retry_policy=cg.RETRY_POLICY,
-            store_config=cg.STORE_CONFIG,
-            polling_interval=0.05,  # type: ignore[arg-type]
-        )
+        await cg.upsert(client)
         run_id = (await client.trigger(cg.GRAPH, store={"topic": topic}))["run_id"]
         assert await wait_for_run(sm, run_id) == "SUCCESS"
     return _normalized_history(sm, run_id, topic)

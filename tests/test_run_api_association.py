@@ -82,14 +82,7 @@ async def test_run_api_association_is_bounded_per_poll(
         runtime_through(proxy, state_manager, cg.NAMESPACE, cg.NODES),
     ):
         client = sdk_state_manager(state_manager, cg.NAMESPACE)
-        await client.upsert_graph(
-            cg.GRAPH,
-            cg.graph_nodes(),
-            cg.SECRETS,
-            retry_policy=cg.RETRY_POLICY,
-            store_config=cg.STORE_CONFIG,
-            polling_interval=0.05,
-        )  # type: ignore[arg-type]
+        await cg.upsert(client)  # type: ignore[arg-type]
         run_id = (await client.trigger(cg.GRAPH, store={"topic": f"bound-{uuid.uuid4()}"}))["run_id"]
         assert await wait_for_run(state_manager, run_id) == "SUCCESS"
         await wait_until(lambda: len(run_spans(span_exporter.get_finished_spans(), run_id)) >= SPANS_PER_RUN)

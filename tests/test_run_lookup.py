@@ -14,10 +14,10 @@ from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrument
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from conformance_graph import GRAPH, NAMESPACE, NODES, RETRY_POLICY, SECRETS, STORE_CONFIG, graph_nodes
+from conformance_graph import GRAPH, NAMESPACE, NODES, upsert
 from exo_otel._run_lookup import RunInfo, RunLookup
 from exo_otel.embedded import EmbeddedStateManager, StateView
-from sm_fixtures import POLL_INTERVAL, free_port, running_runtime, sdk_state_manager, wait_for_run
+from sm_fixtures import free_port, running_runtime, sdk_state_manager, wait_for_run
 
 API_KEY = "lookup-key"
 UNKNOWN_ID = "0" * 24
@@ -28,14 +28,7 @@ async def finished_runs(sm: EmbeddedStateManager, count: int) -> list[str]:
     """Trigger ``count`` runs of the conformance graph one after the other; return them once all are done."""
     client = sdk_state_manager(sm, NAMESPACE)
     async with running_runtime(sm, NAMESPACE, NODES):
-        await client.upsert_graph(
-            GRAPH,
-            graph_nodes(),
-            SECRETS,
-            retry_policy=RETRY_POLICY,
-            store_config=STORE_CONFIG,
-            polling_interval=POLL_INTERVAL,
-        )
+        await upsert(client)
         run_ids = [
             (await client.trigger(GRAPH, store={"topic": f"lookup-{uuid.uuid4().hex[:8]}"}))["run_id"]
             for _ in range(count)
@@ -127,14 +120,7 @@ async def test_growing_run_is_fetched_again_and_finished_run_is_not(
     sm = state_manager
     client = sdk_state_manager(sm, NAMESPACE)
     async with running_runtime(sm, NAMESPACE, NODES):
-        await client.upsert_graph(
-            GRAPH,
-            graph_nodes(),
-            SECRETS,
-            retry_policy=RETRY_POLICY,
-            store_config=STORE_CONFIG,
-            polling_interval=POLL_INTERVAL,
-        )
+        await upsert(client)
     # No runtime polls now: the run stays PENDING with only its root state.
     run_id = (await client.trigger(GRAPH, store={"topic": "growing"}))["run_id"]
     (root,) = sm.states(run_id)

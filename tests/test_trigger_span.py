@@ -26,14 +26,7 @@ async def graph_ready(state_manager: EmbeddedStateManager) -> AsyncIterator[Stat
     async with running_runtime(state_manager, cg.NAMESPACE, cg.NODES):
         pass
     client = sdk_state_manager(state_manager, cg.NAMESPACE)
-    await client.upsert_graph(
-        cg.GRAPH,
-        cg.graph_nodes(),
-        cg.SECRETS,
-        retry_policy=cg.RETRY_POLICY,
-        store_config=cg.STORE_CONFIG,
-        polling_interval=0.05,  # type: ignore[arg-type]
-    )
+    await cg.upsert(client)
     yield client
 
 
@@ -160,14 +153,7 @@ async def test_graph_calls_are_client_spans_in_the_caller_trace(
         pass
     client = sdk_state_manager(state_manager, cg.NAMESPACE)
     with tracer_provider.get_tracer("caller").start_as_current_span("deploy") as caller:
-        await client.upsert_graph(
-            cg.GRAPH,
-            cg.graph_nodes(),
-            cg.SECRETS,
-            retry_policy=cg.RETRY_POLICY,
-            store_config=cg.STORE_CONFIG,
-            polling_interval=0.05,  # type: ignore[arg-type]
-        )
+        await cg.upsert(client)
         with pytest.raises(Exception, match="404"):
             await client.get_graph("absent")
     spans = {s.name: s for s in span_exporter.get_finished_spans()}
