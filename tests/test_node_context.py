@@ -112,6 +112,9 @@ async def test_node_code_sees_the_run_in_baggage_headers_and_logs(
     assert headers["traceparent"] == f"00-{trace_hex}-{request.context.span_id:016x}-01"
     assert f"exosphere.run.id={run_id}" in headers["baggage"]
     assert f"trace={trace_hex} run={run_id} calling downstream" in stream.getvalue()
+    # Polling makes no spans, not even the aiohttp instrumentation's (it polled many times meanwhile).
+    urls = [str({**(s.attributes or {})}.get("http.url", "")) for s in span_exporter.get_finished_spans()]
+    assert not [url for url in urls if url.endswith("/states/enqueue")]
 
 
 def _normalized_history(sm: EmbeddedStateManager, run_id: str, topic: str) -> list[tuple[Any, ...]]:

@@ -9,6 +9,7 @@ import pytest
 from exospherehost import StateManager
 from opentelemetry import trace
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -163,3 +164,14 @@ async def test_graph_calls_are_client_spans_in_the_caller_trace(
         assert span.context.trace_id == caller.get_span_context().trace_id
     assert missing.status.status_code is StatusCode.ERROR
     assert upsert.status.status_code is StatusCode.UNSET
+
+
+async def test_suppressed_instrumentation_makes_no_span(
+    graph_ready: StateManager,
+    span_exporter: InMemorySpanExporter,
+    instrumentor: ExosphereInstrumentor,
+) -> None:
+    with suppress_instrumentation():
+        answer = await graph_ready.trigger(cg.GRAPH, store={"topic": "quiet"})
+    assert answer["status"] == "CREATED"
+    assert span_exporter.get_finished_spans() == ()

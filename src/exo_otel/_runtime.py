@@ -83,7 +83,7 @@ class RuntimeTracing:
 
     def on_taken(self, state: Any) -> None:
         """A worker took ``state`` off the queue: start its spans and make them current."""
-        if not isinstance(state, dict) or not self.telemetry.enabled:
+        if not isinstance(state, dict) or not self.telemetry.enabled or not is_instrumentation_enabled():
             return
         polled = self.polled.pop(str(state.get("state_id")), None) or PolledState.from_payload(state, None)
         execution = begin(self.telemetry, polled, state, self.namespace, self.name)
