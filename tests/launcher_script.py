@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from exospherehost import BaseNode, GraphNodeModel
 from pydantic import BaseModel
@@ -21,6 +22,7 @@ class EchoNode(BaseNode):
         text: str
 
     async def execute(self) -> BaseNode.Outputs:
+        logging.getLogger("launcher.echo").warning("echoing %s", self.inputs.text)
         return self.Outputs(text=self.inputs.text)
 
 

@@ -59,6 +59,14 @@ class MetricPoint:
     value: float | None = None  # sum/gauge value, or histogram count
 
 
+@dataclass(frozen=True)
+class LogRecord:
+    body: Any
+    trace_id: str  # 32 hex, or "" outside a span
+    span_id: str
+    attributes: dict[str, Any]
+
+
 def _value(value: AnyValue) -> Any:
     kind = value.WhichOneof("value")
     if kind == "array_value":
@@ -84,11 +92,20 @@ class _Collector:
         self._cond = threading.Condition()
         self._spans: list[Span] = []
         self._points: list[MetricPoint] = []
-        self.log_records = 0
+        self._logs: list[LogRecord] = []
 
     def spans(self) -> list[Span]:
         with self._cond:
             return list(self._spans)
+
+    @property
+    def log_records(self) -> int:
+        with self._cond:
+            return len(self._logs)
+
+    def logs(self) -> list[LogRecord]:
+        with self._cond:
+            return list(self._logs)
 
     def metric_points(self) -> list[MetricPoint]:
         with self._cond:
@@ -117,15 +134,23 @@ class _Collector:
             service = _service(list(rs.resource.attributes))
             for ss in rs.scope_spans:
                 for s in ss.spans:
-                    decoded.append(Span(
-                        trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
-                        parent_span_id=s.parent_span_id.hex() or None, name=s.name, kind=s.kind,
-                        attributes=_attrs(s.attributes),
-                        links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
-                        status_code=s.status.code, status_message=s.status.message,
-                        start_ns=s.start_time_unix_nano, end_ns=s.end_time_unix_nano,
-                        service_name=service, events=[e.name for e in s.events],
-                    ))
+                    decoded.append(
+                        Span(
+                            trace_id=s.trace_id.hex(),
+                            span_id=s.span_id.hex(),
+                            parent_span_id=s.parent_span_id.hex() or None,
+                            name=s.name,
+                            kind=s.kind,
+                            attributes=_attrs(s.attributes),
+                            links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
+                            status_code=s.status.code,
+                            status_message=s.status.message,
+                            start_ns=s.start_time_unix_nano,
+                            end_ns=s.end_time_unix_nano,
+                            service_name=service,
+                            events=[e.name for e in s.events],
+                        )
+                    )
         with self._cond:
             self._spans.extend(decoded)
             self._cond.notify_all()
@@ -144,19 +169,30 @@ class _Collector:
                             value: float | None = float(p.count)
                         else:
                             value = float(getattr(p, p.WhichOneof("value") or "as_double"))
-                        decoded.append(MetricPoint(
-                            name=metric.name, attributes=_attrs(p.attributes),
-                            exemplar_trace_ids=[e.trace_id.hex() for e in p.exemplars if e.trace_id],
-                            service_name=service, value=value,
-                        ))
+                        decoded.append(
+                            MetricPoint(
+                                name=metric.name,
+                                attributes=_attrs(p.attributes),
+                                exemplar_trace_ids=[e.trace_id.hex() for e in p.exemplars if e.trace_id],
+                                service_name=service,
+                                value=value,
+                            )
+                        )
         with self._cond:
             self._points.extend(decoded)
             self._cond.notify_all()
 
     def add_logs(self, request: logs_service_pb2.ExportLogsServiceRequest) -> None:
-        count = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+        decoded = [
+            LogRecord(
+                _value(record.body), record.trace_id.hex(), record.span_id.hex(), _attrs(record.attributes)
+            )
+            for rl in request.resource_logs
+            for sl in rl.scope_logs
+            for record in sl.log_records
+        ]
         with self._cond:
-            self.log_records += count
+            self._logs.extend(decoded)
             self._cond.notify_all()
 
 

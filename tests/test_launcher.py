@@ -9,20 +9,27 @@ import sys
 from pathlib import Path
 
 from exo_otel import format_trace_id, run_span_id
+from otlp_receiver import OtlpHttpReceiver
 
 HERE = Path(__file__).parent
 LAUNCHER = Path(sys.executable).with_name("opentelemetry-instrument")
 
 
-def launch(*env_pairs: tuple[str, str]) -> tuple[str, str]:
+def launch(*env_pairs: tuple[str, str], traces_exporter: str = "console") -> tuple[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(env_pairs)
     env["PYTHONPATH"] = str(HERE)
     env["EXOSPHERE_DISABLE_DEFAULT_LOGGING"] = "1"
     env["OTEL_METRICS_EXPORTER"] = "none"
     env["OTEL_LOGS_EXPORTER"] = "none"
+    env.update(env_pairs)
     done = subprocess.run(
-        [str(LAUNCHER), "--traces_exporter", "console", sys.executable, str(HERE / "launcher_script.py")],
+        [
+            str(LAUNCHER),
+            "--traces_exporter",
+            traces_exporter,
+            sys.executable,
+            str(HERE / "launcher_script.py"),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -63,3 +70,21 @@ def test_disabled_instrumentation_gives_no_exosphere_span() -> None:
     _run_id, stdout = launch(("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "exospherehost"))
     assert trigger_span_text(stdout) is None
     assert '"exosphere.' not in stdout
+
+
+def test_node_logs_reach_the_logs_pipeline_with_trace_and_run() -> None:
+    with OtlpHttpReceiver() as receiver:
+        run_id, _stdout = launch(
+            ("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "true"),
+            ("OTEL_LOGS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint),
+            traces_exporter="otlp",
+        )
+        records = receiver.wait_for(lambda rx: [r for r in rx.logs() if r.body == "echoing hello"])
+        spans = receiver.wait_for(lambda rx: [s for s in rx.spans() if s.name == "execute EchoNode"])
+    [record] = records
+    [execute] = spans
+    assert record.trace_id == format_trace_id(run_id)
+    assert record.span_id == execute.span_id
+    assert record.attributes["exosphere_run_id"] == run_id
