@@ -1,12 +1,10 @@
-"""Helpers for span assertions: an indented dump of a trace's tree, and waiting for spans."""
+"""An indented dump of a trace's span tree, for shape assertions."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 
 def dump_tree(spans: Sequence[ReadableSpan], label: Callable[[ReadableSpan], str] | None = None) -> str:
@@ -26,19 +24,3 @@ def dump_tree(spans: Sequence[ReadableSpan], label: Callable[[ReadableSpan], str
 
     walk(None, 0)
     return "\n".join(lines)
-
-
-def wait_for_spans(
-    exporter: InMemorySpanExporter,
-    predicate: Callable[[Sequence[ReadableSpan]], bool],
-    timeout: float = 20.0,
-) -> tuple[ReadableSpan, ...]:
-    """The finished spans once ``predicate`` holds; AssertionError with what arrived after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        spans = exporter.get_finished_spans()
-        if predicate(spans):
-            return tuple(spans)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"spans did not arrive in {timeout}s; got {[s.name for s in spans]}")
-        time.sleep(0.02)
