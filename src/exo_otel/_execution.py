@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ class Execution:
     node_span: trace.Span
     execute_span: trace.Span
     started_ns: int
-    token: object = None
+    token: contextvars.Token[context.Context] | None = None
     outcome: str | None = None
     error: BaseException | None = None
     requeue_delay_ms: int | None = None
@@ -107,14 +108,16 @@ def begin(
             current = baggage.set_baggage(key, str(value), current)
     execution.node_span = node_span
     execution.execute_span = execute_span
-    execution.token = context.attach(current)
     execution.metric_attributes = {
         key: value
         for key, value in attributes.items()
         if key in (attr.NAMESPACE, attr.GRAPH_NAME, attr.NODE_NAME)
     }
+    # In the execute span's context, so a sampled run gives the histogram an exemplar.
+    telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, execution.metric_attributes, context=current)
     telemetry.metrics.inflight.add(1, execution.metric_attributes)
-    telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, execution.metric_attributes)
+    # Last: nothing after it can fail, so the context is detached by `finish` whatever happens.
+    execution.token = context.attach(current)
     return execution
 
 
@@ -126,6 +129,14 @@ def record_outputs(execution: Execution, outputs: object) -> None:
 
 def finish(execution: Execution) -> None:
     """End the attempt: outcome on both spans, metrics, and the node span if the outcome is final."""
+    try:
+        _end_spans(execution)
+    finally:
+        if execution.token is not None:
+            context.detach(execution.token)
+
+
+def _end_spans(execution: Execution) -> None:
     end = time.time_ns()
     outcome = execution.outcome or attr.OUTCOME_ERRORED
     execute_span, node_span = execution.execute_span, execution.node_span
@@ -146,6 +157,9 @@ def finish(execution: Execution) -> None:
         record_failure(execute_span, execution.error)
         node_span.set_attribute(attr.ERROR_TYPE, qualified_name(execution.error))
         node_span.set_status(Status(StatusCode.ERROR, f"{type(execution.error).__name__}: {execution.error}"))
+    else:  # errored, or no outcome reported at all: the exception is unknown
+        for span in (execute_span, node_span):
+            span.set_status(Status(StatusCode.ERROR, "state errored"))
     metric_attributes = {**execution.metric_attributes, attr.STATE_OUTCOME: outcome}
     metrics = execution.telemetry.metrics
     # Recorded while the execute span is current, so sampled runs give the histogram exemplars.
@@ -157,8 +171,6 @@ def finish(execution: Execution) -> None:
         node_span.end(end)
     # A requeued state's node span is left unended, so never exported: the runtime that reports
     # the state's final outcome emits it, and no span id is emitted twice.
-    if execution.token is not None:
-        context.detach(execution.token)  # type: ignore[arg-type]
 
 
 def _truncated(value: object, telemetry: Telemetry) -> str:
