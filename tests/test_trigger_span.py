@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from exospherehost import StateManager
@@ -175,3 +176,36 @@ async def test_suppressed_instrumentation_makes_no_span(
         answer = await graph_ready.trigger(cg.GRAPH, store={"topic": "quiet"})
     assert answer["status"] == "CREATED"
     assert span_exporter.get_finished_spans() == ()
+
+
+class ForeignTracerProvider(trace.TracerProvider):
+    """A provider that is not the SDK's: ids cannot be pinned there."""
+
+    def __init__(self, inner: TracerProvider) -> None:
+        self.inner = inner
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return self.inner.get_tracer(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["no-op", "foreign"])
+async def test_other_tracer_providers_break_nothing(
+    graph_ready: StateManager, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter, kind: str
+) -> None:
+    provider = trace.NoOpTracerProvider() if kind == "no-op" else ForeignTracerProvider(tracer_provider)
+    instrumentor = ExosphereInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        answer = await graph_ready.trigger(cg.GRAPH, store={"topic": kind})
+    finally:
+        instrumentor.uninstrument()
+    assert answer["status"] == "CREATED"
+    spans = _trigger_spans(span_exporter)
+    if kind == "no-op":
+        assert spans == []
+    else:
+        # Degraded: an ordinary root span that still names the run.
+        [span] = spans
+        assert (span.attributes or {})["exosphere.run.id"] == answer["run_id"]
+        assert span.parent is None
+        assert span.context.trace_id != trace_id_for_run(answer["run_id"])
