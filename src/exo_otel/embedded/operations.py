@@ -247,7 +247,10 @@ def errored(db: Database, state_id: str, error: str) -> JsonDict:
         if graph is None:
             raise NotFound(f"Graph {state.graph_name} of state {state_id} not found")
         retry_created = state.retry_count < graph.retry_policy.max_retries
+        state.error = error
+        state.set_status(StateStatus.RETRY_CREATED if retry_created else StateStatus.ERRORED)
         if retry_created:
+            # The retry's delay counts from the moment the failure was recorded.
             delay = compute_delay(graph.retry_policy, state.retry_count + 1)
             db.add_state(
                 State(
@@ -261,13 +264,11 @@ def errored(db: Database, state_id: str, error: str) -> JsonDict:
                     inputs=dict(state.inputs),
                     parents=dict(state.parents),
                     does_unites=state.does_unites,
-                    enqueue_after=now_ms() + delay,
+                    enqueue_after=state.history[-1].at_ms + delay,
                     retry_count=state.retry_count + 1,
                     fanout_id=state.fanout_id,
                 )
             )
-        state.error = error
-        state.set_status(StateStatus.RETRY_CREATED if retry_created else StateStatus.ERRORED)
     return {"status": StateStatus.ERRORED.value, "retry_created": retry_created}
 
 
@@ -285,8 +286,8 @@ def re_enqueue_after(db: Database, state_id: str, delay_ms: int) -> JsonDict:
     """Put the same state back to CREATED, due ``delay_ms`` from now."""
     with db.lock:
         state = _state(db, state_id)
-        state.enqueue_after = now_ms() + delay_ms
         state.set_status(StateStatus.CREATED)
+        state.enqueue_after = state.history[-1].at_ms + delay_ms
         return {"status": StateStatus.CREATED.value, "enqueue_after": state.enqueue_after}
 
 
