@@ -253,6 +253,21 @@ class State:
         if not self.history:
             self.history.append(StatusChange(self.status, now_ms()))
 
+    def derive(self, status: StateStatus, **changes: Any) -> State:
+        """A new state (new id) of the same node, run, inputs and parents: a fan-out copy or a retry."""
+        return State(
+            id=new_object_id(),
+            node_name=self.node_name,
+            namespace=self.namespace,
+            identifier=self.identifier,
+            graph_name=self.graph_name,
+            run_id=self.run_id,
+            status=status,
+            inputs=dict(self.inputs),
+            parents=dict(self.parents),
+            **changes,
+        )
+
     def set_status(self, status: StateStatus) -> None:
         self.status = status
         self.updated_at = now()

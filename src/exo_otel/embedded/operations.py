@@ -218,18 +218,7 @@ def executed(db: Database, state_id: str, outputs: list[JsonDict]) -> tuple[Json
         state.set_status(StateStatus.EXECUTED)
         ids = [state.id]
         for output in outputs[1:]:
-            copy = State(
-                id=new_object_id(),
-                node_name=state.node_name,
-                namespace=state.namespace,
-                identifier=state.identifier,
-                graph_name=state.graph_name,
-                run_id=state.run_id,
-                status=StateStatus.EXECUTED,
-                inputs=dict(state.inputs),
-                outputs=dict(output),
-                parents=dict(state.parents),
-            )
+            copy = state.derive(StateStatus.EXECUTED, outputs=dict(output))
             db.add_state(copy)
             ids.append(copy.id)
         identifier, namespace, graph_name = state.identifier, state.namespace, state.graph_name
@@ -253,16 +242,8 @@ def errored(db: Database, state_id: str, error: str) -> JsonDict:
             # The retry's delay counts from the moment the failure was recorded.
             delay = compute_delay(graph.retry_policy, state.retry_count + 1)
             db.add_state(
-                State(
-                    id=new_object_id(),
-                    node_name=state.node_name,
-                    namespace=state.namespace,
-                    identifier=state.identifier,
-                    graph_name=state.graph_name,
-                    run_id=state.run_id,
-                    status=StateStatus.CREATED,
-                    inputs=dict(state.inputs),
-                    parents=dict(state.parents),
+                state.derive(
+                    StateStatus.CREATED,
                     does_unites=state.does_unites,
                     enqueue_after=state.history[-1].at_ms + delay,
                     retry_count=state.retry_count + 1,
