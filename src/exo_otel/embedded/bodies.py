@@ -7,12 +7,11 @@ the upstream service.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
-from exo_otel.embedded.errors import BodyInvalid
+from exo_otel.embedded.checker import MISSING, Checker, Loc, decode_json, root_object
 from exo_otel.embedded.models import (
     JsonDict,
     NodeTemplate,
@@ -23,142 +22,7 @@ from exo_otel.embedded.models import (
     UnitesStrategy,
 )
 
-Loc = tuple[str | int, ...]
-E = TypeVar("E", bound=StrEnum)
-_MISSING: Any = object()
-
-
-class _Checker:
-    """Collects validation errors while converting one body."""
-
-    def __init__(self) -> None:
-        self.errors: list[dict[str, Any]] = []
-
-    def fail(self, kind: str, loc: Loc, msg: str, value: Any, ctx: dict[str, Any] | None = None) -> None:
-        error: dict[str, Any] = {"type": kind, "loc": ["body", *loc], "msg": msg, "input": value}
-        if ctx is not None:
-            error["ctx"] = ctx
-        self.errors.append(error)
-
-    def value_error(self, loc: Loc, message: str, value: Any) -> None:
-        self.fail("value_error", loc, f"Value error, {message}", value, {"error": message})
-
-    def model(self, value: Any, loc: Loc) -> JsonDict | None:
-        if isinstance(value, dict):
-            return value
-        msg = "Input should be a valid dictionary or object to extract fields from"
-        self.fail("model_attributes_type", loc, msg, value)
-        return None
-
-    def field(self, obj: JsonDict, name: str, loc: Loc, default: Any = _MISSING) -> Any:
-        if name in obj:
-            return obj[name]
-        if default is _MISSING:
-            self.fail("missing", (*loc, name), "Field required", obj)
-        return _MISSING
-
-    def string(self, value: Any, loc: Loc) -> str | None:
-        if isinstance(value, str):
-            return value
-        self.fail("string_type", loc, "Input should be a valid string", value)
-        return None
-
-    def integer(self, value: Any, loc: Loc, gt: int | None = None, ge: int | None = None) -> int | None:
-        number: int | None = None
-        if isinstance(value, bool | int):
-            number = int(value)
-        elif isinstance(value, float):
-            if value.is_integer():
-                number = int(value)
-            else:
-                msg = "Input should be a valid integer, got a number with a fractional part"
-                self.fail("int_from_float", loc, msg, value)
-                return None
-        elif isinstance(value, str):
-            try:
-                number = int(value.strip())
-            except ValueError:
-                msg = "Input should be a valid integer, unable to parse string as an integer"
-                self.fail("int_parsing", loc, msg, value)
-                return None
-        else:
-            self.fail("int_type", loc, "Input should be a valid integer", value)
-            return None
-        if gt is not None and number <= gt:
-            self.fail("greater_than", loc, f"Input should be greater than {gt}", value, {"gt": gt})
-            return None
-        if ge is not None and number < ge:
-            msg = f"Input should be greater than or equal to {ge}"
-            self.fail("greater_than_equal", loc, msg, value, {"ge": ge})
-            return None
-        return number
-
-    def mapping(self, value: Any, loc: Loc) -> JsonDict | None:
-        if isinstance(value, dict):
-            return value
-        self.fail("dict_type", loc, "Input should be a valid dictionary", value)
-        return None
-
-    def listing(self, value: Any, loc: Loc) -> list[Any] | None:
-        if isinstance(value, list):
-            return value
-        self.fail("list_type", loc, "Input should be a valid list", value)
-        return None
-
-    def str_map(self, value: Any, loc: Loc) -> dict[str, str] | None:
-        mapping = self.mapping(value, loc)
-        if mapping is None:
-            return None
-        before = len(self.errors)
-        result = {key: self.string(item, (*loc, key)) for key, item in mapping.items()}
-        return None if len(self.errors) > before else {k: v for k, v in result.items() if v is not None}
-
-    def str_list(self, value: Any, loc: Loc) -> list[str] | None:
-        items = self.listing(value, loc)
-        if items is None:
-            return None
-        before = len(self.errors)
-        result = [self.string(item, (*loc, index)) for index, item in enumerate(items)]
-        return None if len(self.errors) > before else [item for item in result if item is not None]
-
-    def choice(self, value: Any, loc: Loc, enum: type[E]) -> E | None:
-        for member in enum:
-            if value == member.value:
-                return member
-        names = [f"'{member.value}'" for member in enum]
-        expected = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-        self.fail("enum", loc, f"Input should be {expected}", value, {"expected": expected})
-        return None
-
-    def done(self) -> None:
-        if self.errors:
-            raise BodyInvalid(self.errors)
-
-
-def decode_json(raw: bytes) -> Any:
-    """The request's JSON document, ``None`` for an empty body; 422 for text that is not JSON."""
-    if not raw.strip():
-        return _MISSING
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        position = exc.pos if isinstance(exc, json.JSONDecodeError) else 0
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "invalid encoding"
-        error = {
-            "type": "json_invalid",
-            "loc": ["body", position],
-            "msg": "JSON decode error",
-            "input": {},
-            "ctx": {"error": reason},
-        }
-        raise BodyInvalid([error]) from None
-
-
-def _root(checker: _Checker, document: Any) -> JsonDict | None:
-    if document is _MISSING:
-        checker.fail("missing", (), "Field required", None)
-        return None
-    return checker.model(document, ())
+__all__ = ["decode_json", "parse_fields", "parse_register_nodes", "parse_trigger", "parse_upsert_graph"]
 
 
 @dataclass(frozen=True)
@@ -177,14 +41,14 @@ class RegisterNodesBody:
 
 def parse_register_nodes(document: Any) -> RegisterNodesBody:
     """Body of ``PUT /nodes/``."""
-    c = _Checker()
-    body = _root(c, document)
+    c = Checker()
+    body = root_object(c, document)
     c.done()
     assert body is not None
     runtime_name = c.string(c.field(body, "runtime_name", ()), ("runtime_name",))
     raw_nodes = c.field(body, "nodes", ())
     nodes: list[NodeRegistration] = []
-    items = c.listing(raw_nodes, ("nodes",)) if raw_nodes is not _MISSING else None
+    items = c.listing(raw_nodes, ("nodes",)) if raw_nodes is not MISSING else None
     for index, item in enumerate(items or []):
         loc: Loc = ("nodes", index)
         node = c.model(item, loc)
@@ -201,7 +65,7 @@ def parse_register_nodes(document: Any) -> RegisterNodesBody:
     return RegisterNodesBody(runtime_name, nodes)
 
 
-def _trimmed_name(c: _Checker, value: Any, loc: Loc, what: str, reserved: bool = False) -> str | None:
+def _trimmed_name(c: Checker, value: Any, loc: Loc, what: str, reserved: bool = False) -> str | None:
     text = c.string(value, loc)
     if text is None:
         return None
@@ -214,7 +78,7 @@ def _trimmed_name(c: _Checker, value: Any, loc: Loc, what: str, reserved: bool =
     return text.strip()
 
 
-def _node_template(c: _Checker, item: Any, loc: Loc) -> NodeTemplate | None:
+def _node_template(c: Checker, item: Any, loc: Loc) -> NodeTemplate | None:
     node = c.model(item, loc)
     if node is None:
         return None
@@ -251,7 +115,7 @@ def _node_template(c: _Checker, item: Any, loc: Loc) -> NodeTemplate | None:
     return NodeTemplate(node_name, namespace, identifier, inputs, next_nodes, unites)
 
 
-def _retry_policy(c: _Checker, value: Any) -> RetryPolicy | None:
+def _retry_policy(c: Checker, value: Any) -> RetryPolicy | None:
     loc: Loc = ("retry_policy",)
     fields = c.model(value, loc)
     if fields is None:
@@ -272,7 +136,7 @@ def _retry_policy(c: _Checker, value: Any) -> RetryPolicy | None:
     return policy
 
 
-def _store_keys(c: _Checker, keys: list[str], loc: Loc, value: Any) -> list[str] | None:
+def _store_keys(c: Checker, keys: list[str], loc: Loc, value: Any) -> list[str] | None:
     seen: list[str] = []
     problems: list[str] = []
     for key in keys:
@@ -291,7 +155,7 @@ def _store_keys(c: _Checker, keys: list[str], loc: Loc, value: Any) -> list[str]
     return seen
 
 
-def _store_config(c: _Checker, value: Any) -> StoreConfig | None:
+def _store_config(c: Checker, value: Any) -> StoreConfig | None:
     loc: Loc = ("store_config",)
     fields = c.model(value, loc)
     if fields is None:
@@ -310,7 +174,7 @@ def _store_config(c: _Checker, value: Any) -> StoreConfig | None:
     return StoreConfig(required, defaults)
 
 
-def _triggers(c: _Checker, value: Any) -> list[JsonDict] | None:
+def _triggers(c: Checker, value: Any) -> list[JsonDict] | None:
     items = c.listing(value, ("triggers",))
     if items is None:
         return None
@@ -347,13 +211,13 @@ class UpsertGraphBody:
 
 def parse_upsert_graph(document: Any) -> UpsertGraphBody:
     """Body of ``PUT /graph/{graph}``."""
-    c = _Checker()
-    body = _root(c, document)
+    c = Checker()
+    body = root_object(c, document)
     c.done()
     assert body is not None
     secrets = c.str_map(c.field(body, "secrets", ()), ("secrets",))
     raw_nodes = c.field(body, "nodes", ())
-    items = c.listing(raw_nodes, ("nodes",)) if raw_nodes is not _MISSING else None
+    items = c.listing(raw_nodes, ("nodes",)) if raw_nodes is not MISSING else None
     nodes = [_node_template(c, item, ("nodes", index)) for index, item in enumerate(items or [])]
     policy = _retry_policy(c, body["retry_policy"]) if "retry_policy" in body else RetryPolicy()
     store = _store_config(c, body["store_config"]) if "store_config" in body else StoreConfig()
@@ -372,8 +236,8 @@ class TriggerBody:
 
 def parse_trigger(document: Any) -> TriggerBody:
     """Body of ``POST /graph/{graph}/trigger``."""
-    c = _Checker()
-    body = _root(c, document)
+    c = Checker()
+    body = root_object(c, document)
     c.done()
     assert body is not None
     inputs = c.str_map(body.get("inputs", {}), ("inputs",))
@@ -387,14 +251,14 @@ def parse_trigger(document: Any) -> TriggerBody:
 def parse_fields(document: Any, spec: dict[str, str]) -> JsonDict:
     """A flat body of required fields; ``spec`` maps each name to ``str``, ``int``, ``int>0``,
     ``str[]``, ``dict`` or ``dict[]``."""
-    c = _Checker()
-    body = _root(c, document)
+    c = Checker()
+    body = root_object(c, document)
     c.done()
     assert body is not None
     result: JsonDict = {}
     for name, kind in spec.items():
         value = c.field(body, name, ())
-        if value is _MISSING:
+        if value is MISSING:
             continue
         loc: Loc = (name,)
         if kind == "str":

@@ -1,0 +1,147 @@
+"""FastAPI-shaped validation errors for hand-checked request bodies (pydantic's lax mode, by hand)."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from exo_otel.embedded.errors import BodyInvalid
+from exo_otel.embedded.models import JsonDict
+
+Loc = tuple[str | int, ...]
+E = TypeVar("E", bound=StrEnum)
+MISSING: Any = object()
+
+
+class Checker:
+    """Collects validation errors while converting one body."""
+
+    def __init__(self) -> None:
+        self.errors: list[dict[str, Any]] = []
+
+    def fail(self, kind: str, loc: Loc, msg: str, value: Any, ctx: dict[str, Any] | None = None) -> None:
+        error: dict[str, Any] = {"type": kind, "loc": ["body", *loc], "msg": msg, "input": value}
+        if ctx is not None:
+            error["ctx"] = ctx
+        self.errors.append(error)
+
+    def value_error(self, loc: Loc, message: str, value: Any) -> None:
+        self.fail("value_error", loc, f"Value error, {message}", value, {"error": message})
+
+    def model(self, value: Any, loc: Loc) -> JsonDict | None:
+        if isinstance(value, dict):
+            return value
+        msg = "Input should be a valid dictionary or object to extract fields from"
+        self.fail("model_attributes_type", loc, msg, value)
+        return None
+
+    def field(self, obj: JsonDict, name: str, loc: Loc, default: Any = MISSING) -> Any:
+        if name in obj:
+            return obj[name]
+        if default is MISSING:
+            self.fail("missing", (*loc, name), "Field required", obj)
+        return MISSING
+
+    def string(self, value: Any, loc: Loc) -> str | None:
+        if isinstance(value, str):
+            return value
+        self.fail("string_type", loc, "Input should be a valid string", value)
+        return None
+
+    def integer(self, value: Any, loc: Loc, gt: int | None = None, ge: int | None = None) -> int | None:
+        number: int | None = None
+        if isinstance(value, bool | int):
+            number = int(value)
+        elif isinstance(value, float):
+            if value.is_integer():
+                number = int(value)
+            else:
+                msg = "Input should be a valid integer, got a number with a fractional part"
+                self.fail("int_from_float", loc, msg, value)
+                return None
+        elif isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                msg = "Input should be a valid integer, unable to parse string as an integer"
+                self.fail("int_parsing", loc, msg, value)
+                return None
+        else:
+            self.fail("int_type", loc, "Input should be a valid integer", value)
+            return None
+        if gt is not None and number <= gt:
+            self.fail("greater_than", loc, f"Input should be greater than {gt}", value, {"gt": gt})
+            return None
+        if ge is not None and number < ge:
+            msg = f"Input should be greater than or equal to {ge}"
+            self.fail("greater_than_equal", loc, msg, value, {"ge": ge})
+            return None
+        return number
+
+    def mapping(self, value: Any, loc: Loc) -> JsonDict | None:
+        if isinstance(value, dict):
+            return value
+        self.fail("dict_type", loc, "Input should be a valid dictionary", value)
+        return None
+
+    def listing(self, value: Any, loc: Loc) -> list[Any] | None:
+        if isinstance(value, list):
+            return value
+        self.fail("list_type", loc, "Input should be a valid list", value)
+        return None
+
+    def str_map(self, value: Any, loc: Loc) -> dict[str, str] | None:
+        mapping = self.mapping(value, loc)
+        if mapping is None:
+            return None
+        before = len(self.errors)
+        result = {key: self.string(item, (*loc, key)) for key, item in mapping.items()}
+        return None if len(self.errors) > before else {k: v for k, v in result.items() if v is not None}
+
+    def str_list(self, value: Any, loc: Loc) -> list[str] | None:
+        items = self.listing(value, loc)
+        if items is None:
+            return None
+        before = len(self.errors)
+        result = [self.string(item, (*loc, index)) for index, item in enumerate(items)]
+        return None if len(self.errors) > before else [item for item in result if item is not None]
+
+    def choice(self, value: Any, loc: Loc, enum: type[E]) -> E | None:
+        for member in enum:
+            if value == member.value:
+                return member
+        names = [f"'{member.value}'" for member in enum]
+        expected = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        self.fail("enum", loc, f"Input should be {expected}", value, {"expected": expected})
+        return None
+
+    def done(self) -> None:
+        if self.errors:
+            raise BodyInvalid(self.errors)
+
+
+def decode_json(raw: bytes) -> Any:
+    """The request's JSON document, ``None`` for an empty body; 422 for text that is not JSON."""
+    if not raw.strip():
+        return MISSING
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        position = exc.pos if isinstance(exc, json.JSONDecodeError) else 0
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "invalid encoding"
+        error = {
+            "type": "json_invalid",
+            "loc": ["body", position],
+            "msg": "JSON decode error",
+            "input": {},
+            "ctx": {"error": reason},
+        }
+        raise BodyInvalid([error]) from None
+
+
+def root_object(checker: Checker, document: Any) -> JsonDict | None:
+    if document is MISSING:
+        checker.fail("missing", (), "Field required", None)
+        return None
+    return checker.model(document, ())
