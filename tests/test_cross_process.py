@@ -35,12 +35,12 @@ def test_every_span_of_a_run_lands_in_its_one_trace(expose_run_context: bool, tm
         try:
             for name, nodes in (("runtime-a", RUNTIME_A), ("runtime-b", RUNTIME_B)):
                 env = otel_env(rx.endpoint, name, OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION=association)
-                args = ["--uri", sm.uri, "--key", sm.api_key, "--namespace", cg.NAMESPACE,
+                args = ["--uri", sm.uri, f"--key={sm.api_key}", "--namespace", cg.NAMESPACE,
                         "--nodes", ",".join(nodes), "--name", name]
                 processes.append(launch("proc_runtime.py", args, env, tmp_path / f"{name}.log"))
             rx.wait_for(lambda _: set(RUNTIME_A + RUNTIME_B) <= sm.registered_nodes(cg.NAMESPACE), TIMEOUT)
 
-            args = ["--uri", sm.uri, "--key", sm.api_key, "--graph", "conformance", "--runs", str(RUNS)]
+            args = ["--uri", sm.uri, f"--key={sm.api_key}", "--graph", "conformance", "--runs", str(RUNS)]
             env = otel_env(rx.endpoint, "trigger")
             trigger = launch("proc_trigger.py", args, env, tmp_path / "trigger.log", stdout=subprocess.PIPE)
             processes.append(trigger)

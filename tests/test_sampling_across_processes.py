@@ -27,14 +27,14 @@ def test_each_run_is_recorded_everywhere_or_nowhere(tmp_path: Path) -> None:
         try:
             # One node per runtime process, so both halves of every run cross a process boundary.
             for name, node in (("runtime-first", PairFirstNode), ("runtime-second", PairSecondNode)):
-                args = ["--uri", sm.uri, "--key", sm.api_key, "--namespace", PAIR_NAMESPACE,
+                args = ["--uri", sm.uri, f"--key={sm.api_key}", "--namespace", PAIR_NAMESPACE,
                         "--nodes", node.__name__, "--name", name, "--workers", "8", "--batch-size", "32"]
                 env = otel_env(rx.endpoint, name, **SAMPLING)
                 processes.append(launch("proc_runtime.py", args, env, tmp_path / f"{name}.log"))
             names = {PairFirstNode.__name__, PairSecondNode.__name__}
             rx.wait_for(lambda _: names <= sm.registered_nodes(PAIR_NAMESPACE), TIMEOUT)
 
-            args = ["--uri", sm.uri, "--key", sm.api_key, "--graph", "pair", "--runs", str(RUNS)]
+            args = ["--uri", sm.uri, f"--key={sm.api_key}", "--graph", "pair", "--runs", str(RUNS)]
             env = otel_env(rx.endpoint, "trigger", **SAMPLING)
             trigger = launch("proc_trigger.py", args, env, tmp_path / "trigger.log", stdout=subprocess.PIPE)
             processes.append(trigger)

@@ -37,7 +37,7 @@ class EmbeddedStateManager:
         port: int = 0,
         expose_run_context: bool = False,
     ) -> None:
-        self.api_key = api_key if api_key is not None else secrets.token_urlsafe(24)
+        self.api_key = api_key if api_key is not None else secrets.token_hex(24)
         self.host = host
         self.expose_run_context = expose_run_context
         self._requested_port = port
