@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from exo_otel.embedded.checker import MISSING, Checker, Loc, decode_json, root_object
+from exo_otel.embedded.checker import MISSING, Checker, Loc, decode_json, start
 from exo_otel.embedded.models import (
     JsonDict,
     NodeTemplate,
@@ -41,10 +41,7 @@ class RegisterNodesBody:
 
 def parse_register_nodes(document: Any) -> RegisterNodesBody:
     """Body of ``PUT /nodes/``."""
-    c = Checker()
-    body = root_object(c, document)
-    c.done()
-    assert body is not None
+    c, body = start(document)
     runtime_name = c.string(c.field(body, "runtime_name", ()), ("runtime_name",))
     raw_nodes = c.field(body, "nodes", ())
     nodes: list[NodeRegistration] = []
@@ -211,10 +208,7 @@ class UpsertGraphBody:
 
 def parse_upsert_graph(document: Any) -> UpsertGraphBody:
     """Body of ``PUT /graph/{graph}``."""
-    c = Checker()
-    body = root_object(c, document)
-    c.done()
-    assert body is not None
+    c, body = start(document)
     secrets = c.str_map(c.field(body, "secrets", ()), ("secrets",))
     raw_nodes = c.field(body, "nodes", ())
     items = c.listing(raw_nodes, ("nodes",)) if raw_nodes is not MISSING else None
@@ -236,10 +230,7 @@ class TriggerBody:
 
 def parse_trigger(document: Any) -> TriggerBody:
     """Body of ``POST /graph/{graph}/trigger``."""
-    c = Checker()
-    body = root_object(c, document)
-    c.done()
-    assert body is not None
+    c, body = start(document)
     inputs = c.str_map(body.get("inputs", {}), ("inputs",))
     store = c.str_map(body.get("store", {}), ("store",))
     delay = c.integer(body.get("start_delay", 0), ("start_delay",), ge=0)
@@ -251,10 +242,7 @@ def parse_trigger(document: Any) -> TriggerBody:
 def parse_fields(document: Any, spec: dict[str, str]) -> JsonDict:
     """A flat body of required fields; ``spec`` maps each name to ``str``, ``int``, ``int>0``,
     ``str[]``, ``dict`` or ``dict[]``."""
-    c = Checker()
-    body = root_object(c, document)
-    c.done()
-    assert body is not None
+    c, body = start(document)
     result: JsonDict = {}
     for name, kind in spec.items():
         value = c.field(body, name, ())

@@ -140,8 +140,12 @@ def decode_json(raw: bytes) -> Any:
         raise BodyInvalid([error]) from None
 
 
-def root_object(checker: Checker, document: Any) -> JsonDict | None:
+def start(document: Any) -> tuple[Checker, JsonDict]:
+    """A checker for one body, and the body's top-level object (422 at once when there is none)."""
+    checker = Checker()
     if document is MISSING:
         checker.fail("missing", (), "Field required", None)
-        return None
-    return checker.model(document, ())
+    body = None if document is MISSING else checker.model(document, ())
+    checker.done()
+    assert body is not None  # done() raised otherwise
+    return checker, body
