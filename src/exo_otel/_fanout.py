@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Final
-
-from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from exo_otel import attributes as attr
 from exo_otel._execution import Execution
 from exo_otel._spans import start_span
-from exo_otel._state_context import parent_context, run_is_sampled, run_root_context
-from exo_otel.ids import state_span_id, trace_id_for_run
+from exo_otel._state_context import parent_context, run_is_sampled, run_root_context, upstream_link
+from exo_otel.ids import state_span_id
 
 # Statuses a fan-out copy can have: it is born EXECUTED and moves on as its next states are made.
 _COPY_STATUSES: Final = frozenset({"EXECUTED", "SUCCESS", "NEXT_CREATED_ERROR"})
@@ -49,10 +48,8 @@ def emit_copy_spans(execution: Execution, copy_ids: list[str]) -> None:
         return
     sampled = run_is_sampled(telemetry.sampler, run)
     parent = parent_context(run_root_context(run, sampled))
-    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
-    original = SpanContext(
-        trace_id_for_run(run.run_id), state_span_id(state.state_id), is_remote=True, trace_flags=flags
-    )
+    # A copy's upstream, for the link, is the state it was copied from.
+    to_original = upstream_link(replace(run, parent_state_id=state.state_id), sampled)
     start = getattr(execution.node_span, "start_time", None) or execution.started_ns
     end = time.time_ns()
     for copy_id in copy_ids:
@@ -67,6 +64,6 @@ def emit_copy_spans(execution: Execution, copy_ids: list[str]) -> None:
             span_id=state_span_id(copy_id),
             start_time=start,
             attributes=attributes,
-            links=[Link(original, {attr.STATE_ID: state.state_id})],
+            links=to_original,
         )
         span.end(end)

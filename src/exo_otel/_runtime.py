@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, suppress_http_instrumentation
@@ -18,8 +18,8 @@ from exo_otel._run_lookup import RunLookup
 from exo_otel._spans import guard
 from exo_otel._state_context import PolledState, RunInfo, run_from_payload
 from exo_otel._telemetry import Telemetry
+from exo_otel._wrapping import AsyncMethod, call_argument
 
-AsyncMethod = Callable[..., Awaitable[Any]]
 TRACING_ATTRIBUTE = "_exo_otel_tracing"
 
 # The execution the current worker task is in: set when a worker takes a state off the queue,
@@ -52,22 +52,15 @@ class RuntimeTracing:
         if not isinstance(states, list):
             return
         settings = self.telemetry.settings
+        polled = [s for s in states if isinstance(s, dict) and isinstance(s.get("state_id"), str)]
         runs: dict[str, RunInfo] = {}
-        unknown: list[str] = []
-        for state in states:
-            if not isinstance(state, dict) or not isinstance(state.get("state_id"), str):
-                continue
-            run = run_from_payload(state) if settings.run_association.uses_payload else None
-            if run is not None:
-                runs[state["state_id"]] = run
-            else:
-                unknown.append(state["state_id"])
+        if settings.run_association.uses_payload:
+            runs = {s["state_id"]: run for s in polled if (run := run_from_payload(s)) is not None}
+        unknown = [s["state_id"] for s in polled if s["state_id"] not in runs]
         if unknown and settings.run_association.uses_run_api:
             runs.update(await self.lookup().resolve(unknown))
-        for state in states:
-            if isinstance(state, dict) and isinstance(state.get("state_id"), str):
-                state_id = state["state_id"]
-                self.polled[state_id] = PolledState.from_payload(state, runs.get(state_id))
+        for state in polled:
+            self.polled[state["state_id"]] = PolledState.from_payload(state, runs.get(state["state_id"]))
 
     def lookup(self) -> RunLookup:
         """The run API client, made on first use (the runtime's settings are final by then)."""
@@ -165,7 +158,7 @@ def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
         result = await note(wrapped, instance, args, kwargs)
         execution = _current_execution.get()
         tracing = getattr(instance, TRACING_ATTRIBUTE, None)
-        outputs = args[1] if len(args) > 1 else kwargs.get("outputs")
+        outputs = call_argument(args, kwargs, 1, "outputs", None)
         if (
             execution is not None
             and execution.state.run is not None
@@ -214,7 +207,7 @@ def _note_outcome(
         if delay is not None and hasattr(delay, "total_seconds"):
             execution.requeue_delay_ms = int(delay.total_seconds() * 1000)
     elif outcome == attr.OUTCOME_EXECUTED:
-        outputs = args[1] if len(args) > 1 else kwargs.get("outputs")
+        outputs = call_argument(args, kwargs, 1, "outputs", None)
         if outputs is not None and execution.telemetry.settings.capture_io:
             record_outputs(execution, [o.model_dump() if hasattr(o, "model_dump") else o for o in outputs])
 

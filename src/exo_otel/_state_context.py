@@ -85,11 +85,14 @@ def run_is_sampled(sampler: Sampler | None, run: RunInfo) -> bool:
     return result.decision is Decision.RECORD_AND_SAMPLE
 
 
+def _flags(sampled: bool) -> TraceFlags:
+    return TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+
+
 def run_root_context(run: RunInfo, sampled: bool) -> SpanContext:
     """The remote span context of the run's trigger span, derived from the run id alone."""
-    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
     return SpanContext(
-        trace_id_for_run(run.run_id), run_span_id(run.run_id), is_remote=True, trace_flags=flags
+        trace_id_for_run(run.run_id), run_span_id(run.run_id), is_remote=True, trace_flags=_flags(sampled)
     )
 
 
@@ -97,9 +100,11 @@ def upstream_link(run: RunInfo, sampled: bool) -> list[Link]:
     """A link from a state's span to its direct upstream state's span, when that state is known."""
     if run.parent_state_id is None:
         return []
-    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
     context = SpanContext(
-        trace_id_for_run(run.run_id), state_span_id(run.parent_state_id), is_remote=True, trace_flags=flags
+        trace_id_for_run(run.run_id),
+        state_span_id(run.parent_state_id),
+        is_remote=True,
+        trace_flags=_flags(sampled),
     )
     return [Link(context, {attr.STATE_ID: run.parent_state_id})]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry import trace
@@ -14,16 +13,8 @@ from opentelemetry.trace import Link, SpanKind
 from exo_otel import attributes as attr
 from exo_otel._spans import guard, record_failure, start_span
 from exo_otel._telemetry import Telemetry
+from exo_otel._wrapping import AsyncMethod, Wrapper, call_argument
 from exo_otel.ids import run_span_id, trace_id_for_run
-
-AsyncMethod = Callable[..., Awaitable[Any]]
-Wrapper = Callable[[AsyncMethod, Any, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
-
-
-def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    return args[index] if len(args) > index else default
 
 
 def _namespace(instance: Any) -> str:
@@ -46,18 +37,20 @@ def make_trigger_wrapper(telemetry: Telemetry) -> Wrapper:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             with guard("recording a failed trigger"):
-                _failed_trigger_span(telemetry, instance, args, kwargs, start_ns, exc)
+                _span_where_the_caller_is(
+                    telemetry, _trigger_attributes(instance, args, kwargs), start_ns, exc
+                )
             raise
         with guard("recording the trigger span"):
-            _run_root_span(telemetry, instance, args, kwargs, start_ns, caller, result)
+            _run_root_span(telemetry, _trigger_attributes(instance, args, kwargs), start_ns, caller, result)
         return result
 
     return traced_trigger
 
 
 def _trigger_attributes(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    graph_name = str(_argument(args, kwargs, 0, "graph_name", ""))
-    start_delay = _argument(args, kwargs, 3, "start_delay", 0)
+    graph_name = str(call_argument(args, kwargs, 0, "graph_name", ""))
+    start_delay = call_argument(args, kwargs, 3, "start_delay", 0)
     attributes: dict[str, Any] = {attr.NAMESPACE: _namespace(instance), attr.GRAPH_NAME: graph_name}
     if isinstance(start_delay, int | float):
         attributes[attr.TRIGGER_START_DELAY_MS] = int(start_delay)
@@ -65,56 +58,39 @@ def _trigger_attributes(instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
 
 
 def _run_root_span(
-    telemetry: Telemetry,
-    instance: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    start_ns: int,
-    caller: trace.Span,
-    result: Any,
+    telemetry: Telemetry, attributes: dict[str, Any], start_ns: int, caller: trace.Span, result: Any
 ) -> None:
-    attributes = _trigger_attributes(instance, args, kwargs)
-    run_id = result.get("run_id") if isinstance(result, dict) else None
     metric_attributes = {k: v for k, v in attributes.items() if k in (attr.NAMESPACE, attr.GRAPH_NAME)}
     telemetry.metrics.triggers.add(1, metric_attributes)
-    caller_context = caller.get_span_context()
-    links = [Link(caller_context)] if caller_context.is_valid else []
-    name = f"trigger {attributes[attr.GRAPH_NAME]}"
+    run_id = result.get("run_id") if isinstance(result, dict) else None
     if not isinstance(run_id, str) or not run_id:
-        # An answer without a run id cannot root a run trace: report it where the caller is.
-        span = start_span(
-            telemetry.tracer, name, kind=SpanKind.PRODUCER, start_time=start_ns, attributes=attributes
-        )
-        span.end()
+        # An answer without a run id cannot root a run trace.
+        _span_where_the_caller_is(telemetry, attributes, start_ns, None)
         return
     attributes[attr.RUN_ID] = run_id
+    caller_context = caller.get_span_context()
     # An empty context makes the span a root whatever is current: the run's trace never nests
     # inside the caller's, so its trace id is always the run id's.
     span = start_span(
         telemetry.tracer,
-        name,
+        f"trigger {attributes[attr.GRAPH_NAME]}",
         kind=SpanKind.PRODUCER,
         context=Context(),
         trace_id=trace_id_for_run(run_id),
         span_id=run_span_id(run_id),
         start_time=start_ns,
         attributes=attributes,
-        links=links,
+        links=[Link(caller_context)] if caller_context.is_valid else [],
     )
     if caller.is_recording():
         caller.add_link(span.get_span_context(), {attr.RUN_ID: run_id})
     span.end()
 
 
-def _failed_trigger_span(
-    telemetry: Telemetry,
-    instance: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    start_ns: int,
-    exc: BaseException,
+def _span_where_the_caller_is(
+    telemetry: Telemetry, attributes: dict[str, Any], start_ns: int, exc: BaseException | None
 ) -> None:
-    attributes = _trigger_attributes(instance, args, kwargs)
+    """A trigger span with no run to root, in the caller's context; ERROR when ``exc`` is given."""
     span = start_span(
         telemetry.tracer,
         f"trigger {attributes[attr.GRAPH_NAME]}",
@@ -122,7 +98,8 @@ def _failed_trigger_span(
         start_time=start_ns,
         attributes=attributes,
     )
-    record_failure(span, exc)
+    if exc is not None:
+        record_failure(span, exc)
     span.end()
 
 
@@ -134,7 +111,7 @@ def make_graph_call_wrapper(telemetry: Telemetry, operation: str) -> Wrapper:
     ) -> Any:
         if not is_instrumentation_enabled():
             return await wrapped(*args, **kwargs)
-        graph_name = str(_argument(args, kwargs, 0, "graph_name", ""))
+        graph_name = str(call_argument(args, kwargs, 0, "graph_name", ""))
         span: trace.Span = trace.INVALID_SPAN
         with guard(f"starting the {operation} span"):
             span = telemetry.tracer.start_span(
