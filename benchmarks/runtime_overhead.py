@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.instrumentor import ExosphereInstrumentor
+from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from sm_fixtures import running_runtime
 
 NAMESPACE = "exo-otel-bench"

@@ -16,7 +16,7 @@ _TRIGGERED = re.compile(r"^\[(\d+)/(\d+)\] triggered run (\S+)")
 def demo_command() -> list[str]:
     """The installed console script next to this interpreter, as `make demo` runs it."""
     script = Path(sys.executable).parent / "exo-otel"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "exo_otel.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "exo_otel.demo.cli"]
 
 
 def demo_env(**extra: str) -> dict[str, str]:

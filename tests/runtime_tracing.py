@@ -8,8 +8,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import conformance_graph as cg
+from exo_otel.core.ids import trace_id_for_run
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.ids import trace_id_for_run
 from sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until
 
 # The trace of one conformance run (strict mode): audit prunes, split fans out into three work

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from exo_otel.cli import main
+from exo_otel.demo.cli import main
 from sm_fixtures import free_port
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "exo-otel")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import conformance_graph as cg
+from exo_otel.core.ids import format_trace_id, run_span_id, state_span_id
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.ids import format_trace_id, run_span_id, state_span_id
 from otlp_receiver import OtlpHttpReceiver, Span
 from proc_runtime import launch, otel_env, print_logs, stop
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from demo_helpers import demo_env, run_demo, triggered_run_ids
 from exo_otel import format_trace_id
-from exo_otel.demo_graph import ITEMS_PER_RUN
-from exo_otel.waterfall import ERROR_MARK
+from exo_otel.demo.graph import ITEMS_PER_RUN
+from exo_otel.demo.waterfall import ERROR_MARK
 
 GRAPH_SPANS = {
     "trigger score-batch": 0,
@@ -109,8 +109,8 @@ def _assert_waterfall(rows: list[tuple[int, str, str]]) -> None:
         assert names[f"node {single}"] == names[f"execute {cls}"] == 1
     failed = [(name, mark) for _indent, name, mark in rows if mark]
     assert failed == [
-        ("node score", f"{ERROR_MARK} exo_otel.demo_graph.ScoringError"),
-        ("execute ScoreItem", f"{ERROR_MARK} exo_otel.demo_graph.ScoringError"),
+        ("node score", f"{ERROR_MARK} exo_otel.demo.graph.ScoringError"),
+        ("execute ScoreItem", f"{ERROR_MARK} exo_otel.demo.graph.ScoringError"),
     ]
     # The failed execute sits under the failed node span: the row right after it.
     first_failed = next(i for i, row in enumerate(rows) if row[2])

@@ -14,10 +14,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from packaging.requirements import Requirement
 
-from exo_otel.config import RunAssociation
-from exo_otel.ids import RunIdGenerator
-from exo_otel.instrumentor import PATCHES, ExosphereInstrumentor
-from exo_otel.package import _instruments
+from exo_otel.core.ids import RunIdGenerator
+from exo_otel.sdk.config import RunAssociation
+from exo_otel.sdk.instrumentor import PATCHES, ExosphereInstrumentor
+from exo_otel.sdk.package import _instruments
 
 
 def _target(module_name: str, attribute: str) -> object:
@@ -92,7 +92,7 @@ def test_bad_explicit_settings_raise_and_install_nothing() -> None:
 def test_bad_environment_settings_fall_back(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from exo_otel.config import Settings
+    from exo_otel.sdk.config import Settings
 
     monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION", "sometimes")
     monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_CAPTURE_IO", "maybe")

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 import conformance_graph as cg
 from exo_otel import format_trace_id
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.instrumentor import ExosphereInstrumentor
+from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from runtime_tracing import run_spans
 from sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until
 

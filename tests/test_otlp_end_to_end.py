@@ -9,8 +9,7 @@ import pytest
 
 from demo_helpers import demo_env, run_demo, triggered_run_ids
 from exo_otel import format_trace_id, run_span_id, state_span_id
-from exo_otel.demo_graph import GRAPH_NAME, ITEMS_PER_RUN, NAMESPACE
-from exo_otel.metrics import (
+from exo_otel.core.metrics import (
     NODE_DURATION,
     NODE_EXECUTIONS,
     NODE_QUEUE_WAIT,
@@ -18,6 +17,7 @@ from exo_otel.metrics import (
     RUNTIME_POLL_DURATION,
     TRIGGER_COUNT,
 )
+from exo_otel.demo.graph import GRAPH_NAME, ITEMS_PER_RUN, NAMESPACE
 from otlp_receiver import MetricPoint, OtlpGrpcReceiver, OtlpHttpReceiver, Span
 
 RUNS = 2
@@ -122,7 +122,7 @@ def _assert_run_tree(run_id: str, trace: list[Span]) -> None:
 
     failed = [s for s in trace if s.status_code == STATUS_ERROR]
     assert sorted(s.name for s in failed) == ["execute ScoreItem", "node score"]
-    assert {s.attributes["error.type"] for s in failed} == {"exo_otel.demo_graph.ScoringError"}
+    assert {s.attributes["error.type"] for s in failed} == {"exo_otel.demo.graph.ScoringError"}
     assert all(s.attributes["exosphere.state.outcome"] == "errored" for s in failed)
 
 

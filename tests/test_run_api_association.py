@@ -14,10 +14,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 import conformance_graph as cg
-from exo_otel._run_lookup import RunLookup
+from exo_otel.core.ids import trace_id_for_run
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.ids import trace_id_for_run
-from exo_otel.instrumentor import ExosphereInstrumentor
+from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel.sdk.run_lookup import RunLookup
 from http_proxy import CountingProxy, RunApiMode, counting_proxy
 from runtime_tracing import EXPECTED_RUN_TREE, SPANS_PER_RUN, label, run_spans
 from sm_fixtures import POLL_INTERVAL, sdk_state_manager, wait_for_run, wait_until

@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from conformance_graph import GRAPH, NAMESPACE, NODES, upsert
-from exo_otel._run_lookup import RunInfo, RunLookup
 from exo_otel.embedded import EmbeddedStateManager, StateView
+from exo_otel.sdk.run_lookup import RunInfo, RunLookup
 from sm_fixtures import free_port, running_runtime, sdk_state_manager, wait_for_run
 
 API_KEY = "lookup-key"

@@ -10,9 +10,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from exo_otel.core.ids import run_span_id, state_span_id
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.ids import run_span_id, state_span_id
-from exo_otel.instrumentor import ExosphereInstrumentor
+from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from runtime_tracing import EXPECTED_RUN_TREE, label, run_conformance_graph
 from span_tree import dump_tree
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from exo_otel.core.ids import format_trace_id, run_span_id, state_span_id
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.ids import format_trace_id, run_span_id, state_span_id
 from otlp_receiver import OtlpHttpReceiver
 from proc_runtime import PAIR_NAMESPACE, PairFirstNode, PairSecondNode, launch, otel_env, print_logs, stop
 

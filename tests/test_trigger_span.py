@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import conformance_graph as cg
 from exo_otel import run_id_for_trace, run_span_id, trace_id_for_run
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.instrumentor import ExosphereInstrumentor
+from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from sm_fixtures import running_runtime, sdk_state_manager
 
 

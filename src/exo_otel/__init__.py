@@ -17,7 +17,7 @@ loads the instrumentor.
 
 from __future__ import annotations
 
-from exo_otel.ids import (
+from exo_otel.core.ids import (
     RunIdGenerator,
     format_trace_id,
     h64,
@@ -26,7 +26,7 @@ from exo_otel.ids import (
     state_span_id,
     trace_id_for_run,
 )
-from exo_otel.instrumentor import ExosphereInstrumentor
+from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel.version import __version__
 
 __all__ = [

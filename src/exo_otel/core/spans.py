@@ -11,8 +11,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes
 
-from exo_otel.attributes import ERROR_TYPE
-from exo_otel.ids import pinned_ids
+from exo_otel.core.attributes import ERROR_TYPE
+from exo_otel.core.ids import pinned_ids
 
 _logger = logging.getLogger("exo_otel")
 

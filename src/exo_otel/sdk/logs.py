@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from opentelemetry import baggage, trace
 
-from exo_otel import attributes as attr
+from exo_otel.core import attributes as attr
 
 TRACE_ID_FIELD: Final = "otelTraceID"
 SPAN_ID_FIELD: Final = "otelSpanID"

@@ -11,8 +11,8 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
-from exo_otel import attributes as attr
-from exo_otel.ids import run_span_id, state_span_id, trace_id_for_run
+from exo_otel.core import attributes as attr
+from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import Sampler
 
-from exo_otel.config import Settings
-from exo_otel.metrics import ExosphereMetrics
+from exo_otel.core.metrics import ExosphereMetrics
+from exo_otel.sdk.config import Settings
 
 
 @dataclass

@@ -14,7 +14,12 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.sampling import Sampler
 from wrapt import wrap_function_wrapper
 
-from exo_otel._runtime import (
+from exo_otel.core.ids import RunIdGenerator
+from exo_otel.core.metrics import ExosphereMetrics
+from exo_otel.sdk.config import RunAssociation, Settings
+from exo_otel.sdk.logs import install_log_correlation, remove_log_correlation
+from exo_otel.sdk.package import _instruments
+from exo_otel.sdk.runtime import (
     make_errored_wrapper,
     make_executed_wrapper,
     make_poll_wrapper,
@@ -22,13 +27,8 @@ from exo_otel._runtime import (
     make_requeued_wrapper,
     make_runtime_init_wrapper,
 )
-from exo_otel._telemetry import Telemetry
-from exo_otel._trigger import make_graph_call_wrapper, make_trigger_wrapper
-from exo_otel.config import RunAssociation, Settings
-from exo_otel.ids import RunIdGenerator
-from exo_otel.logs import install_log_correlation, remove_log_correlation
-from exo_otel.metrics import ExosphereMetrics
-from exo_otel.package import _instruments
+from exo_otel.sdk.telemetry import Telemetry
+from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_wrapper
 from exo_otel.version import __version__
 
 _logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         Args:
             tracer_provider: where spans go; the global provider when None.
             meter_provider: where metrics go; the global provider when None.
-            run_association: how a runtime finds a state's run (see `exo_otel.config`); the
+            run_association: how a runtime finds a state's run (see `exo_otel.sdk.config`); the
                 ``OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION`` variable when None, else ``auto``.
             capture_io: record node inputs and outputs (truncated); default off.
             io_max_length: characters kept of a recorded input or output.

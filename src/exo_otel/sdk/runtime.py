@@ -11,14 +11,14 @@ from typing import Any
 
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, suppress_http_instrumentation
 
-from exo_otel import attributes as attr
-from exo_otel._execution import Execution, begin, finish, record_outputs
-from exo_otel._fanout import emit_copy_spans, fanout_copy_ids
-from exo_otel._run_lookup import RunLookup
-from exo_otel._spans import guard
-from exo_otel._state_context import PolledState, RunInfo, run_from_payload
-from exo_otel._telemetry import Telemetry
-from exo_otel._wrapping import AsyncMethod, call_argument
+from exo_otel.core import attributes as attr
+from exo_otel.core.spans import guard
+from exo_otel.core.wrapping import AsyncMethod, call_argument
+from exo_otel.sdk.execution import Execution, begin, finish, record_outputs
+from exo_otel.sdk.fanout import emit_copy_spans, fanout_copy_ids
+from exo_otel.sdk.run_lookup import RunLookup
+from exo_otel.sdk.state_context import PolledState, RunInfo, run_from_payload
+from exo_otel.sdk.telemetry import Telemetry
 
 TRACING_ATTRIBUTE = "_exo_otel_tracing"
 

@@ -21,8 +21,8 @@ from typing import Any, Final
 
 from exospherehost import Runtime, StateManager
 
-from exo_otel._demo_telemetry import DemoTelemetry, TelemetryError
-from exo_otel.demo_graph import (
+from exo_otel.core.ids import run_span_id, state_span_id
+from exo_otel.demo.graph import (
     FAILURE_TEXT,
     GRAPH_NAME,
     ITEMS_PER_RUN,
@@ -32,11 +32,11 @@ from exo_otel.demo_graph import (
     ScoringError,
     graph_nodes,
 )
+from exo_otel.demo.links import run_links
+from exo_otel.demo.telemetry import DemoTelemetry, TelemetryError
+from exo_otel.demo.waterfall import render_waterfall
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.ids import run_span_id, state_span_id
-from exo_otel.instrumentor import ExosphereInstrumentor
-from exo_otel.links import run_links
-from exo_otel.waterfall import render_waterfall
+from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 
 RUNTIME_NAME: Final = "exo-otel-demo"
 POLL_INTERVAL_S: Final = 0.05

@@ -8,7 +8,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Final
 
-from exo_otel.ids import format_trace_id
+from exo_otel.core.ids import format_trace_id
 
 EXO_OTEL_JAEGER_URL: Final = "EXO_OTEL_JAEGER_URL"
 """Base URL of the Jaeger UI; default ``http://localhost:16686`` (the deploy/jaeger stack)."""

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import aiohttp
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
-from exo_otel._state_context import RunInfo
+from exo_otel.sdk.state_context import RunInfo
 
 _logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from exo_otel.demo.links import run_links
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.links import run_links
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("trace-id", "links"):
         return _links(parser, args)
     # Imported here: the SDK, the exporters and the demo graph load only for the demo.
-    from exo_otel.demo import DemoOptions, run_demo
+    from exo_otel.demo.run import DemoOptions, run_demo
 
     return run_demo(
         DemoOptions(

@@ -11,17 +11,17 @@ from typing import Any
 from opentelemetry import baggage, context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from exo_otel import attributes as attr
-from exo_otel._spans import qualified_name, record_failure, start_span
-from exo_otel._state_context import (
+from exo_otel.core import attributes as attr
+from exo_otel.core.ids import state_span_id
+from exo_otel.core.spans import qualified_name, record_failure, start_span
+from exo_otel.sdk.state_context import (
     PolledState,
     parent_context,
     run_is_sampled,
     run_root_context,
     upstream_link,
 )
-from exo_otel._telemetry import Telemetry
-from exo_otel.ids import state_span_id
+from exo_otel.sdk.telemetry import Telemetry
 
 FINAL_OUTCOMES = frozenset({attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED, attr.OUTCOME_PRUNED})
 

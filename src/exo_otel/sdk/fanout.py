@@ -6,11 +6,11 @@ import time
 from dataclasses import replace
 from typing import Any, Final
 
-from exo_otel import attributes as attr
-from exo_otel._execution import Execution
-from exo_otel._spans import start_span
-from exo_otel._state_context import parent_context, run_is_sampled, run_root_context, upstream_link
-from exo_otel.ids import state_span_id
+from exo_otel.core import attributes as attr
+from exo_otel.core.ids import state_span_id
+from exo_otel.core.spans import start_span
+from exo_otel.sdk.execution import Execution
+from exo_otel.sdk.state_context import parent_context, run_is_sampled, run_root_context, upstream_link
 
 # Statuses a fan-out copy can have: it is born EXECUTED and moves on as its next states are made.
 _COPY_STATUSES: Final = frozenset({"EXECUTED", "SUCCESS", "NEXT_CREATED_ERROR"})

@@ -10,11 +10,11 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Link, SpanKind
 
-from exo_otel import attributes as attr
-from exo_otel._spans import guard, record_failure, start_span
-from exo_otel._telemetry import Telemetry
-from exo_otel._wrapping import AsyncMethod, Wrapper, call_argument
-from exo_otel.ids import run_span_id, trace_id_for_run
+from exo_otel.core import attributes as attr
+from exo_otel.core.ids import run_span_id, trace_id_for_run
+from exo_otel.core.spans import guard, record_failure, start_span
+from exo_otel.core.wrapping import AsyncMethod, Wrapper, call_argument
+from exo_otel.sdk.telemetry import Telemetry
 
 
 def _namespace(instance: Any) -> str:

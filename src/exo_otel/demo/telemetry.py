@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from exo_otel.ids import RunIdGenerator, trace_id_for_run
+from exo_otel.core.ids import RunIdGenerator, trace_id_for_run
 
 OTLP_PROTOCOLS: Final = ("grpc", "http/protobuf")
 PROMETHEUS_HOST_DEFAULT: Final = "127.0.0.1"
