@@ -6,7 +6,7 @@ PYTHON ?= $(shell for p in python3.12 python3.13 python3; do \
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-upstream lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.12 is needed (try: pyenv install 3.12)"; exit 1; }
@@ -22,6 +22,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
+
+# The tests marked `upstream`, against the real upstream state manager (../shared/upstream-state-manager).
+# Needs UPSTREAM_GIT_DIR (a git directory of exospherehost/exospherehost) or UPSTREAM_SRC; fails, not
+# skips, without it.
+test-upstream: $(STAMP)
+	@test -n "$$UPSTREAM_GIT_DIR$$UPSTREAM_SRC" || { echo "set UPSTREAM_GIT_DIR or UPSTREAM_SRC (see README)"; exit 1; }
+	$(VENV)/bin/python -m pytest -m upstream
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/runtime_overhead.py
