@@ -32,6 +32,7 @@ test-upstream: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/runtime_overhead.py
+	$(VENV)/bin/python benchmarks/runtime_overhead.py --work-ms 1
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

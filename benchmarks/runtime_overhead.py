@@ -1,146 +1,207 @@
-"""Runtime overhead of the instrumentation: no-op graph runs through the embedded state manager, without
-and then with ExosphereInstrumentor, in one process; prints states per second for both and the ratio.
+"""exo_otel's CPU cost per node execution against the SDK's own floor, the runtime in a process of its own.
 
-Run: ``.venv/bin/python benchmarks/runtime_overhead.py [--runs 300]`` (``make bench``). No assertions:
-the numbers depend on the machine; the state manager and the HTTP polling are in the measured path,
-as they are in production. Everything shares one event loop and one core (state manager, runtime,
-triggers), so the ratio is an upper bound on the throughput cost: a runtime whose nodes do real work
-pays the same absolute cost per state, a far smaller fraction.
+Run: ``.venv/bin/python benchmarks/runtime_overhead.py`` (``make bench``). No assertions: it prints numbers.
+
+Set-up: the embedded state manager in one process (``exo-otel state-manager``), an OTLP/HTTP sink in this
+one (it answers 200 to every export, so the runtime really encodes and sends OTLP), and for every round a
+fresh runtime process (``overhead_runtime.py``) in one of three modes: ``plain`` (no exo_otel), ``spans``
+(exo_otel with an SDK tracer provider, BatchSpanProcessor, OTLP exporter; no SDK meter provider) and
+``metrics`` (the same plus an SDK meter provider, default exemplar filter, OTLP metric exporter). Logging is
+at INFO with exo_otel's correlation fields in the format, as a deployed runtime logs. Rounds alternate the
+modes (the order rotates every round); every round triggers the same workload: ``--runs`` runs of a 3-node
+chain at once, from this process.
+
+Measured: the runtime process's own CPU time (``time.process_time``) from GO until its telemetry is flushed,
+per node execution, median and spread over rounds; the added CPU against ``plain``; the SDK floor, measured
+in the same runtime process right after its round: the spans (names, kinds, attributes, links, events,
+status) exo_otel made for one state, replayed with the SDK alone, plus the trace model's metric records per
+state (2 histogram records, 1 counter add, 2 up-down counter adds) in ``metrics`` mode; their ratio; and the
+throughput ratio (states per second) against ``plain``. ``--work-ms 1`` makes every node busy the CPU 1 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import json
 import os
 import statistics
+import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-from exospherehost import BaseNode, GraphNodeModel, StateManager, StoreConfigModel
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from pydantic import BaseModel
+import aiohttp
+from exospherehost import GraphNodeModel, StateManager, StoreConfigModel
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from sm_fixtures import running_runtime
-
+HERE = Path(__file__).resolve().parent
 NAMESPACE = "exo-otel-bench"
 GRAPH = "chain"
+MODES = ("plain", "spans", "metrics")
+STATES_PER_RUN = 3
 
 
-class StepOne(BaseNode):
-    class Inputs(BaseModel):
-        value: str
+class _Sink(BaseHTTPRequestHandler):
+    """Accepts every OTLP/HTTP export (an empty protobuf answer is a full success)."""
 
-    class Outputs(BaseModel):
-        value: str
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
-    async def execute(self) -> BaseNode.Outputs:
-        return self.Outputs(value=self.inputs.value)
-
-
-class StepTwo(StepOne):
-    pass
-
-
-class StepThree(StepOne):
-    pass
-
-
-NODES: list[type[BaseNode]] = [StepOne, StepTwo, StepThree]
+    def log_message(self, format: str, *args: object) -> None:
+        return
 
 
 def chain() -> list[GraphNodeModel]:
     """one -> two -> three, each passing ``value`` on; the trigger's store gives it."""
-    ids = ["one", "two", "three"]
+    ids, names = ["one", "two", "three"], ["StepOne", "StepTwo", "StepThree"]
     nodes = []
-    for index, (cls, identifier) in enumerate(zip(NODES, ids, strict=True)):
+    for index, (name, identifier) in enumerate(zip(names, ids, strict=True)):
         source = "${{ store.value }}" if index == 0 else f"${{{{ {ids[index - 1]}.outputs.value }}}}"
-        nodes.append(GraphNodeModel(
-            node_name=cls.__name__, namespace=NAMESPACE, identifier=identifier, inputs={"value": source},
-            next_nodes=ids[index + 1:index + 2],
-        ))
+        nodes.append(GraphNodeModel(node_name=name, namespace=NAMESPACE, identifier=identifier,
+                                    inputs={"value": source}, next_nodes=ids[index + 1:index + 2]))
     return nodes
 
 
-class CountingExporter(SpanExporter):
-    """Drops spans after counting them: the cost measured is making spans, not shipping them."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.count += len(spans)
-        return SpanExportResult.SUCCESS
+@dataclass
+class Samples:
+    cpu_per_state: list[float] = field(default_factory=list)
+    states_per_s: list[float] = field(default_factory=list)
+    floor_per_state: list[float] = field(default_factory=list)
 
 
-async def workload(sm: EmbeddedStateManager, runs: int, workers: int) -> float:
-    """Trigger ``runs`` runs of the chain at once; states per second until every run has finished."""
-    client = StateManager(namespace=NAMESPACE, state_manager_uri=sm.uri, key=sm.api_key)
-    async with running_runtime(sm, NAMESPACE, NODES, name="bench", workers=workers, batch_size=64):
-        # Upsert once the nodes are registered (validation needs them); the same graph again is a no-op.
-        await client.upsert_graph(GRAPH, chain(), {}, store_config=StoreConfigModel(required_keys=["value"]),
-                                  polling_interval=0.05)
-        start = time.perf_counter()
+def start_state_manager(key: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "exo_otel.demo.cli", "state-manager", f"--api-key={key}",
+                             "--expose-run-context"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("EXOSPHERE_STATE_MANAGER_URI="):
+            return proc, line.strip().split("=", 1)[1]
+    raise RuntimeError(f"the state manager ended early (rc={proc.wait()})")
+
+
+async def one_round(mode: str, args: argparse.Namespace, uri: str, key: str, sink: str,
+                    client: StateManager, first: bool) -> dict[str, float]:
+    env = {**os.environ, "EXO_OTEL_BENCH_WORK_MS": str(args.work_ms)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(HERE / "overhead_runtime.py"), f"--mode={mode}", f"--uri={uri}", f"--key={key}",
+        f"--sink={sink}", f"--workers={args.workers}", f"--floor-states={args.runs * STATES_PER_RUN}",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"READY"
+        if first:  # the nodes are registered now: the graph validates
+            store_config = StoreConfigModel(required_keys=["value"])
+            await client.upsert_graph(GRAPH, chain(), {}, store_config=store_config, polling_interval=0.05)
+        proc.stdin.write(b"GO\n")
+        await proc.stdin.drain()
+        started = time.perf_counter()
         semaphore = asyncio.Semaphore(16)
 
         async def trigger() -> str:
             async with semaphore:
                 return str((await client.trigger(GRAPH, store={"value": uuid.uuid4().hex}))["run_id"])
 
-        run_ids = await asyncio.gather(*(trigger() for _ in range(runs)))
-        while any(sm.run_status(run_id) == "PENDING" for run_id in run_ids):
-            await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - start
-    states = sum(len(sm.states(run_id)) for run_id in run_ids)
-    return states / elapsed
-
-
-async def phase(runs: int, workers: int, rounds: int) -> list[float]:
-    """Warm-up, then ``rounds`` measured rounds, on a state manager of its own (its store grows with
-    every run and slows it down a little, so the two modes must not share one)."""
-    async with EmbeddedStateManager(expose_run_context=True) as sm:
-        await workload(sm, 10, workers)  # imports, connection pools, first-call paths
-        return [await workload(sm, runs, workers) for _ in range(rounds)]
-
-
-async def main(runs: int, workers: int, rounds: int) -> None:
-    plain = await phase(runs, workers, rounds)
-
-    exporter = CountingExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
-    try:
-        traced = await phase(runs, workers, rounds)
+        run_ids = set(await asyncio.gather(*(trigger() for _ in range(args.runs))))
+        await wait_for_runs(uri, key, run_ids)
+        elapsed = time.perf_counter() - started
+        proc.stdin.write(b"STOP\n")
+        await proc.stdin.drain()
+        result = json.loads(await asyncio.wait_for(proc.stdout.readline(), 120))
+        if mode != "plain":
+            result.update(json.loads(await asyncio.wait_for(proc.stdout.readline(), 300)))
+        result["elapsed_s"] = elapsed
+        return dict(result)
     finally:
-        instrumentor.uninstrument()
-        provider.shutdown()
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
-    best_plain, best_traced = max(plain), max(traced)
-    print(f"workload: {rounds} rounds x {runs} runs of a 3-node no-op chain, {workers} workers, "
-          f"poll interval 0.05 s, embedded state manager over HTTP on 127.0.0.1")
-    print(f"uninstrumented: {best_plain:8.1f} states/s  (rounds: {', '.join(f'{x:.1f}' for x in plain)})")
-    print(f"instrumented:   {best_traced:8.1f} states/s  (rounds: {', '.join(f'{x:.1f}' for x in traced)})")
-    print(f"ratio instrumented/uninstrumented: best rounds {best_traced / best_plain:.3f}, "
-          f"median rounds {statistics.median(traced) / statistics.median(plain):.3f}")
-    print(f"spans exported while instrumented: {exporter.count}")
+
+async def wait_for_runs(uri: str, key: str, run_ids: set[str]) -> None:
+    """Until none of the runs is PENDING, through the runs API (the newest ``len(run_ids)`` runs are ours)."""
+    url = f"{uri}/v0/namespace/{NAMESPACE}/runs/1/{len(run_ids)}"
+    async with aiohttp.ClientSession(headers={"x-api-key": key}) as session:
+        while True:
+            async with session.get(url) as response:
+                runs = (await response.json())["runs"]
+            statuses = {run["run_id"]: run["status"] for run in runs}
+            if all(statuses.get(run_id) not in (None, "PENDING") for run_id in run_ids):
+                return
+            await asyncio.sleep(0.02)
+
+
+def spread(values: list[float], scale: float) -> str:
+    return (f"median {statistics.median(values) * scale:8.1f}  "
+            f"(min {min(values) * scale:.1f}, max {max(values) * scale:.1f})")
+
+
+async def main(args: argparse.Namespace) -> None:
+    key = uuid.uuid4().hex
+    sink_server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink_server.serve_forever, daemon=True).start()
+    sink = f"http://127.0.0.1:{sink_server.server_address[1]}"
+    sm_proc, uri = start_state_manager(key)
+    samples = {mode: Samples() for mode in MODES}
+    try:
+        client = StateManager(namespace=NAMESPACE, state_manager_uri=uri, key=key)
+        first = True
+        for index in range(args.rounds + 1):  # round 0 warms up (imports, caches) and is not counted
+            order = MODES[index % 3:] + MODES[:index % 3]
+            for mode in order:
+                result = await one_round(mode, args, uri, key, sink, client, first)
+                first = False
+                if index == 0:
+                    continue
+                states = args.runs * STATES_PER_RUN
+                samples[mode].cpu_per_state.append(result["cpu_s"] / states)
+                samples[mode].states_per_s.append(states / result["elapsed_s"])
+                if "floor_cpu_s" in result:
+                    samples[mode].floor_per_state.append(result["floor_cpu_s"] / result["floor_states"])
+    finally:
+        sm_proc.terminate()
+        sm_proc.wait(10)
+        sink_server.shutdown()
+    report(args, samples)
+
+
+def report(args: argparse.Namespace, samples: dict[str, Samples]) -> None:
+    us = 1e6
+    print(f"workload: {args.rounds} rounds per mode (alternated), "
+          f"{args.runs} runs of a 3-node chain at once, "
+          f"{args.workers} workers, nodes busy {args.work_ms} ms")
+    print("set-up: runtime in its own process; embedded state manager (run context in the enqueue answer) in "
+          "another; OTLP/HTTP to a local sink; logging at INFO")
+    plain = statistics.median(samples["plain"].cpu_per_state)
+    plain_rate = statistics.median(samples["plain"].states_per_s)
+    print(f"plain    runtime CPU per execution (us): {spread(samples['plain'].cpu_per_state, us)}")
+    for mode in MODES[1:]:
+        s = samples[mode]
+        added = statistics.median(s.cpu_per_state) - plain
+        floor = statistics.median(s.floor_per_state)
+        added_by_round = [c - p for c, p in zip(s.cpu_per_state, samples["plain"].cpu_per_state, strict=True)]
+        print(f"{mode:8} runtime CPU per execution (us): {spread(s.cpu_per_state, us)}")
+        print(f"{mode:8}   added CPU per execution (us): {added * us:8.1f}  (by round: "
+              f"{', '.join(f'{a * us:.1f}' for a in added_by_round)})")
+        print(f"{mode:8}   SDK floor per execution (us): {spread(s.floor_per_state, us)}")
+        print(f"{mode:8}   added / floor: {added / floor:.2f}   (by round: "
+              f"{', '.join(f'{a / f:.2f}' for a, f in zip(added_by_round, s.floor_per_state, strict=True))})")
+        print(f"{mode:8}   throughput ratio to plain: {statistics.median(s.states_per_s) / plain_rate:.3f}  "
+              f"(states/s: plain {plain_rate:.0f}, {mode} {statistics.median(s.states_per_s):.0f})")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=200, help="runs triggered at once per round")
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    # The runtime logs every poll and state at INFO unless logging is configured; that would be most of
-    # the CPU time measured in both modes.
-    logging.basicConfig(level=logging.WARNING)
-    asyncio.run(main(args.runs, args.workers, args.rounds))
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds per mode")
+    parser.add_argument("--work-ms", type=float, default=0.0, help="CPU time each node spends, in ms")
+    asyncio.run(main(parser.parse_args()))
