@@ -17,10 +17,12 @@ from exo_otel.core.ids import RunIdGenerator, pinned_ids, run_span_id, state_spa
 MASK_128 = (1 << 128) - 1
 # Exosphere issues UUID4 run ids; every RFC 4122 version maps the same way.
 RFC_4122_UUIDS = st.integers(min_value=1, max_value=5).flatmap(lambda version: st.uuids(version=version))
+VARIANT_MASK = (0xC0 << 120) | (0xC0 << 64) | (0xC0 << 56)
+VARIANT_SET = (0x80 << 120) | (0x80 << 64) | (0x80 << 56)
 VARIANT_BITS = st.integers(min_value=0, max_value=MASK_128).map(
     # Bytes 0, 7 and 8 carry the RFC 4122 variant (10xxxxxx), so the id and its swap are UUIDs
     # whatever the version nibble says (byte 7 is the one swapped for version 7).
-    lambda v: (v & ~(0xC0 << 120) & ~(0xC0 << 64) & ~(0xC0 << 56)) | (0x80 << 120) | (0x80 << 64) | (0x80 << 56)
+    lambda v: (v & ~VARIANT_MASK) | VARIANT_SET
 )
 # RFC 9562 version 7: 48-bit Unix milliseconds, version, 12 random bits, variant, 62 random bits.
 UUID7_TIMESTAMPS_MS = st.integers(min_value=0, max_value=(1 << 48) - 1)
@@ -28,7 +30,8 @@ UUID7_TIMESTAMPS_MS = st.integers(min_value=0, max_value=(1 << 48) - 1)
 
 def uuid7(timestamp_ms: int, rand_a: int, rand_b: int) -> uuid.UUID:
     """A version 7 UUID from its fields (Python 3.12 has no uuid.uuid7)."""
-    value = (timestamp_ms << 80) | (0x7 << 76) | ((rand_a & 0xFFF) << 64) | (0b10 << 62) | (rand_b & ((1 << 62) - 1))
+    value = (timestamp_ms << 80) | (0x7 << 76) | ((rand_a & 0xFFF) << 64)
+    value |= (0b10 << 62) | (rand_b & ((1 << 62) - 1))
     return uuid.UUID(int=value)
 
 
