@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.sampling import Sampler
 from wrapt import wrap_function_wrapper
 
+from exo_otel.core import attributes as attr
 from exo_otel.core.ids import RunIdGenerator
 from exo_otel.core.metrics import ExosphereMetrics
 from exo_otel.sdk.config import RunAssociation, Settings
@@ -33,7 +34,7 @@ from exo_otel.version import __version__
 
 _logger = logging.getLogger(__name__)
 
-SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
+SCHEMA_URL: Final = attr.SCHEMA_URL
 
 WrapperFactory = Callable[[Telemetry], Callable[..., Any]]
 
