@@ -137,7 +137,7 @@ SECONDS = "expected a number of seconds (0 or more),"
         (["demo", "--runs", "0"], "argument --runs: expected a whole number of 1 or more, got '0'"),
         (["demo", "--hold", "soon"], f"argument --hold: {SECONDS} got 'soon'"),
         (["demo", "--timeout", "-1"], f"argument --timeout: {SECONDS} got '-1'"),
-        (["state-manager", "--port", "http"], "argument --port: expected a port number (0 to 65535), got 'http'"),
+        (["state-manager", "--port", "x"], "argument --port: expected a port number (0 to 65535), got 'x'"),
     ],
 )
 def test_bad_options_get_readable_errors(
