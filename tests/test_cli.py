@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import signal
@@ -85,12 +87,13 @@ SUBCOMMANDS = ("demo", "state-manager", "trace-id", "links")
 
 
 def _help(*args: str, columns: int) -> str:
-    done = subprocess.run(
-        [SCRIPT, *args, "--help"], capture_output=True, text=True, timeout=30, check=False,
-        env={**os.environ, "COLUMNS": str(columns)},
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    """What ``exo-otel ARGS --help`` prints in a terminal ``columns`` wide (argparse reads COLUMNS)."""
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.setenv("COLUMNS", str(columns))
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--help"])
+    assert exit_info.value.code == 0
+    return out.getvalue()
 
 
 @pytest.mark.parametrize("columns", [50, 80, 200])
