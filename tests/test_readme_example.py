@@ -7,6 +7,7 @@ Only the port and the OTLP endpoint are changed from what the README says.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -22,6 +23,7 @@ import pytest
 from exo_otel import format_trace_id, run_span_id
 from otlp_receiver import OtlpGrpcReceiver, Span
 from sm_fixtures import free_port
+from upstream_sm import UpstreamServer
 
 README = Path(__file__).parent.parent / "README.md"
 BIN = Path(sys.executable).parent
@@ -126,19 +128,46 @@ def _trigger(command: Command, cwd: Path) -> str:
 def test_the_complete_example_gives_one_trace_across_processes(
     tmp_path: Path, receiver: OtlpGrpcReceiver
 ) -> None:
+    state_manager, runtime, trigger = example_commands(str(free_port()), receiver.endpoint)
+    assert state_manager.argv[:2] == ["exo-otel", "state-manager"]
+    with _started(state_manager, tmp_path, "state-manager.log") as sm:
+        _wait_for_line(tmp_path / "state-manager.log", r"^ready: .*$", sm)
+        run_example(tmp_path, receiver, runtime, trigger)
+
+
+@pytest.mark.upstream
+def test_the_complete_example_against_the_real_state_manager(
+    tmp_path: Path, receiver: OtlpGrpcReceiver, upstream_sm: UpstreamServer
+) -> None:
+    _state_manager, runtime, trigger = example_commands(str(free_port()), receiver.endpoint)
+    where = {"EXOSPHERE_STATE_MANAGER_URI": upstream_sm.uri, "EXOSPHERE_API_KEY": upstream_sm.api_key}
+    run_example(tmp_path, receiver, Command({**runtime.env, **where}, runtime.argv),
+                Command({**trigger.env, **where}, trigger.argv))
+
+
+@contextlib.contextmanager
+def _started(command: Command, cwd: Path, log: str) -> Iterator[subprocess.Popen[str]]:
+    process = _start(command, cwd, log)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_example(tmp_path: Path, receiver: OtlpGrpcReceiver, runtime: Command, trigger: Command) -> None:
+    """The README's files, its runtime command, then its trigger; the run's trace as it arrives."""
     files = example_files()
     assert set(files) == {"hello_graph.py", "runtime.py", "trigger.py"}
     for name, source in files.items():
         (tmp_path / name).write_text(source)
-    state_manager, runtime, trigger = example_commands(str(free_port()), receiver.endpoint)
-    assert state_manager.argv[:2] == ["exo-otel", "state-manager"]
     assert runtime.argv == ["opentelemetry-instrument", "python", "runtime.py"]
     assert trigger.argv == ["opentelemetry-instrument", "python", "trigger.py"]
-    processes = []
-    try:
-        processes.append(sm := _start(state_manager, tmp_path, "state-manager.log"))
-        _wait_for_line(tmp_path / "state-manager.log", r"^ready: .*$", sm)
-        processes.append(rt := _start(runtime, tmp_path, "runtime.log"))
+    with _started(runtime, tmp_path, "runtime.log") as rt:
         _wait_for_line(tmp_path / "runtime.log", r"Registered nodes: .*$", rt)  # as the README says
         run_id = _trigger(trigger, tmp_path)
         spans = _trace(receiver, run_id, {"trigger greet", "node greet", "node shout", "execute Greet",
@@ -155,18 +184,9 @@ def test_the_complete_example_gives_one_trace_across_processes(
 
         # The same trigger without the launcher: the runtime still fills the run's trace, under the
         # root span id nobody emits (what the README says about an uninstrumented trigger).
-        bare = Command(trigger.env, trigger.argv[1:])
-        bare_run = _trigger(bare, tmp_path)
+        bare_run = _trigger(Command(trigger.env, trigger.argv[1:]), tmp_path)
         names = {"node greet", "node shout", "execute Greet", "execute Shout"}
         bare_spans = _trace(receiver, bare_run, names)
         assert "trigger greet" not in bare_spans
         for identifier in ("greet", "shout"):
             assert bare_spans[f"node {identifier}"].parent_span_id == f"{run_span_id(bare_run):016x}"
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
