@@ -7,6 +7,7 @@ import inspect
 import json
 import re
 import uuid
+from pathlib import Path
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -240,5 +241,6 @@ def test_the_schema_url_names_a_version_whose_conventions_we_use() -> None:
                  "MESSAGING_DESTINATION_NAME", "MESSAGING_MESSAGE_ID"):
         assert getattr(attr, name) == getattr(messaging_attributes, name)
         assert "Deprecated" not in _documented(messaging_attributes, name), name
+    assert f"schema URL `{attr.SCHEMA_URL}`" in (Path(__file__).parent.parent / "README.md").read_text()
     assert attr.ERROR_TYPE == error_attributes.ERROR_TYPE
     assert attr.ERROR_TYPE_OTHER == error_attributes.ErrorTypeValues.OTHER.value == "_OTHER"
