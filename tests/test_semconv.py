@@ -7,9 +7,9 @@ import inspect
 import json
 import re
 import uuid
-from pathlib import Path
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
