@@ -6,11 +6,35 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEMO_TIMEOUT_S = 45.0
 
 _TRIGGERED = re.compile(r"^\[(\d+)/(\d+)\] triggered run (\S+)")
+_FIELD = re.compile(r"^  (run id|trace id|run status|jaeger|grafana):\s+(\S+)$")
+_WATERFALL_ROW = re.compile(r"^( *)(\S.*?)\s+\|.*\|\s+[\d.]+ ms(.*)$")
+
+
+@dataclass
+class ReportedRun:
+    """One run as the demo printed it."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    rows: list[tuple[int, str, str]] = field(default_factory=list)  # (indent, span name, error mark)
+
+
+def parse_report(stdout: str) -> list[ReportedRun]:
+    """The per-run sections printed after the runs finished."""
+    runs: list[ReportedRun] = []
+    for line in stdout.splitlines():
+        if re.fullmatch(r"run \d+", line):
+            runs.append(ReportedRun())
+        elif runs and (m := _FIELD.match(line)):
+            runs[-1].fields[m.group(1)] = m.group(2)
+        elif runs and (m := _WATERFALL_ROW.match(line)):
+            runs[-1].rows.append((len(m.group(1)), m.group(2), m.group(3).strip()))
+    return runs
 
 
 def demo_command() -> list[str]:

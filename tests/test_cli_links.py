@@ -16,6 +16,7 @@ from exo_otel.demo.links import (
     DEFAULT_JAEGER_URL,
     EXO_OTEL_GRAFANA_URL,
     EXO_OTEL_JAEGER_URL,
+    grafana_dashboard_url,
     grafana_explore_url,
     jaeger_url,
     run_links,
@@ -30,11 +31,11 @@ def _no_base_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(EXO_OTEL_GRAFANA_URL, raising=False)
 
 
-def _explore_target(url: str) -> tuple[str, dict[str, object]]:
+def _explore_target(url: str) -> tuple[str, dict[str, object], dict[str, object]]:
     parsed = urllib.parse.urlsplit(url)
     (pane,) = json.loads(urllib.parse.parse_qs(parsed.query)["panes"][0]).values()
     (target,) = pane["queries"]
-    return f"{parsed.scheme}://{parsed.netloc}{parsed.path}", target
+    return f"{parsed.scheme}://{parsed.netloc}{parsed.path}", pane, target
 
 
 def test_trace_id_prints_the_32_hex_trace_id(capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,11 +56,12 @@ def test_links_default_to_the_local_stack(capsys: pytest.CaptureFixture[str]) ->
     lines = capsys.readouterr().out.splitlines()
     trace_id = format_trace_id(RUN_ID)
     assert lines[0] == f"jaeger:  {DEFAULT_JAEGER_URL}/trace/{trace_id}"
-    assert lines[1].startswith("grafana: ")
-    page, target = _explore_target(lines[1].removeprefix("grafana: "))
+    assert lines[1] == f"grafana: {DEFAULT_GRAFANA_URL}/d/exosphere-runs?var-run_id={RUN_ID}"
+    assert lines[2].startswith("explore: ")
+    page, pane, target = _explore_target(lines[2].removeprefix("explore: "))
     assert page == f"{DEFAULT_GRAFANA_URL}/explore"
-    assert target["query"] == trace_id
-    assert target["datasource"] == {"type": "tempo", "uid": "tempo"}
+    assert pane["datasource"] == "tempo"
+    assert target == {"refId": "A", "queryType": "traceql", "query": trace_id}
 
 
 def test_links_read_base_urls_from_the_environment(
@@ -70,20 +72,43 @@ def test_links_read_base_urls_from_the_environment(
     assert main(["links", RUN_ID]) == 0
     out = capsys.readouterr().out
     assert f"jaeger:  https://jaeger.internal/trace/{format_trace_id(RUN_ID)}\n" in out
-    assert "grafana: https://grafana.internal/sub/explore?" in out
+    assert f"grafana: https://grafana.internal/sub/d/exosphere-runs?var-run_id={RUN_ID}\n" in out
+    assert "explore: https://grafana.internal/sub/explore?" in out
 
 
 def test_explicit_bases_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(EXO_OTEL_JAEGER_URL, "https://ignored")
     assert jaeger_url(RUN_ID, "http://j:1") == f"http://j:1/trace/{format_trace_id(RUN_ID)}"
-    page, _target = _explore_target(grafana_explore_url(RUN_ID, "http://g:2"))
+    page, _pane, _target = _explore_target(grafana_explore_url(RUN_ID, "http://g:2"))
     assert page == "http://g:2/explore"
 
 
-def test_a_run_id_that_is_not_a_uuid_still_has_a_trace(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["trace-id", "run-42"]) == 0
-    assert capsys.readouterr().out.strip() == format_trace_id("run-42")
+@pytest.mark.parametrize("command", ["trace-id", "links"])
+def test_a_run_id_that_is_not_a_uuid_still_has_a_trace_with_a_warning(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "run-42"]) == 0
+    captured = capsys.readouterr()
+    assert format_trace_id("run-42") in captured.out
+    assert captured.err == (
+        "exo-otel: warning: 'run-42' is not a UUID, as Exosphere run ids are (a typo?); "
+        "its trace id is a hash of the text\n"
+    )
     assert run_links("run-42").trace_id == format_trace_id("run-42")
+
+
+@pytest.mark.parametrize(
+    "typo", [RUN_ID[:-1], RUN_ID + "7", RUN_ID.replace("-", "", 1), RUN_ID.replace("a", "g", 1)]
+)
+def test_a_mistyped_run_id_gets_the_warning(typo: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace-id", typo]) == 0
+    assert "is not a UUID" in capsys.readouterr().err
+
+
+def test_a_uuid_run_id_in_any_case_gets_no_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace-id", RUN_ID.upper()]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == format_trace_id(RUN_ID) and captured.err == ""
 
 
 @pytest.mark.parametrize("command", ["trace-id", "links"])
@@ -111,6 +136,16 @@ def test_a_missing_run_id_is_a_usage_error(command: str, capsys: pytest.CaptureF
 def test_the_functions_reject_an_empty_run_id(bad: str) -> None:
     with pytest.raises(ValueError, match="run id"):
         run_links(bad)
+    with pytest.raises(ValueError, match="run id"):
+        grafana_dashboard_url(bad)
+
+
+def test_the_grafana_link_is_short() -> None:
+    # One terminal line: the dashboard link is what the demo prints; Explore's pane state is minimal.
+    assert len(run_links(RUN_ID).grafana) < 100
+    assert len(run_links(RUN_ID).explore) < 240
+    escaped = grafana_dashboard_url("run 42/x")
+    assert escaped == f"{DEFAULT_GRAFANA_URL}/d/exosphere-runs?var-run_id=run%2042%2Fx"
 
 
 def test_the_console_script_exits_2_on_an_empty_run_id() -> None:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.parse
+import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from demo_helpers import demo_env, run_demo, triggered_run_ids
+from demo_helpers import demo_env, parse_report, run_demo, triggered_run_ids
 from exo_otel import format_trace_id
 from exo_otel.demo.graph import ITEMS_PER_RUN
+from exo_otel.demo.run import NOT_EXPORTED_NOTE
 from exo_otel.demo.waterfall import ERROR_MARK
+from sm_fixtures import free_port
 
 GRAPH_SPANS = {
     "trigger score-batch": 0,
@@ -22,6 +22,7 @@ GRAPH_SPANS = {
     "node split (copy)": 2,
     "execute SplitBatch": 4,
     "node score": 2,
+    "node score (retry 1)": 2,
     "execute ScoreItem": 4,
     "node merge": 2,
     "execute MergeScores": 4,
@@ -30,32 +31,7 @@ GRAPH_SPANS = {
 }
 """Span name -> indentation in the waterfall (root, node spans under it, execute spans under those)."""
 
-_FIELD = re.compile(r"^  (run id|trace id|run status|jaeger|grafana):\s+(\S+)$")
-_WATERFALL_ROW = re.compile(r"^( *)(\S.*?)\s+\|.*\|\s+[\d.]+ ms(.*)$")
-
-
-@dataclass
-class ReportedRun:
-    """One run as the demo printed it."""
-
-    fields: dict[str, str] = field(default_factory=dict)
-    rows: list[tuple[int, str, str]] = field(default_factory=list)  # (indent, span name, error mark)
-
-
-def parse_report(stdout: str) -> list[ReportedRun]:
-    """The per-run sections printed after the runs finished."""
-    runs: list[ReportedRun] = []
-    for line in stdout.splitlines():
-        if re.fullmatch(r"run \d+", line):
-            runs.append(ReportedRun())
-        elif runs and (m := _FIELD.match(line)):
-            runs[-1].fields[m.group(1)] = m.group(2)
-        elif runs and (m := _WATERFALL_ROW.match(line)):
-            runs[-1].rows.append((len(m.group(1)), m.group(2), m.group(3).strip()))
-    return runs
-
-
-def test_demo_prints_each_run_with_its_trace_links_and_waterfall(tmp_path: Path) -> None:
+def test_demo_prints_each_run_with_its_trace_and_waterfall(tmp_path: Path) -> None:
     env = demo_env(EXO_OTEL_JAEGER_URL="http://jaeger.example:16686/",
                    EXO_OTEL_GRAFANA_URL="https://grafana.example")
     result = run_demo(env=env, cwd=tmp_path)
@@ -71,26 +47,17 @@ def test_demo_prints_each_run_with_its_trace_links_and_waterfall(tmp_path: Path)
         run_id, trace_id = run.fields["run id"], run.fields["trace id"]
         assert trace_id == format_trace_id(run_id)
         assert run.fields["run status"] == "SUCCESS"
-        assert run.fields["jaeger"] == f"http://jaeger.example:16686/trace/{trace_id}"
-        _assert_grafana_explore(run.fields["grafana"], trace_id)
-        _assert_waterfall(run.rows)
+        # The spans stayed in memory: no link to a Jaeger or Grafana that never got them.
+        assert "jaeger" not in run.fields and "grafana" not in run.fields
+        assert_waterfall(run.rows)
+    assert NOT_EXPORTED_NOTE in result.stdout
+    assert "http://jaeger.example" not in result.stdout and "flushing" not in result.stdout
     # The runtime's log of the planned failure is hidden; the waterfall shows it instead.
     assert "ScoringError" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing left behind
 
 
-def _assert_grafana_explore(url: str, trace_id: str) -> None:
-    parsed = urllib.parse.urlsplit(url)
-    assert (parsed.scheme, parsed.netloc, parsed.path) == ("https", "grafana.example", "/explore")
-    query = urllib.parse.parse_qs(parsed.query)
-    (pane,) = json.loads(query["panes"][0]).values()
-    assert pane["datasource"] == "tempo"
-    (target,) = pane["queries"]
-    assert target["datasource"] == {"type": "tempo", "uid": "tempo"}
-    assert target["query"] == trace_id
-
-
-def _assert_waterfall(rows: list[tuple[int, str, str]]) -> None:
+def assert_waterfall(rows: list[tuple[int, str, str]]) -> None:
     names = Counter(name for _indent, name, _mark in rows)
     assert set(names) == set(GRAPH_SPANS), names
     for indent, name, _mark in rows:
@@ -99,7 +66,9 @@ def _assert_waterfall(rows: list[tuple[int, str, str]]) -> None:
     # leaves split with copies of its state (one per extra output), each with a node span of its own,
     # marked "(copy)", and no execute span: one split state executed, one split node span per item.
     assert names["trigger score-batch"] == 1
-    assert names["node score"] == names["execute ScoreItem"] == ITEMS_PER_RUN + 1
+    # Item #2 fails once: its retry is a new state, labelled as the retry it is.
+    assert names["node score"] == ITEMS_PER_RUN and names["node score (retry 1)"] == 1
+    assert names["execute ScoreItem"] == ITEMS_PER_RUN + 1
     assert names["node split"] == names["execute SplitBatch"] == 1
     assert names["node split (copy)"] == ITEMS_PER_RUN - 1
     for index, (_indent, name, _mark) in enumerate(rows):
@@ -138,3 +107,23 @@ def test_demo_rejects_an_unknown_otlp_protocol() -> None:
     result = run_demo(env=env)
     assert result.returncode == 2
     assert "carrier-pigeon" in result.stdout + result.stderr
+
+
+def test_with_the_collector_down_the_demo_says_it_is_flushing_and_exits(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there: the collector is down
+    for protocol in ("grpc", "http/protobuf"):
+        env = demo_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}", OTEL_EXPORTER_OTLP_PROTOCOL=protocol
+        )
+        started = time.monotonic()
+        # The subprocess timeout only guards against a hang; the time is printed (pytest -s), not asserted.
+        result = run_demo("--runs", "1", env=env, cwd=tmp_path, timeout=30)
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.stdout + result.stderr
+        flushing = f"flushing spans and metrics to http://127.0.0.1:{port} ..."
+        assert flushing in result.stdout
+        report = result.stdout.split(flushing, 1)[1]
+        undelivered = rf"could not deliver \d+ spans to http://127.0.0.1:{port} \([\d.]+ s\)"
+        assert re.search(undelivered, report), report
+        flush_s = float(re.findall(r"\(([\d.]+) s\)", report)[0])
+        print(f"collector down ({protocol}): demo exited after {elapsed:.1f} s, flush took {flush_s:.1f} s")

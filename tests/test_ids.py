@@ -17,10 +17,25 @@ from exo_otel.core.ids import RunIdGenerator, pinned_ids, run_span_id, state_spa
 MASK_128 = (1 << 128) - 1
 # Exosphere issues UUID4 run ids; every RFC 4122 version maps the same way.
 RFC_4122_UUIDS = st.integers(min_value=1, max_value=5).flatmap(lambda version: st.uuids(version=version))
+VARIANT_MASK = (0xC0 << 120) | (0xC0 << 64) | (0xC0 << 56)
+VARIANT_SET = (0x80 << 120) | (0x80 << 64) | (0x80 << 56)
 VARIANT_BITS = st.integers(min_value=0, max_value=MASK_128).map(
-    # Both byte 0 and byte 8 carry the RFC 4122 variant (10xxxxxx), so the id and its swap are UUIDs.
-    lambda v: (v & ~(0xC0 << 120) & ~(0xC0 << 56)) | (0x80 << 120) | (0x80 << 56)
+    # Bytes 0, 7 and 8 carry the RFC 4122 variant (10xxxxxx), so the id and its swap are UUIDs
+    # whatever the version nibble says (byte 7 is the one swapped for version 7).
+    lambda v: (v & ~VARIANT_MASK) | VARIANT_SET
 )
+# RFC 9562 version 7: 48-bit Unix milliseconds, version, 12 random bits, variant, 62 random bits.
+UUID7_TIMESTAMPS_MS = st.integers(min_value=0, max_value=(1 << 48) - 1)
+
+
+def uuid7(timestamp_ms: int, rand_a: int, rand_b: int) -> uuid.UUID:
+    """A version 7 UUID from its fields (Python 3.12 has no uuid.uuid7)."""
+    value = (timestamp_ms << 80) | (0x7 << 76) | ((rand_a & 0xFFF) << 64)
+    value |= (0b10 << 62) | (rand_b & ((1 << 62) - 1))
+    return uuid.UUID(int=value)
+
+
+UUID7S = st.builds(uuid7, UUID7_TIMESTAMPS_MS, st.integers(0, 0xFFF), st.integers(0, (1 << 62) - 1))
 
 
 @given(RFC_4122_UUIDS)
@@ -33,7 +48,8 @@ def test_uuid_run_ids_round_trip(run_uuid: uuid.UUID) -> None:
 @given(VARIANT_BITS)
 def test_mapping_is_its_own_inverse_on_128_bit_ids(value: int) -> None:
     once = trace_id_for_run(str(uuid.UUID(int=value)))
-    assert once != value or (value >> 120) == (value >> 56) & 0xFF
+    swapped_byte = 7 if (value >> 76) & 0xF == 7 else 0
+    assert once != value or (value >> (120 - 8 * swapped_byte)) & 0xFF == (value >> 56) & 0xFF
     assert trace_id_for_run(str(uuid.UUID(int=once))) == value
     assert run_id_for_trace(once) == str(uuid.UUID(int=value))
 
@@ -43,6 +59,19 @@ def test_trace_id_is_the_uuid_with_bytes_0_and_8_swapped(run_uuid: uuid.UUID) ->
     raw = run_uuid.bytes
     expected = raw[8:9] + raw[1:8] + raw[0:1] + raw[9:]
     assert trace_id_for_run(str(run_uuid)) == int.from_bytes(expected, "big")
+
+
+@given(UUID7S)
+def test_uuid7_run_ids_swap_bytes_7_and_8_and_round_trip(run_uuid: uuid.UUID) -> None:
+    assert run_uuid.version == 7 and run_uuid.variant == uuid.RFC_4122
+    raw = run_uuid.bytes
+    expected = raw[:7] + raw[8:9] + raw[7:8] + raw[9:]
+    trace_id = trace_id_for_run(str(run_uuid))
+    assert trace_id == int.from_bytes(expected, "big")
+    # The timestamp stays where it was (high bytes), the rightmost 7 bytes stay the UUID's random ones.
+    assert trace_id.to_bytes(16, "big")[9:] == raw[9:]
+    assert run_id_for_trace(trace_id) == str(run_uuid)
+    assert run_id_for_trace(format_trace_id(str(run_uuid))) == str(run_uuid)
 
 
 @given(st.text())
@@ -104,3 +133,42 @@ def test_ratio_sampling_is_uniform_over_run_ids() -> None:
         )
         sigma = math.sqrt(runs * ratio * (1 - ratio))
         assert abs(sampled - runs * ratio) <= 3 * sigma, (ratio, sampled)
+
+
+def test_hashed_run_ids_whose_trace_id_reads_as_version_7_do_not_map_back() -> None:
+    # Byte 6 of a hashed id says "version 7" for about 1 id in 16: those take the byte 7 swap back.
+    version_7_like = [
+        run_id for run_id in (f"run-{i}" for i in range(2000)) if (trace_id_for_run(run_id) >> 76) & 0xF == 7
+    ]
+    assert len(version_7_like) > 50
+    assert all(run_id_for_trace(trace_id_for_run(run_id)) is None for run_id in version_7_like)
+
+
+def _sampled_share(trace_ids: list[int], ratio: float) -> int:
+    sampler = TraceIdRatioBased(ratio)
+    return sum(
+        sampler.should_sample(None, trace_id, "trigger g").decision is Decision.RECORD_AND_SAMPLE
+        for trace_id in trace_ids
+    )
+
+
+def test_ratio_sampling_is_uniform_over_uuid7_run_ids() -> None:
+    runs = 5000
+    # Seeded: 5,000 version 7 run ids minted over ten minutes of November 2026, as a server would.
+    rng = random.Random(20261123)
+    start_ms = 1_795_000_000_000
+    run_ids = [
+        str(uuid7(start_ms + rng.randrange(600_000), rng.getrandbits(12), rng.getrandbits(62)))
+        for _ in range(runs)
+    ]
+    trace_ids = [trace_id_for_run(run_id) for run_id in run_ids]
+    for ratio in (0.1, 0.5, 0.9):
+        sampled = _sampled_share(trace_ids, ratio)
+        sigma = math.sqrt(runs * ratio * (1 - ratio))
+        assert abs(sampled - runs * ratio) <= 3 * sigma, (ratio, sampled)
+    # What the version 4 swap (byte 0, a timestamp byte here) would do: sample every run at 10%.
+    byte_0_swapped = [
+        int.from_bytes(raw[8:9] + raw[1:8] + raw[0:1] + raw[9:], "big")
+        for raw in (uuid.UUID(run_id).bytes for run_id in run_ids)
+    ]
+    assert _sampled_share(byte_0_swapped, 0.1) == runs

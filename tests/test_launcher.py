@@ -16,13 +16,23 @@ LAUNCHER = Path(sys.executable).with_name("opentelemetry-instrument")
 
 
 def launch(*env_pairs: tuple[str, str], traces_exporter: str = "console") -> tuple[str, str]:
+    done = launch_process(*env_pairs, traces_exporter=traces_exporter)
+    assert done.returncode == 0, done.stderr
+    [run_id] = re.findall(r"RUN_ID=(\S+)", done.stdout)
+    return run_id, done.stdout
+
+
+def launch_process(
+    *env_pairs: tuple[str, str], traces_exporter: str = "console"
+) -> subprocess.CompletedProcess[str]:
+    """launcher_script.py under ``opentelemetry-instrument``, with only these OTEL_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["PYTHONPATH"] = str(HERE)
     env["EXOSPHERE_DISABLE_DEFAULT_LOGGING"] = "1"
     env["OTEL_METRICS_EXPORTER"] = "none"
     env["OTEL_LOGS_EXPORTER"] = "none"
     env.update(env_pairs)
-    done = subprocess.run(
+    return subprocess.run(
         [
             str(LAUNCHER),
             "--traces_exporter",
@@ -36,9 +46,6 @@ def launch(*env_pairs: tuple[str, str], traces_exporter: str = "console") -> tup
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
-    [run_id] = re.findall(r"RUN_ID=(\S+)", done.stdout)
-    return run_id, done.stdout
 
 
 def trigger_span_text(stdout: str) -> str | None:
@@ -88,3 +95,31 @@ def test_node_logs_reach_the_logs_pipeline_with_trace_and_run() -> None:
     assert record.trace_id == format_trace_id(run_id)
     assert record.span_id == execute.span_id
     assert record.attributes["exosphere_run_id"] == run_id
+
+
+NO_PROVIDER_WARNING = "exo_otel: no OpenTelemetry SDK tracer provider is configured"
+
+
+def test_without_a_configured_sdk_exo_otel_warns_once_and_the_program_runs() -> None:
+    # As without opentelemetry-distro: no configurator sets an SDK tracer provider.
+    done = launch_process(("OTEL_PYTHON_CONFIGURATOR", "none-installed"))
+    assert done.returncode == 0, done.stderr
+    assert re.findall(r"RUN_ID=(\S+)", done.stdout)  # the trigger and the runtime worked
+    assert trigger_span_text(done.stdout) is None  # and nothing was exported
+    assert done.stderr.count(NO_PROVIDER_WARNING) == 1, done.stderr
+    assert "pip install opentelemetry-distro" in done.stderr
+
+
+def test_with_the_distro_there_is_no_warning() -> None:
+    done = launch_process()
+    assert done.returncode == 0 and trigger_span_text(done.stdout) is not None
+    assert NO_PROVIDER_WARNING not in done.stderr
+
+
+def test_a_typo_in_the_id_generator_disables_opentelemetry_and_the_program_still_runs() -> None:
+    # What the README warns about: the launcher aborts its whole start-up on an unknown generator.
+    done = launch_process(("OTEL_PYTHON_ID_GENERATOR", "exosphre"))
+    assert done.returncode == 0, done.stderr
+    assert re.findall(r"RUN_ID=(\S+)", done.stdout)
+    assert trigger_span_text(done.stdout) is None
+    assert "exosphre" in done.stderr

@@ -3,11 +3,12 @@ the wire is one correctly shaped trace per run, and metrics whose exemplars poin
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 
 import pytest
 
-from demo_helpers import demo_env, run_demo, triggered_run_ids
+from demo_helpers import demo_env, parse_report, run_demo, triggered_run_ids
 from exo_otel import format_trace_id, run_span_id, state_span_id
 from exo_otel.core.metrics import (
     NODE_DURATION,
@@ -18,6 +19,7 @@ from exo_otel.core.metrics import (
     TRIGGER_COUNT,
 )
 from exo_otel.demo.graph import GRAPH_NAME, ITEMS_PER_RUN, NAMESPACE
+from exo_otel.demo.run import NOT_EXPORTED_NOTE
 from otlp_receiver import MetricPoint, OtlpGrpcReceiver, OtlpHttpReceiver, Span
 
 RUNS = 2
@@ -44,16 +46,32 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     receiver = OtlpHttpReceiver() if request.param == "http/protobuf" else OtlpGrpcReceiver()
     with receiver:
         env = demo_env(
-            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL=request.param
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL=request.param,
+            EXO_OTEL_JAEGER_URL="http://jaeger.example:16686/", EXO_OTEL_GRAFANA_URL="https://grafana.example",
         )
         result = run_demo("--runs", str(RUNS), env=env, cwd=tmp_path_factory.mktemp("demo"))
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"spans: OTLP ({request.param}) to {receiver.endpoint}" in result.stdout
         run_ids = triggered_run_ids(result.stdout)
         assert len(run_ids) == RUNS
+        _assert_links_where_the_spans_went(result.stdout, run_ids)
+        assert f"flushing spans and metrics to {receiver.endpoint} ..." in result.stdout
+        assert re.search(r"^flushed in [\d.]+ s$", result.stdout, flags=re.M), result.stdout
         # The demo shuts its providers down before exiting, which flushes both signals.
         receiver.wait_for(lambda rx: rx.spans() and rx.metric_points(), timeout=10)
         return run_ids, receiver.spans(), receiver.metric_points()
+
+
+def _assert_links_where_the_spans_went(stdout: str, run_ids: list[str]) -> None:
+    """The spans went to a collector: each run names its Jaeger page and its Grafana dashboard view."""
+    report = parse_report(stdout)
+    assert [run.fields["run id"] for run in report] == run_ids
+    for run in report:
+        trace_id = run.fields["trace id"]
+        assert run.fields["jaeger"] == f"http://jaeger.example:16686/trace/{trace_id}"
+        dashboard = f"https://grafana.example/d/exosphere-runs?var-run_id={run.fields['run id']}"
+        assert run.fields["grafana"] == dashboard
+    assert NOT_EXPORTED_NOTE not in stdout
 
 
 def test_each_run_arrives_as_one_trace_rooted_at_its_trigger(exported: Exported) -> None:

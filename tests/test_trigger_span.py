@@ -62,6 +62,10 @@ async def test_one_trigger_is_one_root_span_of_the_run_trace(
         "exosphere.graph.name": cg.GRAPH,
         "exosphere.run.id": run_id,
         "exosphere.trigger.start_delay_ms": 5,
+        "messaging.system": "exosphere",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "trigger",
+        "messaging.destination.name": cg.GRAPH,
     }
     # The aiohttp instrumentation's own span of the request (old or stable semconv URL key).
     [request] = [

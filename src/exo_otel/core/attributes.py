@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import Final
 
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+# The messaging keys are still "development" in semantic conventions, so the semconv package keeps
+# them in its incubating module (as the contrib messaging instrumentations import them).
+from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE,
+    MESSAGING_SYSTEM,
+    MessagingOperationTypeValues,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE, ErrorTypeValues
+from opentelemetry.semconv.schemas import Schemas
+
+SCHEMA_URL: Final = Schemas.V1_44_0.value
+"""The semantic conventions version whose names exo_otel uses (the tracer's and meter's schema URL)."""
 
 NAMESPACE: Final = "exosphere.namespace"
 GRAPH_NAME: Final = "exosphere.graph.name"
@@ -17,10 +31,27 @@ STATE_QUEUE_WAIT_MS: Final = "exosphere.state.queue_wait_ms"
 STATE_FANOUT_OF: Final = "exosphere.state.fanout_of"
 RUNTIME_NAME: Final = "exosphere.runtime.name"
 TRIGGER_START_DELAY_MS: Final = "exosphere.trigger.start_delay_ms"
+STATE_RETRY_COUNT: Final = "exosphere.state.retry_count"
 NODE_INPUTS: Final = "exosphere.node.inputs"
 NODE_OUTPUTS: Final = "exosphere.node.outputs"
 
-__all__ = ["ERROR_TYPE"]
+__all__ = [
+    "ERROR_TYPE",
+    "MESSAGING_DESTINATION_NAME",
+    "MESSAGING_MESSAGE_ID",
+    "MESSAGING_OPERATION_NAME",
+    "MESSAGING_OPERATION_TYPE",
+    "MESSAGING_SYSTEM",
+]
+
+ERROR_TYPE_OTHER: Final = ErrorTypeValues.OTHER.value
+"""``error.type`` of a failure that has no exception to name."""
+
+# Semantic conventions for messaging: the trigger sends a message (the run) to the graph, an
+# execution processes one (the state) taken from a node's queue.
+MESSAGING_SYSTEM_EXOSPHERE: Final = "exosphere"
+OPERATION_TRIGGER: Final = "trigger"
+OPERATION_EXECUTE: Final = "execute"
 
 OUTCOME_EXECUTED: Final = "executed"
 OUTCOME_ERRORED: Final = "errored"
@@ -33,3 +64,24 @@ EVENT_REQUEUE_DELAY_MS: Final = "exosphere.requeue.delay_ms"
 
 # Baggage entries set inside an execute span (the same keys as the span attributes).
 BAGGAGE_KEYS: Final = (RUN_ID, NAMESPACE, GRAPH_NAME, NODE_IDENTIFIER, STATE_ID)
+
+
+def trigger_messaging(graph_name: str) -> dict[str, str]:
+    """The messaging attributes of a ``trigger`` (PRODUCER) span."""
+    return {
+        MESSAGING_SYSTEM: MESSAGING_SYSTEM_EXOSPHERE,
+        MESSAGING_OPERATION_TYPE: MessagingOperationTypeValues.SEND.value,
+        MESSAGING_OPERATION_NAME: OPERATION_TRIGGER,
+        MESSAGING_DESTINATION_NAME: graph_name,
+    }
+
+
+def execute_messaging(node_name: str, state_id: str) -> dict[str, str]:
+    """The messaging attributes of an ``execute`` (CONSUMER) span."""
+    return {
+        MESSAGING_SYSTEM: MESSAGING_SYSTEM_EXOSPHERE,
+        MESSAGING_OPERATION_TYPE: MessagingOperationTypeValues.PROCESS.value,
+        MESSAGING_OPERATION_NAME: OPERATION_EXECUTE,
+        MESSAGING_DESTINATION_NAME: node_name,
+        MESSAGING_MESSAGE_ID: state_id,
+    }

@@ -33,16 +33,22 @@ def state_span_id(state_id: str) -> int:
     return h64(STATE_KIND, state_id)
 
 
-def _swap_0_8(raw: bytes) -> bytes:
-    # UUID4 fixes the variant bits at the top of byte 8; OpenTelemetry's ratio sampler reads
-    # the low 64 bits. Swapping bytes 0 and 8 moves the fixed bits out of the sampled half.
+def _swap_random_byte(raw: bytes) -> bytes:
+    """Swap byte 8 (the variant) with a random byte of the UUID: byte 0, or byte 7 for version 7.
+
+    UUIDs fix the variant bits at the top of byte 8; OpenTelemetry's ratio sampler reads the low 64
+    bits. Swapping moves the fixed bits out of the sampled half. A version 4 UUID is random in byte 0;
+    a version 7 UUID starts with a timestamp, which would sample nearly every run, but is random in
+    byte 7. The version nibble (byte 6) is untouched by either swap, so the swap is its own inverse.
+    """
     b = bytearray(raw)
-    b[0], b[8] = b[8], b[0]
+    other = 7 if b[6] >> 4 == 7 else 0
+    b[other], b[8] = b[8], b[other]
     return bytes(b)
 
 
 def trace_id_for_run(run_id: str) -> int:
-    """The trace id of a run: its UUID bytes with bytes 0 and 8 swapped.
+    """The trace id of a run: its UUID bytes with byte 8 swapped with byte 0 (byte 7 for UUID v7).
 
     A run id that is not a UUID maps to the first 16 bytes of SHA-256 over
     ``"exosphere.run-id:" + run_id`` (never 0).
@@ -50,12 +56,13 @@ def trace_id_for_run(run_id: str) -> int:
     parsed = _parse_uuid(run_id)
     if parsed is None:
         digest = bytearray(hashlib.sha256((_NON_UUID_PREFIX + str(run_id)).encode()).digest()[:16])
-        # Byte 0 of the trace id is byte 8 of the UUID it would map back to. Clearing its top
-        # bit makes that UUID's variant non-RFC 4122, so run_id_for_trace can tell a hashed id
-        # from a real run id every time. Sampling reads the low 64 bits, which stay intact.
-        digest[0] &= 0x7F
+        # The byte a swap would move to byte 8 of the UUID this maps back to (byte 0, or byte 7 when
+        # the nibble in byte 6 reads as version 7): clearing its top bit makes that UUID's variant
+        # non-RFC 4122, so run_id_for_trace tells a hashed id from a real run id every time.
+        # Sampling reads the low 64 bits, which stay intact.
+        digest[7 if digest[6] >> 4 == 7 else 0] &= 0x7F
         return int.from_bytes(digest, "big") or 1
-    return int.from_bytes(_swap_0_8(parsed.bytes), "big") or 1
+    return int.from_bytes(_swap_random_byte(parsed.bytes), "big") or 1
 
 
 def _parse_uuid(run_id: str) -> uuid.UUID | None:
@@ -84,7 +91,7 @@ def run_id_for_trace(trace_id: int | str) -> str | None:
         return None
     if not 0 < value <= _MASK_128:
         return None
-    candidate = uuid.UUID(bytes=_swap_0_8(value.to_bytes(16, "big")))
+    candidate = uuid.UUID(bytes=_swap_random_byte(value.to_bytes(16, "big")))
     # Hashed (non-UUID) run ids and most foreign trace ids lack the RFC 4122 variant.
     if candidate.variant != uuid.RFC_4122:
         return None

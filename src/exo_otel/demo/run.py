@@ -43,6 +43,10 @@ POLL_INTERVAL_S: Final = 0.05
 DEFAULT_RUNS: Final = 3
 DEFAULT_TIMEOUT_S: Final = 30.0
 """Bound on each wait (registration, the runs, their spans): the demo never hangs."""
+NOT_EXPORTED_NOTE: Final = (
+    "The spans stayed in this process. To open the traces in Jaeger or Grafana, export them:\n"
+    "  OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317 exo-otel demo   (the stack in deploy/jaeger)"
+)
 
 
 @dataclass(frozen=True)
@@ -157,9 +161,12 @@ def _report(telemetry: DemoTelemetry, finished: list[tuple[_Run, str]]) -> None:
         _say(f"  run id:     {run.run_id}")
         _say(f"  trace id:   {links.trace_id}")
         _say(f"  run status: {status}")
-        _say(f"  jaeger:     {links.jaeger}")
-        _say(f"  grafana:    {links.grafana}")
+        if telemetry.exports_spans:  # links only where the spans went
+            _say(f"  jaeger:     {links.jaeger}")
+            _say(f"  grafana:    {links.grafana}")
         _say(render_waterfall(telemetry.run_spans(run.run_id)))
+    if not telemetry.exports_spans:
+        _say(f"\n{NOT_EXPORTED_NOTE}")
 
 
 async def _hold(seconds: float) -> None:
@@ -242,5 +249,22 @@ def run_demo(options: DemoOptions | None = None) -> int:
         return 1
     finally:
         instrumentor.uninstrument()
-        telemetry.shutdown()
+        _shut_down(telemetry)
         runtime_logger.removeFilter(hide)
+
+
+def _shut_down(telemetry: DemoTelemetry) -> None:
+    """Flush the telemetry, saying so when it goes over the network (a collector may be down)."""
+    endpoint = telemetry.otlp_endpoint
+    if endpoint is None:
+        telemetry.shutdown()
+        return
+    _say(f"\nflushing spans and metrics to {endpoint} ...")
+    started = time.monotonic()
+    telemetry.shutdown()
+    elapsed = time.monotonic() - started
+    undelivered = telemetry.undelivered_spans()
+    if undelivered:
+        _say(f"could not deliver {undelivered} spans to {endpoint} ({elapsed:.1f} s): is the collector up?")
+    else:
+        _say(f"flushed in {elapsed:.1f} s")

@@ -1,4 +1,4 @@
-"""A terminal waterfall of one trace: indented spans with bars on a shared time axis, errors marked."""
+"""A terminal waterfall of one trace: indented spans on a shared time axis, errors and retries marked."""
 
 from __future__ import annotations
 
@@ -10,6 +10,36 @@ from opentelemetry.trace import StatusCode
 
 BAR: Final = "█"
 ERROR_MARK: Final = "✗"
+RETRY_COUNT: Final = "exosphere.state.retry_count"
+FANOUT_OF: Final = "exosphere.state.fanout_of"
+
+
+def retry_numbers(spans: Sequence[ReadableSpan]) -> dict[int, int]:
+    """Span id -> retry number (1 for the first retry) of the node spans that retry a failed state.
+
+    ``exosphere.state.retry_count`` says it where the state manager sent it. Otherwise a retry is a
+    new state of the same node with the same upstream state: the same span name and the same link,
+    so the later ones of such a group are the retries.
+    """
+    numbers: dict[int, int] = {}
+    groups: dict[tuple[str, tuple[int, ...]], list[ReadableSpan]] = {}
+    for span in spans:
+        attributes = span.attributes or {}
+        if not span.name.startswith("node ") or FANOUT_OF in attributes or span.context is None:
+            continue
+        count = attributes.get(RETRY_COUNT)
+        if isinstance(count, int):
+            if count > 0:
+                numbers[span.context.span_id] = count
+            continue
+        upstream = tuple(sorted(link.context.span_id for link in span.links))
+        groups.setdefault((span.name, upstream), []).append(span)
+    for group in groups.values():
+        ordered = sorted(group, key=lambda s: s.start_time or 0)
+        for number, span in enumerate(ordered[1:], start=1):
+            if span.context is not None:
+                numbers[span.context.span_id] = number
+    return numbers
 
 
 def render_waterfall(spans: Sequence[ReadableSpan], width: int = 40, label_width: int = 34) -> str:
@@ -23,6 +53,7 @@ def render_waterfall(spans: Sequence[ReadableSpan], width: int = 40, label_width
     origin = min(s.start_time or 0 for s in finished)
     total = max(max(s.end_time or 0 for s in finished) - origin, 1)
     ids = {s.context.span_id for s in finished if s.context is not None}
+    retries = retry_numbers(finished)
     children: dict[int | None, list[ReadableSpan]] = {}
     for span in finished:
         parent = span.parent.span_id if span.parent is not None else None
@@ -42,8 +73,10 @@ def render_waterfall(spans: Sequence[ReadableSpan], width: int = 40, label_width
                 if failed and span.attributes
                 else ""
             )
-            copy = " (copy)" if span.attributes and "exosphere.state.fanout_of" in span.attributes else ""
-            label = ("  " * depth + span.name + copy)[:label_width]
+            copy = " (copy)" if span.attributes and FANOUT_OF in span.attributes else ""
+            retry = span.context.span_id if span.context is not None else None
+            retried = f" (retry {retries[retry]})" if retry in retries else ""
+            label = ("  " * depth + span.name + copy + retried)[:label_width]
             lines.append(f"{label:<{label_width}} |{bar:<{width}}| {_ms(end - start):>9}{mark}")
             if span.context is not None:
                 walk(span.context.span_id, depth + 1)

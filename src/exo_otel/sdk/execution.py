@@ -51,6 +51,8 @@ class Execution:
             attr.NODE_IDENTIFIER: state.identifier,
             attr.STATE_ID: state.state_id,
         }
+        if state.retry_count is not None:
+            attributes[attr.STATE_RETRY_COUNT] = state.retry_count
         if state.run is not None:
             attributes[attr.RUN_ID] = state.run.run_id
             if state.run.graph_name:
@@ -92,6 +94,7 @@ def begin(
     execute_attributes = dict(attributes)
     execute_attributes[attr.STATE_QUEUE_WAIT_MS] = queue_wait_ns / 1e6
     execute_attributes[attr.RUNTIME_NAME] = runtime_name
+    execute_attributes.update(attr.execute_messaging(state.node_name, state.state_id))
     if telemetry.settings.capture_io:
         execute_attributes[attr.NODE_INPUTS] = _truncated(payload.get("inputs"), telemetry)
     node_context = trace.set_span_in_context(node_span, parent)
@@ -159,6 +162,7 @@ def _end_spans(execution: Execution) -> None:
         node_span.set_status(Status(StatusCode.ERROR, f"{type(execution.error).__name__}: {execution.error}"))
     else:  # errored, or no outcome reported at all: the exception is unknown
         for span in (execute_span, node_span):
+            span.set_attribute(attr.ERROR_TYPE, attr.ERROR_TYPE_OTHER)
             span.set_status(Status(StatusCode.ERROR, "state errored"))
     metric_attributes = {**execution.metric_attributes, attr.STATE_OUTCOME: outcome}
     metrics = execution.telemetry.metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import Callable, Collection
 from typing import Any, Final
 
@@ -14,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.sampling import Sampler
 from wrapt import wrap_function_wrapper
 
+from exo_otel.core import attributes as attr
 from exo_otel.core.ids import RunIdGenerator
 from exo_otel.core.metrics import ExosphereMetrics
 from exo_otel.sdk.config import RunAssociation, Settings
@@ -33,7 +35,7 @@ from exo_otel.version import __version__
 
 _logger = logging.getLogger(__name__)
 
-SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
+SCHEMA_URL: Final = attr.SCHEMA_URL
 
 WrapperFactory = Callable[[Telemetry], Callable[..., Any]]
 
@@ -115,6 +117,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if not isinstance(settings, Settings):
             # Called by the launcher through BaseInstrumentor.instrument(**kwargs).
             settings = Settings.resolve()
+        _warn_if_spans_go_nowhere(tracer_provider)
         self._installed_generator = _install_run_id_generator(tracer_provider)
         tracer = trace.get_tracer(__name__, __version__, tracer_provider, schema_url=SCHEMA_URL)
         meter = metrics.get_meter(__name__, __version__, meter_provider, schema_url=SCHEMA_URL)
@@ -143,6 +146,24 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         remove_log_correlation()
         _remove_run_id_generator(getattr(self, "_installed_generator", None))
         self._installed_generator = None
+
+
+_LAUNCHER_MODULE: Final = "opentelemetry.instrumentation.auto_instrumentation"
+_warned_spans_go_nowhere = False
+
+
+def _warn_if_spans_go_nowhere(provider: object) -> None:
+    """Under the launcher with no SDK tracer provider set (no distro), no span is exported: say so once."""
+    global _warned_spans_go_nowhere
+    unset = isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    if _warned_spans_go_nowhere or not unset or _LAUNCHER_MODULE not in sys.modules:
+        return
+    _warned_spans_go_nowhere = True
+    _logger.warning(
+        "exo_otel: no OpenTelemetry SDK tracer provider is configured, so no Exosphere span will be "
+        "exported. Install opentelemetry-distro (pip install opentelemetry-distro), which makes "
+        "opentelemetry-instrument configure one from the OTEL_* variables, or set one in your program."
+    )
 
 
 def _install_run_id_generator(provider: object) -> tuple[SdkTracerProvider, RunIdGenerator] | None:

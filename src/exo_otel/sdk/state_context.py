@@ -33,6 +33,7 @@ class PolledState:
     identifier: str
     created_at_ns: int | None
     run: RunInfo | None
+    retry_count: int | None = None
 
     @classmethod
     def from_payload(cls, state: dict[str, Any], run: RunInfo | None) -> PolledState:
@@ -42,7 +43,13 @@ class PolledState:
             identifier=str(state.get("identifier", "")),
             created_at_ns=parse_timestamp_ns(state.get("created_at")),
             run=run,
+            retry_count=_retry_count(state.get("retry_count")),
         )
+
+
+def _retry_count(value: object) -> int | None:
+    """The payload's ``retry_count`` (sent with the run context), when it is a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def run_from_payload(state: dict[str, Any]) -> RunInfo | None:

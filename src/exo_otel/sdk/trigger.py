@@ -52,6 +52,7 @@ def _trigger_attributes(instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
     graph_name = str(call_argument(args, kwargs, 0, "graph_name", ""))
     start_delay = call_argument(args, kwargs, 3, "start_delay", 0)
     attributes: dict[str, Any] = {attr.NAMESPACE: _namespace(instance), attr.GRAPH_NAME: graph_name}
+    attributes.update(attr.trigger_messaging(graph_name))
     if isinstance(start_delay, int | float):
         attributes[attr.TRIGGER_START_DELAY_MS] = int(start_delay)
     return attributes
