@@ -8,6 +8,9 @@
                 └──── merge (unites prep) ◄─────────┘
                         └──► flaky (fails twice, then succeeds) ──► finish (needs a secret)
 
+A child of a unites node cannot read that node's outputs upstream (its parents are the united node
+and that node's ancestors), so flaky reads prep's batch and the store, never merge's summary.
+
 Store: ``topic`` is required (the trigger gives it), ``prefix`` and ``mode`` have defaults.
 Node behaviour is deterministic per run as long as each run uses its own ``topic``.
 """
@@ -210,7 +213,14 @@ def graph_nodes(strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS) -
             next_nodes=["flaky"],
             unites=UnitesModel(identifier="prep", strategy=strategy),
         ),
-        node(FlakyNode, "flaky", {"summary": "${{ merge.outputs.summary }}"}, next_nodes=["finish"]),
+        # A child of a unites node may not read the unites node's outputs (upstream: "merge is not a
+        # parent of flaky"); its parents are prep and prep's ancestors, so flaky rebuilds the summary.
+        node(
+            FlakyNode,
+            "flaky",
+            {"summary": "${{ prep.outputs.batch }} merged for ${{ store.topic }}"},
+            next_nodes=["finish"],
+        ),
         node(
             FinishNode, "finish", {"value": "${{ flaky.outputs.value }}", "seed": "${{ start.outputs.seed }}"}
         ),
