@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 from datetime import timedelta
+from typing import Any
 
 from exospherehost import (
     BaseNode,
@@ -181,12 +182,14 @@ NODES: list[type[BaseNode]] = [
 ]
 
 
-def graph_nodes(strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS) -> list[GraphNodeModel]:
+def graph_nodes(
+    strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS, namespace: str = NAMESPACE
+) -> list[GraphNodeModel]:
     """The node templates; ``strategy`` is how merge waits for the branches under prep."""
 
     def node(cls: type[BaseNode], identifier: str, inputs: dict[str, str], **extra: object) -> GraphNodeModel:
         return GraphNodeModel(
-            node_name=cls.__name__, namespace=NAMESPACE, identifier=identifier, inputs=inputs, **extra
+            node_name=cls.__name__, namespace=namespace, identifier=identifier, inputs=inputs, **extra
         )
 
     return [
@@ -227,11 +230,15 @@ def graph_nodes(strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS) -
     ]
 
 
-async def upsert(client: StateManager, strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS) -> None:
+async def upsert(
+    client: StateManager,
+    strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS,
+    namespace: str = NAMESPACE,
+) -> Any:
     """Upsert the conformance graph through the SDK and wait until it is valid (its nodes registered)."""
-    await client.upsert_graph(
+    return await client.upsert_graph(
         GRAPH,
-        graph_nodes(strategy),
+        graph_nodes(strategy, namespace),
         SECRETS,
         retry_policy=RETRY_POLICY,
         store_config=STORE_CONFIG,

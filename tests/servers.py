@@ -38,6 +38,7 @@ class StateRecord:
     identifier: str
     node_name: str
     statuses: tuple[str, ...]
+    times: tuple[int, ...]  # epoch ms of each status change
 
     @property
     def status(self) -> str:
@@ -82,15 +83,26 @@ class Server(abc.ABC):
     async def run_status(self, run_id: str) -> str:
         return run_status_of(await self.histories(run_id))
 
+    async def details(self, namespace: str, graph: str, run_id: str, state_id: str) -> Any:
+        """``GET .../graph/{graph}/run/{run_id}/node/{state_id}``: inputs, outputs, parents, error."""
+        path = f"/v0/namespace/{namespace}/graph/{graph}/run/{run_id}/node/{state_id}"
+        status, body = await self.request("GET", path)
+        assert status == 200, body
+        return body
+
     def client(self, namespace: str) -> StateManager:
         """The SDK's StateManager pointed at this server."""
         return StateManager(namespace=namespace, state_manager_uri=self.uri, key=self.api_key)
 
     async def request(
-        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, key: str | None = None
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, key: str | None = None,
+        content_type: str | None = "application/json",
     ) -> tuple[int, Any]:
-        """Send one request (``path`` after the URI) and return the status and the decoded body."""
+        """Send one request (``path`` after the URI) and return the status and the decoded body
+        (the text where it is not JSON). ``raw`` is sent as is, with ``content_type`` if not None."""
         headers = {"x-api-key": self.api_key if key is None else key}
+        if raw is not None and content_type is not None:
+            headers["content-type"] = content_type
         data: Any = raw
         if raw is None and body is not None:
             data = aiohttp.JsonPayload(body)
@@ -193,7 +205,8 @@ class EmbeddedServer(Server):
 
     async def histories(self, run_id: str) -> list[StateRecord]:
         return [
-            StateRecord(view.id, view.identifier, view.node_name, tuple(str(s.value) for s in view.statuses))
+            StateRecord(view.id, view.identifier, view.node_name, tuple(str(s.value) for s in view.statuses),
+                        tuple(change.at_ms for change in view.history))
             for view in self.sm.states(run_id)
         ]
 
@@ -217,6 +230,7 @@ class UpstreamServerUnderTest(Server):
             StateRecord(
                 str(state["state_id"]), state["identifier"], state["node_name"],
                 tuple(step["status"] for step in state["history"]),
+                tuple(int(step["t_ms"]) for step in state["history"]),
             )
             for state in await state_histories(self.uri, run_id)
         ]

@@ -16,9 +16,12 @@ from exo_otel.embedded.store import Database
 def _fanout_key_taken(db: Database, state: State) -> bool:
     """Upstream's unique index: one state per node, run, retry count and fan-out id."""
     return any(
-        other.retry_count == state.retry_count and other.fanout_id == state.fanout_id
-        and other.identifier == state.identifier and other.node_name == state.node_name
-        and other.namespace == state.namespace and other.graph_name == state.graph_name
+        other.retry_count == state.retry_count
+        and other.fanout_id == state.fanout_id
+        and other.identifier == state.identifier
+        and other.node_name == state.node_name
+        and other.namespace == state.namespace
+        and other.graph_name == state.graph_name
         for other in db.run_states.get(state.run_id, ())
     )
 
@@ -42,7 +45,8 @@ def errored(db: Database, state_id: str, error: str) -> JsonDict:
             retry = state.derive(
                 StateStatus.CREATED,
                 does_unites=state.does_unites,
-                enqueue_after=state.history[-1].at_ms + compute_delay(graph.retry_policy, state.retry_count + 1),
+                enqueue_after=state.history[-1].at_ms
+                + compute_delay(graph.retry_policy, state.retry_count + 1),
                 retry_count=state.retry_count + 1,
                 fanout_id=state.fanout_id,
             )
