@@ -18,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("state-manager", help="serve the embedded, in-memory state manager")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=0, help="port to bind (default: a free one)")
-    serve.add_argument("--api-key", default=None, help="key clients must send (default: a random one)")
+    serve.add_argument("--api-key", default=None, type=_api_key,
+                       help="key clients must send (default: a random one; not empty)")
     serve.add_argument(
         "--expose-run-context", action="store_true",
         help="add run_id, graph_name and parents to enqueued states",
@@ -56,6 +57,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
+
+
+def _api_key(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the API key must not be empty (leave it out for a random one)")
+    return text
 
 
 def _seconds(text: str) -> float:

@@ -104,25 +104,57 @@ def _unites_key(state: State) -> tuple[str, ...]:
             json.dumps(state.parents, sort_keys=True))
 
 
+STATES_PER_STEP = 1000
+"""States handled per hold of the database lock, so a huge fan-out never holds it for long."""
+
+
+def _steps[T](items: list[T]) -> list[list[T]]:
+    return [items[start:start + STATES_PER_STEP] for start in range(0, len(items), STATES_PER_STEP)]
+
+
 def create_next_states(
     db: Database, state_ids: list[str], identifier: str, namespace: str, graph_name: str,
     parent_ids: dict[str, str],
 ) -> None:
     """Create the next states of ``state_ids`` (EXECUTED states of node ``identifier``), mark them
     SUCCESS, then create any uniting node whose wait is over. On failure the states are marked
-    NEXT_CREATED_ERROR with the reason.
+    NEXT_CREATED_ERROR with the reason, and none of their next states is stored.
+
+    The work goes ``STATES_PER_STEP`` states at a time, each step under the lock.
     """
-    with db.lock:
-        try:
-            _create(db, state_ids, identifier, namespace, graph_name, parent_ids)
-        except Exception as exc:  # any failure ends in NEXT_CREATED_ERROR, never in a stuck state
-            reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-            logger.debug("next states of %s not created: %s", state_ids, reason)
+    try:
+        with db.lock:
+            plan = _plan(db, state_ids, identifier, namespace, graph_name, parent_ids)
+        if plan is None:
+            for step in _steps(state_ids):
+                with db.lock:
+                    _mark_success(db, step)
+            return
+        creation, following, uniting = plan
+        created: list[State] = []
+        for step in _steps(state_ids):
+            with db.lock:
+                current = [db.states[state_id] for state_id in step]
+                for template, fields in following:
+                    created.extend(creation.new_state(template, fields, state) for state in current)
+        for batch in _steps(created):
+            with db.lock:
+                for state in batch:
+                    db.add_state(state)
+        for step in _steps(state_ids):
+            with db.lock:
+                _mark_success(db, step)
+        with db.lock:
+            _unite(db, creation, uniting, parent_ids)
+    except Exception as exc:  # any failure ends in NEXT_CREATED_ERROR, never in a stuck state
+        reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        logger.debug("next states of %s not created: %s", state_ids, reason)
+        with db.lock:
             for state_id in state_ids:
-                state = db.states.get(state_id)
-                if state is not None:
-                    state.error = reason
-                    state.set_status(StateStatus.NEXT_CREATED_ERROR)
+                failed = db.states.get(state_id)
+                if failed is not None:
+                    failed.error = reason
+                    failed.set_status(StateStatus.NEXT_CREATED_ERROR)
 
 
 def _mark_success(db: Database, state_ids: list[str]) -> None:
@@ -130,10 +162,15 @@ def _mark_success(db: Database, state_ids: list[str]) -> None:
         db.states[state_id].set_status(StateStatus.SUCCESS)
 
 
-def _create(
+_Plan = tuple[_Creation, list[tuple[NodeTemplate, list[str]]], list[NodeTemplate]]
+
+
+def _plan(
     db: Database, state_ids: list[str], identifier: str, namespace: str, graph_name: str,
     parent_ids: dict[str, str],
-) -> None:
+) -> _Plan | None:
+    """What to create after ``identifier``: the plain next nodes (with their input fields, dependencies
+    checked) and the uniting ones; None when the node has no next node."""
     if not state_ids:
         raise ValueError("no states to continue from")
     graph = db.graphs.get((namespace, graph_name))
@@ -143,12 +180,10 @@ def _create(
     if template is None:
         raise ValueError(f"Graph {graph_name} has no node {identifier}")
     if not template.next_nodes:
-        _mark_success(db, state_ids)
-        return
+        return None
     parents = {db.states[pid].identifier: db.states[pid] for pid in parent_ids.values() if pid in db.states}
     creation = _Creation(db, graph, identifier, parents)
-    current = [db.states[state_id] for state_id in state_ids]
-    created: list[State] = []
+    following: list[tuple[NodeTemplate, list[str]]] = []
     uniting: list[NodeTemplate] = []
     for next_identifier in template.next_nodes:
         next_template = graph.node(next_identifier)
@@ -159,18 +194,20 @@ def _create(
             continue
         fields = creation.input_fields(next_template)
         creation.check_dependencies(next_template, fields)
-        created.extend(creation.new_state(next_template, fields, state) for state in current)
-    for state in created:
-        db.add_state(state)
-    _mark_success(db, state_ids)
+        following.append((next_template, fields))
+    return creation, following, uniting
 
+
+def _unite(
+    db: Database, creation: _Creation, uniting: list[NodeTemplate], parent_ids: dict[str, str]
+) -> None:
     for next_template in uniting:
         if not creation.unites_satisfied(next_template, parent_ids):
             continue
         fields = creation.input_fields(next_template)
         creation.check_dependencies(next_template, fields)
         assert next_template.unites is not None
-        united = parents[next_template.unites.identifier]
+        united = creation.parents[next_template.unites.identifier]
         state = creation.new_state(next_template, fields, united)
         key = _unites_key(state)
         if key in db.unites_keys:
