@@ -6,7 +6,7 @@ import json
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from exo_otel.embedded.errors import BodyInvalid
+from exo_otel.embedded.errors import BodyInvalid, InternalError
 from exo_otel.embedded.models import JsonDict
 
 Loc = tuple[str | int, ...]
@@ -161,7 +161,8 @@ def decode_json(raw: bytes, content_type: str | None = None) -> Any:
         try:
             return raw.decode()
         except UnicodeDecodeError:
-            raise BodyUnreadable() from None
+            # FastAPI validates the bytes and fails to write them into its 422 answer: upstream's 500.
+            raise InternalError() from None
     try:
         document = json.loads(raw)
     except json.JSONDecodeError as exc:

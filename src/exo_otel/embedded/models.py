@@ -93,6 +93,34 @@ def object_id(text: str) -> str:
     return text.lower()
 
 
+MAX_DOCUMENT_DEPTH = 100
+"""MongoDB refuses documents nested deeper than this; upstream then fails with its generic 500."""
+
+
+def nesting(value: object, limit: int = MAX_DOCUMENT_DEPTH + 1) -> int:
+    """How deeply objects and arrays nest in ``value`` (a scalar is 0), counted up to ``limit``."""
+    depth, level = 0, [value]
+    while level and depth < limit:
+        children: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                children.extend(item.values())
+            elif isinstance(item, list):
+                children.extend(item)
+            else:
+                continue
+        if not any(isinstance(item, dict | list) for item in level):
+            break
+        depth += 1
+        level = children
+    return depth
+
+
+def storable(document: JsonDict) -> bool:
+    """Whether the database upstream runs on would store ``document`` (its nesting is within bounds)."""
+    return nesting(document) <= MAX_DOCUMENT_DEPTH
+
+
 def new_run_id() -> str:
     """A run id: a UUID4 string."""
     return str(uuid.uuid4())

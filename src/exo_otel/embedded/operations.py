@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from exo_otel.embedded.bodies import RegisterNodesBody, TriggerBody, UpsertGraphBody
-from exo_otel.embedded.errors import BadRequest, NotFound
+from exo_otel.embedded.errors import BadRequest, InternalError, NotFound
 from exo_otel.embedded.graph_checks import GraphInvalid, check_graph, root_of
 from exo_otel.embedded.models import (
     GraphTemplate,
@@ -21,6 +21,7 @@ from exo_otel.embedded.models import (
     now,
     now_ms,
     object_id,
+    storable,
 )
 from exo_otel.embedded.next_states import create_next_states
 from exo_otel.embedded.store import Database
@@ -39,6 +40,8 @@ def register_nodes(db: Database, namespace: str, body: RegisterNodesBody) -> Jso
             record = RegisteredNode(
                 node.name, namespace, body.runtime_name, node.inputs_schema, node.outputs_schema, node.secrets
             )
+            if not storable({"inputs_schema": node.inputs_schema, "outputs_schema": node.outputs_schema}):
+                raise InternalError()  # the nodes before this one stay registered, as upstream's do
             known = db.nodes.get((namespace, node.name))
             if known is not None:  # upstream updates the record in place: same id, same creation time
                 record.id, record.created_at = known.id, known.created_at
@@ -67,6 +70,8 @@ def upsert_graph(db: Database, namespace: str, name: str, body: UpsertGraphBody)
                         body.triggers, replacing=graph is not None)
         except GraphInvalid as exc:
             raise BadRequest(exc.detail) from None
+        if not storable({"nodes": [node.to_json() for node in body.nodes], "triggers": body.triggers}):
+            raise InternalError()
         moment = now()
         if graph is None:
             graph = GraphTemplate(
@@ -242,10 +247,14 @@ def executed(db: Database, state_id: str, outputs: list[JsonDict]) -> tuple[Json
     with db.lock:
         state = find_state(db, state_id)
         _require_queued(state)
+        if outputs and not storable({"outputs": outputs[0]}):
+            raise InternalError()  # the database refuses the state: it stays QUEUED
         state.outputs = dict(outputs[0]) if outputs else {}
         state.set_status(StateStatus.EXECUTED)
         identifier, namespace, graph_name = state.identifier, state.namespace, state.graph_name
         parents = dict(state.parents)
+    if not all(storable({"outputs": output}) for output in outputs[1:]):
+        raise InternalError()  # upstream's copies fail to insert: EXECUTED, and nothing comes next
     ids = [state.id]
     for start in range(1, len(outputs), COPIES_PER_STEP):
         copies = [state.derive(StateStatus.EXECUTED, outputs=dict(output))

@@ -7,7 +7,7 @@ generic 500 for an id that is no ObjectId, 400 for a state in the wrong status.
 from __future__ import annotations
 
 from exo_otel.embedded.errors import BadRequest, ConflictError, InternalError, NotFound
-from exo_otel.embedded.models import JsonDict, NotAnObjectId, State, StateStatus, object_id
+from exo_otel.embedded.models import JsonDict, NotAnObjectId, State, StateStatus, object_id, storable
 from exo_otel.embedded.operations import find_state
 from exo_otel.embedded.retry import compute_delay
 from exo_otel.embedded.store import Database
@@ -61,6 +61,8 @@ def prune(db: Database, state_id: str, data: JsonDict) -> JsonDict:
         state = find_state(db, state_id)
         if state.status != StateStatus.QUEUED:
             raise BadRequest("State is not queued")
+        if not storable({"data": data}):
+            raise InternalError()  # the database refuses the state: it stays QUEUED
         state.data = dict(data)
         state.set_status(StateStatus.PRUNED)
         return {"status": StateStatus.PRUNED.value, "enqueue_after": state.enqueue_after}
