@@ -107,6 +107,14 @@ async def test_a_refused_update_keeps_the_stored_graph(client: Client) -> None:
     await c.register("Step")
     assert (await c.put_graph("g", [c.node("a", next_nodes=["b"]), c.node("b")]))[0] == 201
     before = await c.settled_graph("g")
+    status, answer = await c.put_graph("g", [c.node("a"), c.node("b")])
+    assert status == 400
+    assert answer["detail"].startswith(
+        "Error validating graph template: 1 validation error for GraphTemplate\n"
+        "  Value error, There should be exactly one root node"
+    )
+    assert ", input_value={'id': ObjectId('" in answer["detail"]
+    assert "..., 'default_values': {}}}, input_type=dict]" in answer["detail"]
     status, answer = await c.put_graph("g", [c.node("a"), c.node("a")])
     assert (status, answer["detail"]) == (
         400,

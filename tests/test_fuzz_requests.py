@@ -14,7 +14,7 @@ import pytest
 
 from conformance_http import INTERNAL_ERROR, TEXT_SCHEMA
 from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.embedded.models import MAX_DOCUMENT_DEPTH, nesting
+from exo_otel.embedded.documents import MAX_DOCUMENT_DEPTH, nesting
 from fuzz_corpus import FuzzRequest, corpus
 from servers import EmbeddedServer, Server, UpstreamServerUnderTest
 from upstream_sm import UpstreamServer

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from exo_otel.embedded import bodies, listing, operations, runs, signals
 from exo_otel.embedded.checker import BodyUnreadable
+from exo_otel.embedded.documents import NotAnObjectId
 from exo_otel.embedded.errors import (
     INTERNAL_ERROR_BODY,
     ApiError,
@@ -27,7 +28,6 @@ from exo_otel.embedded.errors import (
     InternalError,
     Unauthorized,
 )
-from exo_otel.embedded.models import NotAnObjectId
 from exo_otel.embedded.store import Database
 
 logger = logging.getLogger(__name__)

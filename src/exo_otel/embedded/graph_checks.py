@@ -243,13 +243,13 @@ def _model_error(nodes: Sequence[NodeTemplate], store: StoreConfig) -> str | Non
 
 def check_graph(name: str, namespace: str, nodes: Sequence[NodeTemplate], secret_names: Sequence[str],
                 policy: RetryPolicy, store: StoreConfig, triggers: Sequence[dict[str, object]],
-                replacing: bool = False) -> None:
+                replacing: str | None = None) -> None:
     """Raise GraphInvalid with upstream's 400 text when upstream would refuse this upsert.
 
-    ``replacing`` says the graph exists already: upstream then validates the stored document, whose
-    nodes show as plain dicts in the message.
+    ``replacing`` is the id of the graph when it exists already: upstream then validates the stored
+    document, which shows as a plain dict (its id first, the store config last) in the message.
     """
-    if replacing:
+    if replacing is not None:
         nodes_repr = "[" + ", ".join(repr(node.to_json() | {"next_nodes": node.next_nodes or []})
                                      for node in nodes) + "]"
     else:
@@ -259,6 +259,9 @@ def check_graph(name: str, namespace: str, nodes: Sequence[NodeTemplate], secret
         message = _model_error(nodes, store)
         if message is not None:
             graph_repr = _graph_repr(name, namespace, nodes, policy, store, triggers)
+            if replacing is not None:
+                graph_repr = (f"{{'id': ObjectId('{replacing}'), 'name': {name!r}, "
+                              f"'namespace': {namespace!r}, 'store_config': {store.to_json()!r}}}")
             problems = [FieldProblem(None, message, graph_repr, "dict")]
     if not problems:  # upstream checks the secret names only when it saves a graph otherwise valid
         problems = _field_problems(nodes, nodes_repr, name, namespace, secret_names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from exo_otel.embedded.bodies import RegisterNodesBody, TriggerBody, UpsertGraphBody
+from exo_otel.embedded.documents import object_id, storable
 from exo_otel.embedded.errors import BadRequest, InternalError, NotFound
 from exo_otel.embedded.graph_checks import GraphInvalid, check_graph, root_of
 from exo_otel.embedded.models import (
@@ -20,8 +21,6 @@ from exo_otel.embedded.models import (
     new_run_id,
     now,
     now_ms,
-    object_id,
-    storable,
 )
 from exo_otel.embedded.next_states import create_next_states
 from exo_otel.embedded.store import Database
@@ -67,7 +66,7 @@ def upsert_graph(db: Database, namespace: str, name: str, body: UpsertGraphBody)
         graph = db.graphs.get((namespace, name))
         try:
             check_graph(name, namespace, body.nodes, list(body.secrets), body.retry_policy, body.store_config,
-                        body.triggers, replacing=graph is not None)
+                        body.triggers, replacing=None if graph is None else graph.id)
         except GraphInvalid as exc:
             raise BadRequest(exc.detail) from None
         if not storable({"nodes": [node.to_json() for node in body.nodes], "triggers": body.triggers}):

@@ -6,8 +6,9 @@ generic 500 for an id that is no ObjectId, 400 for a state in the wrong status.
 
 from __future__ import annotations
 
+from exo_otel.embedded.documents import NotAnObjectId, object_id, storable
 from exo_otel.embedded.errors import BadRequest, ConflictError, InternalError, NotFound
-from exo_otel.embedded.models import JsonDict, NotAnObjectId, State, StateStatus, object_id, storable
+from exo_otel.embedded.models import JsonDict, State, StateStatus
 from exo_otel.embedded.operations import find_state
 from exo_otel.embedded.retry import compute_delay
 from exo_otel.embedded.store import Database
