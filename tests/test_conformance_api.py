@@ -320,3 +320,25 @@ async def test_bad_requests_never_disturb_a_running_run(server: Server) -> None:
     assert sorted(s.identifier for s in states) == sorted(
         ["start", "audit", "prep"] + ["split"] * 3 + ["work"] * 3 + ["merge"] + ["flaky"] * 3 + ["finish"]
     )
+
+
+async def test_missing_outputs_end_in_next_created_error_with_upstreams_text(
+    client: Client, server: Server
+) -> None:
+    c = client
+    await c.register("Step")
+    nodes = [c.node("a", next_nodes=["b"]), c.node("b", {"text": "${{ a.outputs.text }}"})]
+    assert (await c.put_graph("g", nodes))[0] == 201
+    await c.settled_graph("g")
+    run_id = (await c.call("POST", "graph/g/trigger", {}))[1]["run_id"]
+    _, queued = await c.call("POST", "states/enqueue", {"nodes": ["Step"], "batch_size": 1})
+    state_id = queued["states"][0]["state_id"]
+    assert await c.call("POST", f"state/{state_id}/executed", {"outputs": [{"other": "x"}]}) == (
+        200,
+        {"status": "EXECUTED"},
+    )
+    states = await server.wait_for_run(run_id)
+    assert [s.statuses for s in states] == [("CREATED", "QUEUED", "EXECUTED", "NEXT_CREATED_ERROR")]
+    assert await server.run_status(run_id) == "FAILED"
+    details = await server.details(c.namespace, "g", run_id, state_id)
+    assert details["error"] == "Output field 'text' not found on current state 'a' for template 'b'"

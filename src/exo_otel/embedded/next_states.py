@@ -38,21 +38,24 @@ class _Creation:
     def input_fields(self, template: NodeTemplate) -> list[str]:
         registered = self.db.nodes.get((template.namespace, template.node_name))
         if registered is None:
-            raise ValueError(f"Node {template.node_name} in namespace {template.namespace} is not registered")
+            raise ValueError(f"Registered node not found for node name: {template.node_name} and namespace: "
+                             f"{template.namespace}")
         return registered.input_fields()
 
     def check_dependencies(self, template: NodeTemplate, fields: list[str]) -> None:
         for field in fields:
             if field not in template.inputs:
-                raise ValueError(f"Input {field} of node {template.identifier} has no template")
+                raise ValueError(f"Field '{field}' not found in inputs for template '{template.identifier}'")
             for placeholder in parse(str(template.inputs[field])).placeholders:
                 if placeholder.is_store or placeholder.source == self.identifier:
                     continue
                 parent = self.parents.get(placeholder.source)
                 if parent is None:
-                    raise KeyError(f"{placeholder.source} is not among the parents of {template.identifier}")
+                    raise KeyError(f"Identifier '{placeholder.source}' not found in parents for template "
+                                   f"'{template.identifier}'")
                 if placeholder.field not in parent.outputs:
-                    raise KeyError(f"Output {placeholder.field} missing on {placeholder.source}")
+                    raise AttributeError(f"Output field '{placeholder.field}' not found on state "
+                                         f"'{placeholder.source}' for template '{template.identifier}'")
 
     def store_value(self, run_id: str, key: str) -> str:
         run = self.db.runs.get(run_id)
@@ -60,17 +63,22 @@ class _Creation:
             return run.store[key]
         if key in self.graph.store_config.default_values:
             return self.graph.store_config.default_values[key]
-        raise ValueError(f"Store key {key} has no value in run {run_id} and no default")
+        raise ValueError(f"Store value not found for field '{key}' in namespace '{self.graph.namespace}' and "
+                         f"graph '{self.graph.name}'")
 
     def new_state(self, template: NodeTemplate, fields: list[str], current: State) -> State:
         def lookup(placeholder: Placeholder) -> str:
             if placeholder.is_store:
                 return self.store_value(current.run_id, placeholder.field)
-            source = current if placeholder.source == current.identifier else self.parents[placeholder.source]
-            if placeholder.field not in source.outputs:
-                raise KeyError(f"Output {placeholder.field} missing on {placeholder.source}")
-            value: str = source.outputs[placeholder.field]
-            return value
+            if placeholder.source == current.identifier:
+                if placeholder.field not in current.outputs:
+                    raise AttributeError(f"Output field '{placeholder.field}' not found on current state "
+                                         f"'{current.identifier}' for template '{template.identifier}'")
+                value: str = current.outputs[placeholder.field]
+                return value
+            # A missing output raises KeyError, whose text upstream stores as the error.
+            parent_value: str = self.parents[placeholder.source].outputs[placeholder.field]
+            return parent_value
 
         inputs = {field: parse(str(template.inputs[field])).render(lookup) for field in fields}
         return State(
@@ -85,7 +93,7 @@ class _Creation:
         assert template.unites is not None
         united_id = parent_ids.get(template.unites.identifier)
         if united_id is None:
-            raise ValueError(f"United node {template.unites.identifier} is not among the parents")
+            raise ValueError(f"Unit identifier not found in parents: {template.unites.identifier}")
         for state in self.db.states.values():
             if state.parents.get(template.unites.identifier) != united_id:
                 continue
@@ -147,7 +155,7 @@ def create_next_states(
         with db.lock:
             _unite(db, creation, uniting, parent_ids)
     except Exception as exc:  # any failure ends in NEXT_CREATED_ERROR, never in a stuck state
-        reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        reason = str(exc)  # as upstream stores it (a KeyError's text in quotes)
         logger.debug("next states of %s not created: %s", state_ids, reason)
         with db.lock:
             for state_id in state_ids:
