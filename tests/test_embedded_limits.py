@@ -43,7 +43,7 @@ async def test_ipv6_hosts_give_usable_uris() -> None:
 
 
 async def test_small_requests_are_answered_while_a_huge_one_runs() -> None:
-    outputs = 4_000
+    outputs = 12_000
     async with EmbeddedStateManager() as sm, aiohttp.ClientSession() as session:
         headers = {"x-api-key": sm.api_key}
         base = f"{sm.uri}/v0/namespace/huge"
