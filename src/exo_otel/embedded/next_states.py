@@ -157,12 +157,13 @@ def create_next_states(
     except Exception as exc:  # any failure ends in NEXT_CREATED_ERROR, never in a stuck state
         reason = str(exc)  # as upstream stores it (a KeyError's text in quotes)
         logger.debug("next states of %s not created: %s", state_ids, reason)
-        with db.lock:
-            for state_id in state_ids:
-                failed = db.states.get(state_id)
-                if failed is not None:
-                    failed.error = reason
-                    failed.set_status(StateStatus.NEXT_CREATED_ERROR)
+        for step in _steps(state_ids):
+            with db.lock:
+                for state_id in step:
+                    failed = db.states.get(state_id)
+                    if failed is not None:
+                        failed.error = reason
+                        failed.set_status(StateStatus.NEXT_CREATED_ERROR)
 
 
 def _mark_success(db: Database, state_ids: list[str]) -> None:
