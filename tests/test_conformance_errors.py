@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 
 from conformance_http import INTERNAL_ERROR, MISSING_ID, NOT_AN_INT, NOT_AN_OBJECT, Client, new_namespace
@@ -364,3 +365,25 @@ async def test_wrong_status_and_bad_triggers_are_400(client: Client, server: Ser
             break
         await asyncio.sleep(0.05)
     assert [s.statuses for s in states] == [("CREATED", "QUEUED", "EXECUTED", "SUCCESS"), ("CREATED",)]
+
+
+async def test_slash_redirects_head_and_health(server: Server) -> None:
+    ns = new_namespace("routes")
+    cases = [
+        ("GET", f"/v0/namespace/{ns}/nodes", 307, f"/v0/namespace/{ns}/nodes/"),
+        ("PUT", f"/v0/namespace/{ns}/nodes", 307, f"/v0/namespace/{ns}/nodes/"),
+        ("GET", f"/v0/namespace/{ns}/graph/g/", 307, f"/v0/namespace/{ns}/graph/g"),
+        ("GET", "/v0/namespaces/", 307, "/v0/namespaces"),
+        ("HEAD", f"/v0/namespace/{ns}/nodes/", 405, None),
+        ("GET", "/health", 200, None),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for method, path, status, location in cases:
+            async with session.request(
+                method, server.uri + path, headers={"x-api-key": "wrong"}, allow_redirects=False
+            ) as response:
+                assert response.status == status, (method, path)
+                if location is not None:
+                    assert response.headers["location"] == server.uri + location
+                if path == "/health":
+                    assert await response.json() == {"message": "OK"}

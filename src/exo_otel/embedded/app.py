@@ -8,6 +8,7 @@ then the API key is checked (401), then the body and path parameters are validat
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -64,7 +65,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except NotAnObjectId:  # upstream's ObjectId conversion raises, and its middleware answers 500
         return respond(INTERNAL_ERROR_BODY, 500)
     except web.HTTPNotFound:
-        return respond({"detail": "Not Found"}, 404)
+        return await _slash_redirect(request) or respond({"detail": "Not Found"}, 404)
     except web.HTTPMethodNotAllowed:
         return respond({"detail": "Method Not Allowed"}, 405)
     except web.HTTPException:
@@ -72,6 +73,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:  # the server keeps serving whatever one request does
         logger.exception("unexpected error on %s %s", request.method, request.path)
         return respond(INTERNAL_ERROR_BODY, 500)
+
+
+async def _slash_redirect(request: web.Request) -> web.StreamResponse | None:
+    """FastAPI's answer to a path that matches a route once its trailing slash is added or removed:
+    307 to that path (whatever the method matches)."""
+    path = request.path
+    if path == "/":
+        return None
+    other = path[:-1] if path.endswith("/") else path + "/"
+    match = await request.app.router.resolve(request.clone(rel_url=request.rel_url.with_path(other)))
+    if match.http_exception is not None and not isinstance(match.http_exception, web.HTTPMethodNotAllowed):
+        return None
+    location = request.url.with_path(other)
+    return web.Response(status=307, headers={"location": str(location)})
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /health``: upstream's liveness answer (no key needed)."""
+    return respond({"message": "OK"})
 
 
 def _path_ints(request: web.Request, *names: str) -> list[int]:
@@ -232,13 +252,15 @@ def build_app(api: Api) -> web.Application:
     """The aiohttp application serving ``api``."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     state = f"{PREFIX}/state/{{state_id}}"
+    get = functools.partial(web.get, allow_head=False)  # FastAPI answers HEAD with 405
     app.router.add_routes([
+        get("/health", health),
         web.put(f"{PREFIX}/nodes/", api.register_nodes),
-        web.get(f"{PREFIX}/nodes/", api.list_nodes),
-        web.get(f"{PREFIX}/graphs/", api.list_graphs),
-        web.get("/v0/namespaces", api.list_namespaces),
+        get(f"{PREFIX}/nodes/", api.list_nodes),
+        get(f"{PREFIX}/graphs/", api.list_graphs),
+        get("/v0/namespaces", api.list_namespaces),
         web.put(f"{PREFIX}/graph/{{graph}}", api.upsert_graph),
-        web.get(f"{PREFIX}/graph/{{graph}}", api.get_graph),
+        get(f"{PREFIX}/graph/{{graph}}", api.get_graph),
         web.post(f"{PREFIX}/graph/{{graph}}/trigger", api.trigger),
         web.post(f"{PREFIX}/states/enqueue", api.enqueue),
         web.post(f"{state}/executed", api.executed),
@@ -246,9 +268,9 @@ def build_app(api: Api) -> web.Application:
         web.post(f"{state}/prune", api.prune),
         web.post(f"{state}/re-enqueue-after", api.re_enqueue_after),
         web.post(f"{state}/manual-retry", api.manual_retry),
-        web.get(f"{state}/secrets", api.secrets),
-        web.get(f"{PREFIX}/runs/{{page}}/{{size}}", api.list_runs),
-        web.get(f"{PREFIX}/states/run/{{run_id}}/graph", api.graph_structure),
-        web.get(f"{PREFIX}/graph/{{graph}}/run/{{run_id}}/node/{{state_id}}", api.node_details),
+        get(f"{state}/secrets", api.secrets),
+        get(f"{PREFIX}/runs/{{page}}/{{size}}", api.list_runs),
+        get(f"{PREFIX}/states/run/{{run_id}}/graph", api.graph_structure),
+        get(f"{PREFIX}/graph/{{graph}}/run/{{run_id}}/node/{{state_id}}", api.node_details),
     ])
     return app
