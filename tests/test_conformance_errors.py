@@ -7,6 +7,7 @@ that do not decode or do not validate (FastAPI's 422 lists), and the order FastA
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import aiohttp
@@ -387,3 +388,18 @@ async def test_slash_redirects_head_and_health(server: Server) -> None:
                     assert response.headers["location"] == server.uri + location
                 if path == "/health":
                     assert await response.json() == {"message": "OK"}
+
+
+async def test_answers_carry_the_request_id(server: Server) -> None:
+    given = "0b9c6c5e-8d3f-4a43-9a55-3f1f4b0b6d5e"
+    async with aiohttp.ClientSession() as session:
+        for headers in ({"x-exosphere-request-id": given}, {"x-exosphere-request-id": "not-a-uuid"}, {}):
+            async with session.get(
+                f"{server.uri}/v0/namespaces", headers={"x-api-key": "wrong", **headers}
+            ) as response:
+                assert response.status == 401
+                echoed = response.headers["x-exosphere-request-id"]
+                if headers.get("x-exosphere-request-id") == given:
+                    assert echoed == given
+                else:
+                    assert str(uuid.UUID(echoed)) == echoed

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,6 +50,22 @@ def respond(payload: Any, status: int = 200) -> web.Response:
     except (ValueError, TypeError):
         return respond(INTERNAL_ERROR_BODY, 500)
     return web.Response(body=text, status=status, content_type="application/json")
+
+
+REQUEST_ID = "x-exosphere-request-id"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer carries ``x-exosphere-request-id``: the request's own if it is a UUID, else a new one."""
+    request_id = request.headers.get(REQUEST_ID, "")
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        request_id = str(uuid.uuid4())
+    response = await handler(request)
+    response.headers[REQUEST_ID] = request_id
+    return response
 
 
 @web.middleware
@@ -250,7 +267,7 @@ class Api:
 
 def build_app(api: Api) -> web.Application:
     """The aiohttp application serving ``api``."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[request_id_middleware, error_middleware], client_max_size=MAX_BODY)
     state = f"{PREFIX}/state/{{state_id}}"
     get = functools.partial(web.get, allow_head=False)  # FastAPI answers HEAD with 405
     app.router.add_routes([
