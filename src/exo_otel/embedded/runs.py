@@ -21,16 +21,17 @@ _OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 
 def list_runs(db: Database, namespace: str, page: int, size: int) -> JsonDict:
     """One page (from 1) of the namespace's runs, newest first, with counts per kind of status."""
-    # Upstream skips (page - 1) * size runs and returns at most size: like its database, a negative
-    # skip counts as none, a size of 0 as no limit, and a negative size as its absolute value.
-    offset = max(0, (page - 1) * size)
+    # Upstream skips (page - 1) * size runs and returns at most size. Its database (the in-memory one
+    # the real server runs on here) takes a negative skip as that many runs from the end (the oldest),
+    # a size of 0 as no limit, and a negative size as its absolute value.
+    offset = (page - 1) * size
     limit = abs(size) if size else None
     with db.lock:
         runs = [run for run in db.runs.values() if run.namespace == namespace]
-        # Newest first; among equal timestamps the later trigger first.
-        ranked = sorted(enumerate(runs), key=lambda pair: (pair[1].created_at, pair[0]), reverse=True)
-        ordered = [run for _, run in ranked]
-        selected = ordered[offset:] if limit is None else ordered[offset: offset + limit]
+        # Newest first; runs created in the same millisecond in the order they were triggered (as
+        # upstream's database sorts them: a stable sort).
+        ordered = sorted(runs, key=lambda run: run.created_at, reverse=True)
+        selected = ordered[offset:] if limit is None else ordered[offset:][:limit]
         items = []
         for run in selected:
             states = db.states_of_run(run.run_id)
