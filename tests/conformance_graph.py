@@ -8,6 +8,9 @@
                 └──── merge (unites prep) ◄─────────┘
                         └──► flaky (fails twice, then succeeds) ──► finish (needs a secret)
 
+A child of a unites node cannot read that node's outputs upstream (its parents are the united node
+and that node's ancestors), so flaky reads prep's batch and the store, never merge's summary.
+
 Store: ``topic`` is required (the trigger gives it), ``prefix`` and ``mode`` have defaults.
 Node behaviour is deterministic per run as long as each run uses its own ``topic``.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import collections
 from datetime import timedelta
+from typing import Any
 
 from exospherehost import (
     BaseNode,
@@ -178,12 +182,14 @@ NODES: list[type[BaseNode]] = [
 ]
 
 
-def graph_nodes(strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS) -> list[GraphNodeModel]:
+def graph_nodes(
+    strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS, namespace: str = NAMESPACE
+) -> list[GraphNodeModel]:
     """The node templates; ``strategy`` is how merge waits for the branches under prep."""
 
     def node(cls: type[BaseNode], identifier: str, inputs: dict[str, str], **extra: object) -> GraphNodeModel:
         return GraphNodeModel(
-            node_name=cls.__name__, namespace=NAMESPACE, identifier=identifier, inputs=inputs, **extra
+            node_name=cls.__name__, namespace=namespace, identifier=identifier, inputs=inputs, **extra
         )
 
     return [
@@ -210,18 +216,29 @@ def graph_nodes(strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS) -
             next_nodes=["flaky"],
             unites=UnitesModel(identifier="prep", strategy=strategy),
         ),
-        node(FlakyNode, "flaky", {"summary": "${{ merge.outputs.summary }}"}, next_nodes=["finish"]),
+        # A child of a unites node may not read the unites node's outputs (upstream: "merge is not a
+        # parent of flaky"); its parents are prep and prep's ancestors, so flaky rebuilds the summary.
+        node(
+            FlakyNode,
+            "flaky",
+            {"summary": "${{ prep.outputs.batch }} merged for ${{ store.topic }}"},
+            next_nodes=["finish"],
+        ),
         node(
             FinishNode, "finish", {"value": "${{ flaky.outputs.value }}", "seed": "${{ start.outputs.seed }}"}
         ),
     ]
 
 
-async def upsert(client: StateManager, strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS) -> None:
+async def upsert(
+    client: StateManager,
+    strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS,
+    namespace: str = NAMESPACE,
+) -> Any:
     """Upsert the conformance graph through the SDK and wait until it is valid (its nodes registered)."""
-    await client.upsert_graph(
+    return await client.upsert_graph(
         GRAPH,
-        graph_nodes(strategy),
+        graph_nodes(strategy, namespace),
         SECRETS,
         retry_policy=RETRY_POLICY,
         store_config=STORE_CONFIG,

@@ -1,1 +1,1 @@
-pytest_plugins = ["sm_fixtures", "otel_fixtures", "upstream_sm"]
+pytest_plugins = ["sm_fixtures", "otel_fixtures", "upstream_sm", "servers"]

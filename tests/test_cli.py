@@ -53,7 +53,8 @@ def test_state_manager_serves_then_exits_cleanly_on_sigint() -> None:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
-            assert response.read() == b'{"namespace": "ns", "total": 0, "page": 1, "size": 10, "runs": []}'
+            # Compact JSON, as upstream (Starlette) writes it.
+            assert response.read() == b'{"namespace":"ns","total":0,"page":1,"size":10,"runs":[]}'
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
         assert process.stderr is not None and "Traceback" not in process.stderr.read()

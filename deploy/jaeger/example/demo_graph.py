@@ -47,7 +47,8 @@ def graph_nodes(namespace: str = NAMESPACE) -> list[GraphNodeModel]:
             namespace=namespace,
             identifier="merge",
             # A unites node reads outputs of the node it unites (or that node's ancestors), not of the
-            # branches. ALL_DONE: merge also runs when items ended errored or pruned.
+            # branches. ALL_DONE: merge also runs when some items ended errored or pruned (the join is
+            # considered when an item executes, so not when every item errored).
             inputs={"batch_id": "${{ fetch.outputs.batch_id }}"},
             unites=UnitesModel(identifier="fetch", strategy=UnitesStrategyEnum.ALL_DONE),
             next_nodes=["publish"],
@@ -56,7 +57,9 @@ def graph_nodes(namespace: str = NAMESPACE) -> list[GraphNodeModel]:
             node_name="PublishReport",
             namespace=namespace,
             identifier="publish",
-            inputs={"summary": "${{ merge.outputs.summary }}"},
+            # A child of a unites node may not read that node's outputs: upstream counts only the united
+            # node (fetch) and its ancestors as publish's parents, and refuses the graph otherwise.
+            inputs={"summary": "${{ fetch.outputs.batch_id }}: all items done"},
         ),
     ]
 

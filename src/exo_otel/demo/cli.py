@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=0, help="port to bind (default: a free one)")
-    serve.add_argument("--api-key", default=None, help="key clients must send (default: a random one)")
+    serve.add_argument("--api-key", default=None, type=_api_key,
+                       help="key clients must send (default: a random one; not empty)")
     serve.add_argument(
         "--expose-run-context", action="store_true",
         help="add run_id, graph_name and parents to enqueued states",
@@ -120,6 +121,12 @@ def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"expected a port number (0 to 65535), got {text!r}")
     return int(text)
+
+
+def _api_key(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the API key must not be empty (leave it out for a random one)")
+    return text
 
 
 def _seconds(text: str) -> float:

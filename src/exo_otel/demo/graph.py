@@ -105,7 +105,7 @@ class MergeScores(BaseNode):  # type: ignore[misc]  # exospherehost ships no typ
 
 
 class PublishReport(BaseNode):  # type: ignore[misc]  # exospherehost ships no type information
-    """The last node: publishes the summary."""
+    """The last node: publishes the batch's summary (read from `fetch`: merge's outputs are not its own)."""
 
     class Inputs(BaseModel):
         summary: str
@@ -147,5 +147,7 @@ def graph_nodes(namespace: str = NAMESPACE) -> list[GraphNodeModel]:
             unites=UnitesModel(identifier="fetch", strategy=UnitesStrategyEnum.ALL_DONE),
             next_nodes=["publish"],
         ),
-        node(PublishReport, "publish", {"summary": "${{ merge.outputs.summary }}"}),
+        # A child of a unites node may not read that node's outputs (upstream refuses the graph: the
+        # parents of merge's children are fetch and its ancestors), so publish rebuilds the summary.
+        node(PublishReport, "publish", {"summary": "batch ${{ fetch.outputs.batch_id }} scored"}),
     ]

@@ -1,84 +1,176 @@
-"""The aiohttp application: routes, API key check, error bodies, and background jobs."""
+"""The aiohttp application: routes, API key check, error bodies, and background jobs.
+
+Requests go through the steps in FastAPI's order, so that a request with several faults gets
+upstream's answer: the body is decoded first (a JSON syntax error is a 422 even with a wrong key),
+then the API key is checked (401), then the body and path parameters are validated (422).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import json
 import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from exo_otel.embedded import bodies, operations, runs
-from exo_otel.embedded.errors import ApiError, BodyInvalid, Unauthorized
+from exo_otel.embedded import bodies, listing, operations, runs, signals
+from exo_otel.embedded.checker import BodyUnreadable
+from exo_otel.embedded.documents import NotAnObjectId
+from exo_otel.embedded.errors import (
+    INTERNAL_ERROR_BODY,
+    ApiError,
+    BodyInvalid,
+    BodyUnparsable,
+    InternalError,
+    Unauthorized,
+)
 from exo_otel.embedded.store import Database
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/v0/namespace/{namespace}"
+LARGE_BODY = 256 * 1024
+"""Bodies above this size are decoded and checked on a worker thread, so the event loop stays free."""
+MAX_BODY = 64 * 1024 * 1024
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.json_response(payload, status=status)
+def respond(payload: Any, status: int = 200) -> web.Response:
+    """A JSON answer encoded as Starlette encodes it; upstream's 500 where that encoding fails
+    (a NaN or a lone surrogate echoed from the request)."""
+    try:
+        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except (ValueError, TypeError):
+        return respond(INTERNAL_ERROR_BODY, 500)
+    return web.Response(body=text, status=status, content_type="application/json")
+
+
+REQUEST_ID = "x-exosphere-request-id"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer carries ``x-exosphere-request-id``: the request's own if it is a UUID, else a new one."""
+    request_id = request.headers.get(REQUEST_ID, "")
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        request_id = str(uuid.uuid4())
+    response = await handler(request)
+    response.headers[REQUEST_ID] = request_id
+    return response
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every failure with a JSON ``detail`` body, as the upstream service does."""
+    """Answer every failure with a JSON body, as the upstream service does."""
     try:
         return await handler(request)
+    except InternalError:
+        return respond(INTERNAL_ERROR_BODY, 500)
     except ApiError as exc:
-        return _json({"detail": exc.detail}, exc.status)
+        return respond({"detail": exc.detail}, exc.status)
     except BodyInvalid as exc:
-        return _json({"detail": exc.errors}, 422)
+        return respond({"detail": exc.errors}, 422)
+    except NotAnObjectId:  # upstream's ObjectId conversion raises, and its middleware answers 500
+        return respond(INTERNAL_ERROR_BODY, 500)
     except web.HTTPNotFound:
-        return _json({"detail": "Not Found"}, 404)
+        return await _slash_redirect(request) or respond({"detail": "Not Found"}, 404)
     except web.HTTPMethodNotAllowed:
-        return _json({"detail": "Method Not Allowed"}, 405)
+        return respond({"detail": "Method Not Allowed"}, 405)
     except web.HTTPException:
         raise
     except Exception:  # the server keeps serving whatever one request does
         logger.exception("unexpected error on %s %s", request.method, request.path)
-        return _json({"detail": "Internal server error"}, 500)
+        return respond(INTERNAL_ERROR_BODY, 500)
 
 
-def _path_int(request: web.Request, name: str) -> int:
-    raw = request.match_info[name]
-    try:
-        return int(raw)
-    except ValueError:
-        msg = "Input should be a valid integer, unable to parse string as an integer"
-        error = {"type": "int_parsing", "loc": ["path", name], "msg": msg, "input": raw}
-        raise BodyInvalid([error]) from None
+async def _slash_redirect(request: web.Request) -> web.StreamResponse | None:
+    """FastAPI's answer to a path that matches a route once its trailing slash is added or removed:
+    307 to that path (whatever the method matches)."""
+    path = request.path
+    if path == "/":
+        return None
+    other = path[:-1] if path.endswith("/") else path + "/"
+    match = await request.app.router.resolve(request.clone(rel_url=request.rel_url.with_path(other)))
+    if match.http_exception is not None and not isinstance(match.http_exception, web.HTTPMethodNotAllowed):
+        return None
+    location = request.url.with_path(other)
+    return web.Response(status=307, headers={"location": str(location)})
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /health``: upstream's liveness answer (no key needed)."""
+    return respond({"message": "OK"})
+
+
+def _path_ints(request: web.Request, *names: str) -> list[int]:
+    values: list[int] = []
+    errors: list[dict[str, Any]] = []
+    for name in names:
+        raw = request.match_info[name]
+        if _INTEGER.fullmatch(raw):
+            values.append(int(raw))
+        else:
+            msg = "Input should be a valid integer, unable to parse string as an integer"
+            errors.append({"type": "int_parsing", "loc": ["path", name], "msg": msg, "input": raw})
+    if errors:
+        raise BodyInvalid(errors)
+    return values
 
 
 class Api:
     """Route handlers over one database."""
 
     def __init__(self, db: Database, api_key: str, expose_run_context: bool) -> None:
+        if not api_key:
+            raise ValueError("the API key must not be empty")
         self.db = db
         self.api_key = api_key
         self.expose_run_context = expose_run_context
         self.jobs: set[asyncio.Task[None]] = set()
 
     def _authorize(self, request: web.Request) -> str:
-        given = request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+        given = request.headers.get("x-api-key")
+        if given is None or not hmac.compare_digest(given.encode(), self.api_key.encode()):
             raise Unauthorized()
-        return request.match_info["namespace"]
+        return request.match_info.get("namespace", "")
 
-    async def _document(self, request: web.Request) -> Any:
-        return bodies.decode_json(await request.read())
+    async def _body(self, request: web.Request, parse: Callable[[Any], Any]) -> tuple[str, Any]:
+        """Decode the body, check the key, then check the body with ``parse``: FastAPI's order."""
+        raw = await request.read()
+        content_type = request.headers.get("content-type")
 
-    def _background(self, job: operations.Job) -> None:
-        """Run ``job`` on the loop after this handler returns, like a FastAPI background task."""
+        def decode() -> Any:
+            try:
+                return bodies.decode_json(raw, content_type)
+            except BodyUnreadable:
+                raise BodyUnparsable() from None
+
+        document = await asyncio.to_thread(decode) if len(raw) > LARGE_BODY else decode()
+        namespace = self._authorize(request)
+        if len(raw) > LARGE_BODY:
+            return namespace, await asyncio.to_thread(parse, document)
+        return namespace, parse(document)
+
+    def _background(self, job: operations.Job, large: bool = False) -> None:
+        """Run ``job`` after this handler returns, like a FastAPI background task; a ``large`` one (the
+        next states of thousands of fan-out copies) on a worker thread, so the event loop stays free."""
 
         async def run() -> None:
             await asyncio.sleep(0)
             try:
-                job()
+                if large:
+                    await asyncio.to_thread(job)
+                else:
+                    job()
             except Exception:
                 logger.exception("background job failed")
 
@@ -92,90 +184,110 @@ class Api:
             await asyncio.gather(*list(self.jobs), return_exceptions=True)
 
     async def register_nodes(self, request: web.Request) -> web.Response:
-        namespace = self._authorize(request)
-        body = bodies.parse_register_nodes(await self._document(request))
-        return _json(operations.register_nodes(self.db, namespace, body))
+        namespace, body = await self._body(request, bodies.parse_register_nodes)
+        return respond(operations.register_nodes(self.db, namespace, body))
 
     async def upsert_graph(self, request: web.Request) -> web.Response:
-        namespace = self._authorize(request)
-        body = bodies.parse_upsert_graph(await self._document(request))
+        namespace, body = await self._body(request, bodies.parse_upsert_graph)
         answer, job = operations.upsert_graph(self.db, namespace, request.match_info["graph"], body)
         self._background(job)
-        return _json(answer, 201)
+        return respond(answer, 201)
 
     async def get_graph(self, request: web.Request) -> web.Response:
         namespace = self._authorize(request)
-        return _json(operations.get_graph(self.db, namespace, request.match_info["graph"]))
+        return respond(operations.get_graph(self.db, namespace, request.match_info["graph"]))
 
     async def trigger(self, request: web.Request) -> web.Response:
-        namespace = self._authorize(request)
-        body = bodies.parse_trigger(await self._document(request))
-        return _json(operations.trigger(self.db, namespace, request.match_info["graph"], body))
+        namespace, body = await self._body(request, bodies.parse_trigger)
+        return respond(operations.trigger(self.db, namespace, request.match_info["graph"], body))
 
     async def enqueue(self, request: web.Request) -> web.Response:
-        namespace = self._authorize(request)
-        body = bodies.parse_fields(await self._document(request), {"nodes": "str[]", "batch_size": "int"})
+        parse = bodies.fields_parser({"nodes": "str[]", "batch_size": "int"})
+        namespace, body = await self._body(request, parse)
         expose = self.expose_run_context
-        return _json(operations.enqueue(self.db, namespace, body["nodes"], body["batch_size"], expose))
+        return respond(operations.enqueue(self.db, namespace, body["nodes"], body["batch_size"], expose))
 
     async def executed(self, request: web.Request) -> web.Response:
-        self._authorize(request)
-        body = bodies.parse_fields(await self._document(request), {"outputs": "dict[]"})
-        answer, job = operations.executed(self.db, request.match_info["state_id"], body["outputs"])
-        self._background(job)
-        return _json(answer)
+        _, body = await self._body(request, bodies.fields_parser({"outputs": "dict[]"}))
+        state_id = request.match_info["state_id"]
+        large = len(body["outputs"]) > operations.COPIES_PER_STEP
+        if large:
+            answer, job = await asyncio.to_thread(operations.executed, self.db, state_id, body["outputs"])
+        else:
+            answer, job = operations.executed(self.db, state_id, body["outputs"])
+        self._background(job, large)
+        return respond(answer)
 
     async def errored(self, request: web.Request) -> web.Response:
-        self._authorize(request)
-        body = bodies.parse_fields(await self._document(request), {"error": "str"})
-        return _json(operations.errored(self.db, request.match_info["state_id"], body["error"]))
+        _, body = await self._body(request, bodies.fields_parser({"error": "str"}))
+        return respond(signals.errored(self.db, request.match_info["state_id"], body["error"]))
 
     async def prune(self, request: web.Request) -> web.Response:
-        self._authorize(request)
-        body = bodies.parse_fields(await self._document(request), {"data": "dict"})
-        return _json(operations.prune(self.db, request.match_info["state_id"], body["data"]))
+        _, body = await self._body(request, bodies.fields_parser({"data": "dict"}))
+        return respond(signals.prune(self.db, request.match_info["state_id"], body["data"]))
 
     async def re_enqueue_after(self, request: web.Request) -> web.Response:
-        self._authorize(request)
-        body = bodies.parse_fields(await self._document(request), {"enqueue_after": "int>0"})
+        _, body = await self._body(request, bodies.fields_parser({"enqueue_after": "int>0"}))
         state_id = request.match_info["state_id"]
-        return _json(operations.re_enqueue_after(self.db, state_id, body["enqueue_after"]))
+        return respond(signals.re_enqueue_after(self.db, state_id, body["enqueue_after"]))
+
+    async def manual_retry(self, request: web.Request) -> web.Response:
+        namespace, body = await self._body(request, bodies.fields_parser({"fanout_id": "str"}))
+        state_id = request.match_info["state_id"]
+        return respond(signals.manual_retry(self.db, namespace, state_id, body["fanout_id"]))
 
     async def secrets(self, request: web.Request) -> web.Response:
         namespace = self._authorize(request)
-        return _json(operations.get_secrets(self.db, namespace, request.match_info["state_id"]))
+        return respond(signals.get_secrets(self.db, namespace, request.match_info["state_id"]))
+
+    async def list_nodes(self, request: web.Request) -> web.Response:
+        return respond(listing.list_nodes(self.db, self._authorize(request)))
+
+    async def list_graphs(self, request: web.Request) -> web.Response:
+        return respond(listing.list_graphs(self.db, self._authorize(request)))
+
+    async def list_namespaces(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        return respond(listing.list_namespaces(self.db))
 
     async def list_runs(self, request: web.Request) -> web.Response:
         namespace = self._authorize(request)
-        page, size = _path_int(request, "page"), _path_int(request, "size")
-        return _json(runs.list_runs(self.db, namespace, page, size))
+        page, size = _path_ints(request, "page", "size")
+        return respond(runs.list_runs(self.db, namespace, page, size))
 
     async def graph_structure(self, request: web.Request) -> web.Response:
         namespace = self._authorize(request)
-        return _json(runs.graph_structure(self.db, namespace, request.match_info["run_id"]))
+        return respond(runs.graph_structure(self.db, namespace, request.match_info["run_id"]))
 
     async def node_details(self, request: web.Request) -> web.Response:
         namespace = self._authorize(request)
         info = request.match_info
-        return _json(runs.node_details(self.db, namespace, info["graph"], info["run_id"], info["state_id"]))
+        return respond(runs.node_details(self.db, namespace, info["graph"], info["run_id"], info["state_id"]))
 
 
 def build_app(api: Api) -> web.Application:
     """The aiohttp application serving ``api``."""
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[request_id_middleware, error_middleware], client_max_size=MAX_BODY)
+    state = f"{PREFIX}/state/{{state_id}}"
+    get = functools.partial(web.get, allow_head=False)  # FastAPI answers HEAD with 405
     app.router.add_routes([
+        get("/health", health),
         web.put(f"{PREFIX}/nodes/", api.register_nodes),
+        get(f"{PREFIX}/nodes/", api.list_nodes),
+        get(f"{PREFIX}/graphs/", api.list_graphs),
+        get("/v0/namespaces", api.list_namespaces),
         web.put(f"{PREFIX}/graph/{{graph}}", api.upsert_graph),
-        web.get(f"{PREFIX}/graph/{{graph}}", api.get_graph),
+        get(f"{PREFIX}/graph/{{graph}}", api.get_graph),
         web.post(f"{PREFIX}/graph/{{graph}}/trigger", api.trigger),
         web.post(f"{PREFIX}/states/enqueue", api.enqueue),
-        web.post(f"{PREFIX}/state/{{state_id}}/executed", api.executed),
-        web.post(f"{PREFIX}/state/{{state_id}}/errored", api.errored),
-        web.post(f"{PREFIX}/state/{{state_id}}/prune", api.prune),
-        web.post(f"{PREFIX}/state/{{state_id}}/re-enqueue-after", api.re_enqueue_after),
-        web.get(f"{PREFIX}/state/{{state_id}}/secrets", api.secrets),
-        web.get(f"{PREFIX}/runs/{{page}}/{{size}}", api.list_runs),
-        web.get(f"{PREFIX}/states/run/{{run_id}}/graph", api.graph_structure),
-        web.get(f"{PREFIX}/graph/{{graph}}/run/{{run_id}}/node/{{state_id}}", api.node_details),
+        web.post(f"{state}/executed", api.executed),
+        web.post(f"{state}/errored", api.errored),
+        web.post(f"{state}/prune", api.prune),
+        web.post(f"{state}/re-enqueue-after", api.re_enqueue_after),
+        web.post(f"{state}/manual-retry", api.manual_retry),
+        get(f"{state}/secrets", api.secrets),
+        get(f"{PREFIX}/runs/{{page}}/{{size}}", api.list_runs),
+        get(f"{PREFIX}/states/run/{{run_id}}/graph", api.graph_structure),
+        get(f"{PREFIX}/graph/{{graph}}/run/{{run_id}}/node/{{state_id}}", api.node_details),
     ])
     return app

@@ -7,6 +7,8 @@ the upstream service.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -22,7 +24,14 @@ from exo_otel.embedded.models import (
     UnitesStrategy,
 )
 
-__all__ = ["decode_json", "parse_fields", "parse_register_nodes", "parse_trigger", "parse_upsert_graph"]
+__all__ = [
+    "decode_json",
+    "fields_parser",
+    "parse_fields",
+    "parse_register_nodes",
+    "parse_trigger",
+    "parse_upsert_graph",
+]
 
 
 @dataclass(frozen=True)
@@ -62,51 +71,70 @@ def parse_register_nodes(document: Any) -> RegisterNodesBody:
     return RegisterNodesBody(runtime_name, nodes)
 
 
-def _trimmed_name(c: Checker, value: Any, loc: Loc, what: str, reserved: bool = False) -> str | None:
+def _trimmed_name(c: Checker, value: Any, loc: Loc, empty: str, reserved: str | None = None) -> str | None:
+    """A name upstream trims; ``empty`` is its message for a blank one, ``reserved`` for ``store``."""
     text = c.string(value, loc)
     if text is None:
         return None
     if not text.strip():
-        c.value_error(loc, f"{what} must not be blank", value)
+        c.value_error(loc, empty, value)
         return None
-    if reserved and text.strip() == "store":
-        c.value_error(loc, f"{what} 'store' is reserved for store placeholders", value)
+    if reserved is not None and text.strip() == "store":
+        c.value_error(loc, reserved, value)
         return None
     return text.strip()
+
+
+def _next_nodes(c: Checker, raw: Any, loc: Loc) -> list[str]:
+    """Trimmed next node identifiers; none is ``[]``, as upstream stores it."""
+    listed = c.str_list(raw, loc) if raw is not None else []
+    if listed is None:
+        return []
+    problems: list[str] = []
+    result: list[str] = []
+    for name in listed:
+        name = name.strip()
+        if not name:
+            problems.append("Next node identifier cannot be empty")
+        elif name in result:
+            problems.append(f"Next node identifier {name} is not unique")
+        else:
+            result.append(name)
+    if problems:
+        c.value_error(loc, "\n".join(problems), raw)
+    return result
+
+
+def _unites(c: Checker, raw: Any, loc: Loc) -> Unites | None:
+    fields = c.model(raw, loc)
+    if fields is None:
+        return None
+    target = c.string(c.field(fields, "identifier", loc), (*loc, "identifier"))
+    strategy = c.choice(fields.get("strategy", "ALL_SUCCESS"), (*loc, "strategy"), UnitesStrategy)
+    if target is None or strategy is None:
+        return None
+    if not target.strip():
+        c.value_error(loc, "Unites identifier cannot be empty", raw)
+        return None
+    return Unites(target.strip(), strategy)
 
 
 def _node_template(c: Checker, item: Any, loc: Loc) -> NodeTemplate | None:
     node = c.model(item, loc)
     if node is None:
         return None
-    node_name = _trimmed_name(c, c.field(node, "node_name", loc), (*loc, "node_name"), "Node name")
+    node_name = _trimmed_name(
+        c, c.field(node, "node_name", loc), (*loc, "node_name"), "Node name cannot be empty"
+    )
     namespace = c.string(c.field(node, "namespace", loc), (*loc, "namespace"))
     identifier = _trimmed_name(
-        c, c.field(node, "identifier", loc), (*loc, "identifier"), "Identifier", reserved=True
+        c, c.field(node, "identifier", loc), (*loc, "identifier"), "Node identifier cannot be empty",
+        "Node identifier cannot be reserved word 'store'",
     )
     inputs = c.mapping(c.field(node, "inputs", loc), (*loc, "inputs"))
-    next_nodes: list[str] | None = None
-    raw_next = node.get("next_nodes")
-    if raw_next is not None:
-        listed = c.str_list(raw_next, (*loc, "next_nodes"))
-        if listed is not None:
-            next_nodes = [name.strip() for name in listed]
-            if any(not name for name in next_nodes):
-                c.value_error((*loc, "next_nodes"), "next node identifiers must not be blank", raw_next)
-            elif len(set(next_nodes)) != len(next_nodes):
-                c.value_error((*loc, "next_nodes"), "next node identifiers must be unique", raw_next)
-    unites: Unites | None = None
+    next_nodes = _next_nodes(c, node.get("next_nodes"), (*loc, "next_nodes"))
     raw_unites = node.get("unites")
-    if raw_unites is not None:
-        uloc: Loc = (*loc, "unites")
-        fields = c.model(raw_unites, uloc)
-        if fields is not None:
-            target = _trimmed_name(
-                c, c.field(fields, "identifier", uloc), (*uloc, "identifier"), "Identifier"
-            )
-            strategy = c.choice(fields.get("strategy", "ALL_SUCCESS"), (*uloc, "strategy"), UnitesStrategy)
-            if target is not None and strategy is not None:
-                unites = Unites(target, strategy)
+    unites = None if raw_unites is None else _unites(c, raw_unites, (*loc, "unites"))
     if node_name is None or namespace is None or identifier is None or inputs is None:
         return None
     return NodeTemplate(node_name, namespace, identifier, inputs, next_nodes, unites)
@@ -139,15 +167,15 @@ def _store_keys(c: Checker, keys: list[str], loc: Loc, value: Any) -> list[str] 
     for key in keys:
         key = key.strip()
         if not key:
-            problems.append("store keys must not be blank")
+            problems.append("Key cannot be empty or contain only whitespace")
         elif "." in key:
-            problems.append(f"store key '{key}' must not contain '.'")
+            problems.append(f"Key '{key}' cannot contain '.' character")
         elif key in seen:
-            problems.append(f"store key '{key}' is repeated")
+            problems.append(f"Key '{key}' is duplicated")
         else:
             seen.append(key)
     if problems:
-        c.value_error(loc, "; ".join(problems), value)
+        c.value_error(loc, "\n".join(problems), value)
         return None
     return seen
 
@@ -171,6 +199,15 @@ def _store_config(c: Checker, value: Any) -> StoreConfig | None:
     return StoreConfig(required, defaults)
 
 
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#LW-]+$")
+
+
+def _is_cron(expression: str) -> bool:
+    """Five (or six, with seconds) fields of cron syntax: close to what croniter accepts."""
+    fields = expression.split()
+    return len(fields) in (5, 6) and all(_CRON_FIELD.match(field) for field in fields)
+
+
 def _triggers(c: Checker, value: Any) -> list[JsonDict] | None:
     items = c.listing(value, ("triggers",))
     if items is None:
@@ -185,9 +222,11 @@ def _triggers(c: Checker, value: Any) -> list[JsonDict] | None:
         spec = c.mapping(fields.get("value", {}), (*loc, "value"))
         if kind is None or spec is None:
             continue
-        expression = spec.get("expression")
-        if not isinstance(expression, str) or len(expression.split()) != 5:
-            c.value_error(loc, "a CRON trigger needs a five-field cron expression", item)
+        expression = c.string(c.field(spec, "expression", loc), (*loc, "expression"))
+        if expression is None:
+            continue
+        if not _is_cron(expression):
+            c.value_error((*loc, "expression"), "Invalid cron expression", expression)
             continue
         result.append({"type": kind.value, "value": dict(spec)})
     return result
@@ -231,8 +270,8 @@ class TriggerBody:
 def parse_trigger(document: Any) -> TriggerBody:
     """Body of ``POST /graph/{graph}/trigger``."""
     c, body = start(document)
-    inputs = c.str_map(body.get("inputs", {}), ("inputs",))
     store = c.str_map(body.get("store", {}), ("store",))
+    inputs = c.str_map(body.get("inputs", {}), ("inputs",))
     delay = c.integer(body.get("start_delay", 0), ("start_delay",), ge=0)
     c.done()
     assert inputs is not None and store is not None and delay is not None
@@ -266,3 +305,8 @@ def parse_fields(document: Any, spec: dict[str, str]) -> JsonDict:
             raise ValueError(f"unknown field kind {kind}")
     c.done()
     return result
+
+
+def fields_parser(spec: dict[str, str]) -> Callable[[Any], JsonDict]:
+    """A parser of flat bodies with the fields of ``spec`` (see `parse_fields`)."""
+    return lambda document: parse_fields(document, spec)

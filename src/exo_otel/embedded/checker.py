@@ -6,7 +6,7 @@ import json
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from exo_otel.embedded.errors import BodyInvalid
+from exo_otel.embedded.errors import BodyInvalid, InternalError
 from exo_otel.embedded.models import JsonDict
 
 Loc = tuple[str | int, ...]
@@ -27,9 +27,12 @@ class Checker:
         self.errors.append(error)
 
     def value_error(self, loc: Loc, message: str, value: Any) -> None:
-        self.fail("value_error", loc, f"Value error, {message}", value, {"error": message})
+        # FastAPI encodes the ValueError in ``ctx`` as an empty object.
+        self.fail("value_error", loc, f"Value error, {message}", value, {"error": {}})
 
     def model(self, value: Any, loc: Loc) -> JsonDict | None:
+        if value is MISSING:  # already reported as missing
+            return None
         if isinstance(value, dict):
             return value
         msg = "Input should be a valid dictionary or object to extract fields from"
@@ -44,12 +47,16 @@ class Checker:
         return MISSING
 
     def string(self, value: Any, loc: Loc) -> str | None:
+        if value is MISSING:  # already reported as missing
+            return None
         if isinstance(value, str):
             return value
         self.fail("string_type", loc, "Input should be a valid string", value)
         return None
 
     def integer(self, value: Any, loc: Loc, gt: int | None = None, ge: int | None = None) -> int | None:
+        if value is MISSING:  # already reported as missing
+            return None
         number: int | None = None
         if isinstance(value, bool | int):
             number = int(value)
@@ -80,12 +87,16 @@ class Checker:
         return number
 
     def mapping(self, value: Any, loc: Loc) -> JsonDict | None:
+        if value is MISSING:  # already reported as missing
+            return None
         if isinstance(value, dict):
             return value
         self.fail("dict_type", loc, "Input should be a valid dictionary", value)
         return None
 
     def listing(self, value: Any, loc: Loc) -> list[Any] | None:
+        if value is MISSING:  # already reported as missing
+            return None
         if isinstance(value, list):
             return value
         self.fail("list_type", loc, "Input should be a valid list", value)
@@ -108,6 +119,8 @@ class Checker:
         return None if len(self.errors) > before else [item for item in result if item is not None]
 
     def choice(self, value: Any, loc: Loc, enum: type[E]) -> E | None:
+        if value is MISSING:  # already reported as missing
+            return None
         for member in enum:
             if value == member.value:
                 return member
@@ -121,23 +134,49 @@ class Checker:
             raise BodyInvalid(self.errors)
 
 
-def decode_json(raw: bytes) -> Any:
-    """The request's JSON document, ``None`` for an empty body; 422 for text that is not JSON."""
-    if not raw.strip():
+class BodyUnreadable(Exception):
+    """A body the JSON decoder gave up on other than by a syntax error (FastAPI answers 400)."""
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return True
+    main = content_type.split(";", 1)[0].strip().lower()
+    kind, _, subtype = main.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def decode_json(raw: bytes, content_type: str | None = None) -> Any:
+    """The request's body as FastAPI reads it: ``MISSING`` when empty, the decoded JSON document for a
+    JSON content type (or none), else the text itself (which then fails as not an object).
+
+    Raises:
+        BodyInvalid: JSON with a syntax error (422 ``json_invalid``).
+        BodyUnreadable: JSON that cannot be decoded otherwise: bad UTF-8, nesting too deep, a number
+            too long (FastAPI answers 400).
+    """
+    if not raw:
         return MISSING
+    if not _is_json(content_type):
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            # FastAPI validates the bytes and fails to write them into its 422 answer: upstream's 500.
+            raise InternalError() from None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        position = exc.pos if isinstance(exc, json.JSONDecodeError) else 0
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "invalid encoding"
+        document = json.loads(raw)
+    except json.JSONDecodeError as exc:
         error = {
             "type": "json_invalid",
-            "loc": ["body", position],
+            "loc": ["body", exc.pos],
             "msg": "JSON decode error",
             "input": {},
-            "ctx": {"error": reason},
+            "ctx": {"error": exc.msg},
         }
         raise BodyInvalid([error]) from None
+    except (ValueError, RecursionError):
+        raise BodyUnreadable() from None
+    return MISSING if document is None else document
 
 
 def start(document: Any) -> tuple[Checker, JsonDict]:

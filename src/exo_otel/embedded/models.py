@@ -176,6 +176,7 @@ class GraphTemplate:
     validation_errors: list[str] = field(default_factory=list)
     # Bumped by every upsert, so a validation that finishes late cannot overwrite a newer graph.
     revision: int = 0
+    id: str = field(default_factory=lambda: new_object_id())
 
     def node(self, identifier: str) -> NodeTemplate | None:
         for node in self.nodes:
@@ -183,13 +184,19 @@ class GraphTemplate:
                 return node
         return None
 
-    def to_json(self) -> JsonDict:
+    def to_json(self, stored_settings: bool = True) -> JsonDict:
+        """The graph as the API answers it. Upstream's ``GET /graph`` leaves out the retry policy, store
+        config and triggers, so its answer shows their defaults: ``stored_settings=False`` does the same.
+        """
+        policy, store = self.retry_policy, self.store_config
+        if not stored_settings:
+            policy, store = RetryPolicy(), StoreConfig()
         return {
             "nodes": [node.to_json() for node in self.nodes],
             "secrets": {name: True for name in self.secrets},
-            "retry_policy": self.retry_policy.to_json(),
-            "store_config": self.store_config.to_json(),
-            "triggers": copy.deepcopy(self.triggers),
+            "retry_policy": policy.to_json(),
+            "store_config": store.to_json(),
+            "triggers": copy.deepcopy(self.triggers) if stored_settings else [],
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
             "validation_status": self.validation_status.value,
@@ -207,6 +214,9 @@ class RegisteredNode:
     inputs_schema: JsonDict
     outputs_schema: JsonDict
     secrets: list[str]
+    id: str = field(default_factory=lambda: new_object_id())
+    created_at: datetime = field(default_factory=lambda: now())
+    updated_at: datetime = field(default_factory=lambda: now())
 
     def input_fields(self) -> list[str]:
         properties = self.inputs_schema.get("properties")

@@ -38,21 +38,24 @@ class _Creation:
     def input_fields(self, template: NodeTemplate) -> list[str]:
         registered = self.db.nodes.get((template.namespace, template.node_name))
         if registered is None:
-            raise ValueError(f"Node {template.node_name} in namespace {template.namespace} is not registered")
+            raise ValueError(f"Registered node not found for node name: {template.node_name} and namespace: "
+                             f"{template.namespace}")
         return registered.input_fields()
 
     def check_dependencies(self, template: NodeTemplate, fields: list[str]) -> None:
         for field in fields:
             if field not in template.inputs:
-                raise ValueError(f"Input {field} of node {template.identifier} has no template")
+                raise ValueError(f"Field '{field}' not found in inputs for template '{template.identifier}'")
             for placeholder in parse(str(template.inputs[field])).placeholders:
                 if placeholder.is_store or placeholder.source == self.identifier:
                     continue
                 parent = self.parents.get(placeholder.source)
                 if parent is None:
-                    raise KeyError(f"{placeholder.source} is not among the parents of {template.identifier}")
+                    raise KeyError(f"Identifier '{placeholder.source}' not found in parents for template "
+                                   f"'{template.identifier}'")
                 if placeholder.field not in parent.outputs:
-                    raise KeyError(f"Output {placeholder.field} missing on {placeholder.source}")
+                    raise AttributeError(f"Output field '{placeholder.field}' not found on state "
+                                         f"'{placeholder.source}' for template '{template.identifier}'")
 
     def store_value(self, run_id: str, key: str) -> str:
         run = self.db.runs.get(run_id)
@@ -60,17 +63,22 @@ class _Creation:
             return run.store[key]
         if key in self.graph.store_config.default_values:
             return self.graph.store_config.default_values[key]
-        raise ValueError(f"Store key {key} has no value in run {run_id} and no default")
+        raise ValueError(f"Store value not found for field '{key}' in namespace '{self.graph.namespace}' and "
+                         f"graph '{self.graph.name}'")
 
     def new_state(self, template: NodeTemplate, fields: list[str], current: State) -> State:
         def lookup(placeholder: Placeholder) -> str:
             if placeholder.is_store:
                 return self.store_value(current.run_id, placeholder.field)
-            source = current if placeholder.source == current.identifier else self.parents[placeholder.source]
-            if placeholder.field not in source.outputs:
-                raise KeyError(f"Output {placeholder.field} missing on {placeholder.source}")
-            value: str = source.outputs[placeholder.field]
-            return value
+            if placeholder.source == current.identifier:
+                if placeholder.field not in current.outputs:
+                    raise AttributeError(f"Output field '{placeholder.field}' not found on current state "
+                                         f"'{current.identifier}' for template '{template.identifier}'")
+                value: str = current.outputs[placeholder.field]
+                return value
+            # A missing output raises KeyError, whose text upstream stores as the error.
+            parent_value: str = self.parents[placeholder.source].outputs[placeholder.field]
+            return parent_value
 
         inputs = {field: parse(str(template.inputs[field])).render(lookup) for field in fields}
         return State(
@@ -85,7 +93,7 @@ class _Creation:
         assert template.unites is not None
         united_id = parent_ids.get(template.unites.identifier)
         if united_id is None:
-            raise ValueError(f"United node {template.unites.identifier} is not among the parents")
+            raise ValueError(f"Unit identifier not found in parents: {template.unites.identifier}")
         for state in self.db.states.values():
             if state.parents.get(template.unites.identifier) != united_id:
                 continue
@@ -104,25 +112,58 @@ def _unites_key(state: State) -> tuple[str, ...]:
             json.dumps(state.parents, sort_keys=True))
 
 
+STATES_PER_STEP = 1000
+"""States handled per hold of the database lock, so a huge fan-out never holds it for long."""
+
+
+def _steps[T](items: list[T]) -> list[list[T]]:
+    return [items[start:start + STATES_PER_STEP] for start in range(0, len(items), STATES_PER_STEP)]
+
+
 def create_next_states(
     db: Database, state_ids: list[str], identifier: str, namespace: str, graph_name: str,
     parent_ids: dict[str, str],
 ) -> None:
     """Create the next states of ``state_ids`` (EXECUTED states of node ``identifier``), mark them
     SUCCESS, then create any uniting node whose wait is over. On failure the states are marked
-    NEXT_CREATED_ERROR with the reason.
+    NEXT_CREATED_ERROR with the reason, and none of their next states is stored.
+
+    The work goes ``STATES_PER_STEP`` states at a time, each step under the lock.
     """
-    with db.lock:
-        try:
-            _create(db, state_ids, identifier, namespace, graph_name, parent_ids)
-        except Exception as exc:  # any failure ends in NEXT_CREATED_ERROR, never in a stuck state
-            reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-            logger.debug("next states of %s not created: %s", state_ids, reason)
-            for state_id in state_ids:
-                state = db.states.get(state_id)
-                if state is not None:
-                    state.error = reason
-                    state.set_status(StateStatus.NEXT_CREATED_ERROR)
+    try:
+        with db.lock:
+            plan = _plan(db, state_ids, identifier, namespace, graph_name, parent_ids)
+        if plan is None:
+            for step in _steps(state_ids):
+                with db.lock:
+                    _mark_success(db, step)
+            return
+        creation, following, uniting = plan
+        created: list[State] = []
+        for step in _steps(state_ids):
+            with db.lock:
+                current = [db.states[state_id] for state_id in step]
+                for template, fields in following:
+                    created.extend(creation.new_state(template, fields, state) for state in current)
+        for batch in _steps(created):
+            with db.lock:
+                for state in batch:
+                    db.add_state(state)
+        for step in _steps(state_ids):
+            with db.lock:
+                _mark_success(db, step)
+        with db.lock:
+            _unite(db, creation, uniting, parent_ids)
+    except Exception as exc:  # any failure ends in NEXT_CREATED_ERROR, never in a stuck state
+        reason = str(exc)  # as upstream stores it (a KeyError's text in quotes)
+        logger.debug("next states of %s not created: %s", state_ids, reason)
+        for step in _steps(state_ids):
+            with db.lock:
+                for state_id in step:
+                    failed = db.states.get(state_id)
+                    if failed is not None:
+                        failed.error = reason
+                        failed.set_status(StateStatus.NEXT_CREATED_ERROR)
 
 
 def _mark_success(db: Database, state_ids: list[str]) -> None:
@@ -130,10 +171,15 @@ def _mark_success(db: Database, state_ids: list[str]) -> None:
         db.states[state_id].set_status(StateStatus.SUCCESS)
 
 
-def _create(
+_Plan = tuple[_Creation, list[tuple[NodeTemplate, list[str]]], list[NodeTemplate]]
+
+
+def _plan(
     db: Database, state_ids: list[str], identifier: str, namespace: str, graph_name: str,
     parent_ids: dict[str, str],
-) -> None:
+) -> _Plan | None:
+    """What to create after ``identifier``: the plain next nodes (with their input fields, dependencies
+    checked) and the uniting ones; None when the node has no next node."""
     if not state_ids:
         raise ValueError("no states to continue from")
     graph = db.graphs.get((namespace, graph_name))
@@ -143,12 +189,10 @@ def _create(
     if template is None:
         raise ValueError(f"Graph {graph_name} has no node {identifier}")
     if not template.next_nodes:
-        _mark_success(db, state_ids)
-        return
+        return None
     parents = {db.states[pid].identifier: db.states[pid] for pid in parent_ids.values() if pid in db.states}
     creation = _Creation(db, graph, identifier, parents)
-    current = [db.states[state_id] for state_id in state_ids]
-    created: list[State] = []
+    following: list[tuple[NodeTemplate, list[str]]] = []
     uniting: list[NodeTemplate] = []
     for next_identifier in template.next_nodes:
         next_template = graph.node(next_identifier)
@@ -159,18 +203,20 @@ def _create(
             continue
         fields = creation.input_fields(next_template)
         creation.check_dependencies(next_template, fields)
-        created.extend(creation.new_state(next_template, fields, state) for state in current)
-    for state in created:
-        db.add_state(state)
-    _mark_success(db, state_ids)
+        following.append((next_template, fields))
+    return creation, following, uniting
 
+
+def _unite(
+    db: Database, creation: _Creation, uniting: list[NodeTemplate], parent_ids: dict[str, str]
+) -> None:
     for next_template in uniting:
         if not creation.unites_satisfied(next_template, parent_ids):
             continue
         fields = creation.input_fields(next_template)
         creation.check_dependencies(next_template, fields)
         assert next_template.unites is not None
-        united = parents[next_template.unites.identifier]
+        united = creation.parents[next_template.unites.identifier]
         state = creation.new_state(next_template, fields, united)
         key = _unites_key(state)
         if key in db.unites_keys:

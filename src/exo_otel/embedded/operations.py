@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from exo_otel.embedded.bodies import RegisterNodesBody, TriggerBody, UpsertGraphBody
-from exo_otel.embedded.errors import BadRequest, NotFound
+from exo_otel.embedded.documents import object_id, storable
+from exo_otel.embedded.errors import BadRequest, InternalError, NotFound
+from exo_otel.embedded.graph_checks import GraphInvalid, check_graph, root_of
 from exo_otel.embedded.models import (
     GraphTemplate,
     JsonDict,
@@ -21,12 +23,12 @@ from exo_otel.embedded.models import (
     now_ms,
 )
 from exo_otel.embedded.next_states import create_next_states
-from exo_otel.embedded.retry import compute_delay
 from exo_otel.embedded.store import Database
 from exo_otel.embedded.templates import Placeholder, TemplateError, parse
-from exo_otel.embedded.validation import roots, validate
+from exo_otel.embedded.validation import validate
 
 Job = Callable[[], None]
+COPIES_PER_STEP = 1000
 
 
 def register_nodes(db: Database, namespace: str, body: RegisterNodesBody) -> JsonDict:
@@ -34,9 +36,15 @@ def register_nodes(db: Database, namespace: str, body: RegisterNodesBody) -> Jso
     answer = []
     with db.lock:
         for node in body.nodes:
-            db.nodes[(namespace, node.name)] = RegisteredNode(
+            record = RegisteredNode(
                 node.name, namespace, body.runtime_name, node.inputs_schema, node.outputs_schema, node.secrets
             )
+            if not storable({"inputs_schema": node.inputs_schema, "outputs_schema": node.outputs_schema}):
+                raise InternalError()  # the nodes before this one stay registered, as upstream's do
+            known = db.nodes.get((namespace, node.name))
+            if known is not None:  # upstream updates the record in place: same id, same creation time
+                record.id, record.created_at = known.id, known.created_at
+            db.nodes[(namespace, node.name)] = record
             answer.append(
                 {
                     "name": node.name,
@@ -49,9 +57,20 @@ def register_nodes(db: Database, namespace: str, body: RegisterNodesBody) -> Jso
 
 
 def upsert_graph(db: Database, namespace: str, name: str, body: UpsertGraphBody) -> tuple[JsonDict, Job]:
-    """Store the graph as PENDING; the returned job validates it (run it in the background)."""
+    """Store the graph as PENDING; the returned job validates it (run it in the background).
+
+    Raises:
+        BadRequest: upstream's 400 for a graph whose structure or placeholders it refuses.
+    """
     with db.lock:
         graph = db.graphs.get((namespace, name))
+        try:
+            check_graph(name, namespace, body.nodes, list(body.secrets), body.retry_policy, body.store_config,
+                        body.triggers, replacing=None if graph is None else graph.id)
+        except GraphInvalid as exc:
+            raise BadRequest(exc.detail) from None
+        if not storable({"nodes": [node.to_json() for node in body.nodes], "triggers": body.triggers}):
+            raise InternalError()
         moment = now()
         if graph is None:
             graph = GraphTemplate(
@@ -93,40 +112,48 @@ def validate_graph(db: Database, namespace: str, name: str, revision: int) -> No
 
 
 def get_graph(db: Database, namespace: str, name: str) -> JsonDict:
-    answer = db.graph_json(namespace, name)
+    """The graph as upstream answers it: default retry policy, store config and triggers."""
+    answer = db.graph_json(namespace, name, stored_settings=False)
     if answer is None:
-        raise NotFound(f"Graph {name} not found in namespace {namespace}")
+        raise NotFound(f"Graph template {name} not found in namespace {namespace}")
     return answer
 
 
-def _store_lookup(graph: GraphTemplate, body: TriggerBody, field: str) -> Callable[[Placeholder], str]:
-    """Resolves the placeholders of root input ``field``: the trigger's store, then the defaults."""
+def _store_lookup(graph: GraphTemplate, body: TriggerBody, root: str) -> Callable[[Placeholder], str]:
+    """Resolves the placeholders of a root input: the trigger's store, then the defaults."""
 
     def lookup(placeholder: Placeholder) -> str:
         if not placeholder.is_store:
             raise BadRequest(
-                f"Input {field} of the root node reads {placeholder.source}: only store "
-                "placeholders can be resolved when a run starts"
+                f"Root node can have only store identifier as dependent but got {placeholder.source}"
             )
         if placeholder.field in body.store:
             return body.store[placeholder.field]
         if placeholder.field in graph.store_config.default_values:
             return graph.store_config.default_values[placeholder.field]
-        raise BadRequest(f"Store key {placeholder.field} for root input {field} is not given, no default")
+        raise BadRequest(f"Dependent {placeholder.field} not found in store for root node {root}")
 
     return lookup
 
 
 def _root_inputs(graph: GraphTemplate, body: TriggerBody) -> dict[str, str]:
     """Root inputs: the trigger's input of the same name if given, else the template, resolved."""
+    root = root_of(graph.nodes)
     inputs: dict[str, str] = {}
-    for field, template_value in roots(graph.nodes)[0].inputs.items():
+    for field, template_value in root.inputs.items():
         raw = body.inputs.get(field, template_value)
         try:
-            inputs[field] = parse(str(raw)).render(_store_lookup(graph, body, field))
+            inputs[field] = parse(str(raw)).render(_store_lookup(graph, body, root.identifier))
+        except BadRequest as exc:  # upstream wraps its own 400 in another one, status code and all
+            raise BadRequest(f"Invalid input: 400: {exc.detail}") from None
         except TemplateError as exc:
-            raise BadRequest(f"Input {field} of the root node is not a valid template: {exc}") from None
+            raise BadRequest(f"Invalid input: {exc}") from None
     return inputs
+
+
+def _missing_keys_text(missing: list[str]) -> str:
+    """Upstream prints the set of missing keys, e.g. ``{'a', 'b'}`` (its order is not fixed)."""
+    return "{" + ", ".join(repr(key) for key in missing) + "}"
 
 
 def trigger(db: Database, namespace: str, name: str, body: TriggerBody) -> JsonDict:
@@ -134,16 +161,16 @@ def trigger(db: Database, namespace: str, name: str, body: TriggerBody) -> JsonD
     with db.lock:
         graph = db.graphs.get((namespace, name))
         if graph is None:
-            raise NotFound(f"Graph {name} not found in namespace {namespace}")
+            raise NotFound(f"Graph template not found for namespace {namespace} and graph {name}")
         if graph.validation_status != ValidationStatus.VALID:
-            raise BadRequest(f"Graph {name} is not valid (validation status {graph.validation_status.value})")
+            raise BadRequest("Graph template is not valid")
         inputs = _root_inputs(graph, body)
         missing = sorted(set(graph.store_config.required_keys) - set(body.store))
         if missing:
-            raise BadRequest(f"Required store keys missing: {', '.join(missing)}")
+            raise BadRequest(f"Missing store keys: {_missing_keys_text(missing)}")
         run_id = new_run_id()
         db.runs[run_id] = Run(run_id, namespace, name, dict(body.store))
-        root = roots(graph.nodes)[0]
+        root = root_of(graph.nodes)
         db.add_state(
             State(
                 id=new_object_id(),
@@ -197,87 +224,43 @@ def enqueue(
     }
 
 
-def _state(db: Database, state_id: str) -> State:
-    state = db.states.get(state_id)
+def find_state(db: Database, state_id: str) -> State:
+    """The state with this id; upstream's 500 for an id that is no ObjectId, 404 for an unknown one."""
+    state = db.states.get(object_id(state_id))
     if state is None:
-        raise NotFound(f"State {state_id} not found")
+        raise NotFound("State not found")
     return state
 
 
 def _require_queued(state: State) -> None:
     if state.status != StateStatus.QUEUED:
-        raise BadRequest(f"State {state.id} is {state.status.value}, not QUEUED")
+        raise BadRequest("State is not queued")
 
 
 def executed(db: Database, state_id: str, outputs: list[JsonDict]) -> tuple[JsonDict, Job]:
-    """Mark a state EXECUTED, one copy per extra output; the job creates what comes next."""
+    """Mark a state EXECUTED, one copy per extra output; the job creates what comes next.
+
+    Copies are made and stored ``COPIES_PER_STEP`` at a time, each step under the lock, so that one
+    huge fan-out never holds the database for long (run it on a worker thread).
+    """
     with db.lock:
-        state = _state(db, state_id)
+        state = find_state(db, state_id)
         _require_queued(state)
+        if outputs and not storable({"outputs": outputs[0]}):
+            raise InternalError()  # the database refuses the state: it stays QUEUED
         state.outputs = dict(outputs[0]) if outputs else {}
         state.set_status(StateStatus.EXECUTED)
-        ids = [state.id]
-        for output in outputs[1:]:
-            copy = state.derive(StateStatus.EXECUTED, outputs=dict(output))
-            db.add_state(copy)
-            ids.append(copy.id)
         identifier, namespace, graph_name = state.identifier, state.namespace, state.graph_name
         parents = dict(state.parents)
+    if not all(storable({"outputs": output}) for output in outputs[1:]):
+        raise InternalError()  # upstream's copies fail to insert: EXECUTED, and nothing comes next
+    ids = [state.id]
+    for start in range(1, len(outputs), COPIES_PER_STEP):
+        copies = [state.derive(StateStatus.EXECUTED, outputs=dict(output))
+                  for output in outputs[start:start + COPIES_PER_STEP]]
+        with db.lock:
+            for copy in copies:
+                db.add_state(copy)
+        ids.extend(copy.id for copy in copies)
     job = lambda: create_next_states(db, ids, identifier, namespace, graph_name, parents)  # noqa: E731
     return {"status": StateStatus.EXECUTED.value}, job
-
-
-def errored(db: Database, state_id: str, error: str) -> JsonDict:
-    """Record a failure; retry while the graph's policy allows, else ERRORED for good."""
-    with db.lock:
-        state = _state(db, state_id)
-        _require_queued(state)
-        graph = db.graphs.get((state.namespace, state.graph_name))
-        if graph is None:
-            raise NotFound(f"Graph {state.graph_name} of state {state_id} not found")
-        retry_created = state.retry_count < graph.retry_policy.max_retries
-        state.error = error
-        state.set_status(StateStatus.RETRY_CREATED if retry_created else StateStatus.ERRORED)
-        if retry_created:
-            # The retry's delay counts from the moment the failure was recorded.
-            delay = compute_delay(graph.retry_policy, state.retry_count + 1)
-            db.add_state(
-                state.derive(
-                    StateStatus.CREATED,
-                    does_unites=state.does_unites,
-                    enqueue_after=state.history[-1].at_ms + delay,
-                    retry_count=state.retry_count + 1,
-                    fanout_id=state.fanout_id,
-                )
-            )
-    return {"status": StateStatus.ERRORED.value, "retry_created": retry_created}
-
-
-def prune(db: Database, state_id: str, data: JsonDict) -> JsonDict:
-    """End a branch: PRUNED, with the data kept; nothing is created downstream."""
-    with db.lock:
-        state = _state(db, state_id)
-        _require_queued(state)
-        state.data = dict(data)
-        state.set_status(StateStatus.PRUNED)
-        return {"status": StateStatus.PRUNED.value, "enqueue_after": state.enqueue_after}
-
-
-def re_enqueue_after(db: Database, state_id: str, delay_ms: int) -> JsonDict:
-    """Put the same state back to CREATED, due ``delay_ms`` from now."""
-    with db.lock:
-        state = _state(db, state_id)
-        state.set_status(StateStatus.CREATED)
-        state.enqueue_after = state.history[-1].at_ms + delay_ms
-        return {"status": StateStatus.CREATED.value, "enqueue_after": state.enqueue_after}
-
-
-def get_secrets(db: Database, namespace: str, state_id: str) -> JsonDict:
-    with db.lock:
-        state = db.states.get(state_id)
-        if state is None or state.namespace != namespace:
-            raise NotFound(f"State {state_id} not found in namespace {namespace}")
-        graph = db.graphs.get((namespace, state.graph_name))
-        if graph is None:
-            raise NotFound(f"Graph {state.graph_name} of state {state_id} not found")
-        return {"secrets": dict(graph.secrets)}

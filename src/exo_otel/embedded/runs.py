@@ -21,14 +21,17 @@ _OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 
 def list_runs(db: Database, namespace: str, page: int, size: int) -> JsonDict:
     """One page (from 1) of the namespace's runs, newest first, with counts per kind of status."""
-    if page < 1 or size < 1:
-        raise BadRequest("page and size must be at least 1")
+    # Upstream skips (page - 1) * size runs and returns at most size. Its database (the in-memory one
+    # the real server runs on here) takes a negative skip as that many runs from the end (the oldest),
+    # a size of 0 as no limit, and a negative size as its absolute value.
+    offset = (page - 1) * size
+    limit = abs(size) if size else None
     with db.lock:
         runs = [run for run in db.runs.values() if run.namespace == namespace]
-        # Newest first; among equal timestamps the later trigger first.
-        ranked = sorted(enumerate(runs), key=lambda pair: (pair[1].created_at, pair[0]), reverse=True)
-        ordered = [run for _, run in ranked]
-        selected = ordered[(page - 1) * size: page * size]
+        # Newest first; runs created in the same millisecond in the order they were triggered (as
+        # upstream's database sorts them: a stable sort).
+        ordered = sorted(runs, key=lambda run: run.created_at, reverse=True)
+        selected = ordered[offset:] if limit is None else ordered[offset:][:limit]
         items = []
         for run in selected:
             states = db.states_of_run(run.run_id)
@@ -81,12 +84,12 @@ def graph_structure(db: Database, namespace: str, run_id: str) -> JsonDict:
 def node_details(db: Database, namespace: str, graph_name: str, run_id: str, state_id: str) -> JsonDict:
     """Everything about one state of a run."""
     if not _OBJECT_ID.match(state_id):
-        raise BadRequest(f"State id {state_id} is not a 24-hex id")
+        raise BadRequest(f"Invalid node ID format: {state_id}")
     with db.lock:
         state = db.states.get(state_id)
         if (state is None or state.run_id != run_id or state.graph_name != graph_name
                 or state.namespace != namespace):
-            raise NotFound(f"State {state_id} not found in run {run_id} of graph {graph_name}")
+            raise NotFound(f"Node {state_id} not found in run {run_id} for graph {graph_name}")
         return {
             "id": state.id,
             "node_name": state.node_name,

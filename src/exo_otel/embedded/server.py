@@ -23,7 +23,8 @@ class EmbeddedStateManager:
     are what an exospherehost ``StateManager`` or ``Runtime`` needs.
 
     Args:
-        api_key: The key clients must send as ``x-api-key``; a random one when None.
+        api_key: The key clients must send as ``x-api-key``; a random one when None. An empty key is
+            refused (ValueError).
         host: Interface to bind.
         port: Port to bind; 0 picks a free one.
         expose_run_context: Add ``run_id``, ``graph_name`` and ``parents`` to each enqueued state
@@ -37,6 +38,9 @@ class EmbeddedStateManager:
         port: int = 0,
         expose_run_context: bool = False,
     ) -> None:
+        if api_key is not None and not api_key.strip():
+            # An empty key would let any client in: a request without the header would match it.
+            raise ValueError("api_key must not be empty (pass None for a random one)")
         self.api_key = api_key if api_key is not None else secrets.token_hex(24)
         self.host = host
         self.expose_run_context = expose_run_context
@@ -56,8 +60,9 @@ class EmbeddedStateManager:
 
     @property
     def uri(self) -> str:
-        """Base URI to give the SDK, e.g. ``http://127.0.0.1:41234``."""
-        return f"http://{self.host}:{self.port}"
+        """Base URI to give the SDK, e.g. ``http://127.0.0.1:41234`` or ``http://[::1]:41234``."""
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"http://{host}:{self.port}"
 
     # Serving from the caller's event loop.
 

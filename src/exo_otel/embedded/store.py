@@ -76,11 +76,12 @@ class StateView:
 
 
 def run_status(states: list[State]) -> RunStatus:
-    """FAILED when a state failed for good, else PENDING while one is still to run, else SUCCESS."""
-    if any(state.status in FAILED_STATUSES for state in states):
-        return RunStatus.FAILED
+    """Upstream's rule: PENDING while a state is still to run, else FAILED when one failed for good,
+    else SUCCESS; a run without states counts as FAILED."""
     if any(state.status in PENDING_STATUSES for state in states):
         return RunStatus.PENDING
+    if not states or any(state.status in FAILED_STATUSES for state in states):
+        return RunStatus.FAILED
     return RunStatus.SUCCESS
 
 
@@ -135,7 +136,7 @@ class Database:
                 return None
             return run_status(self.states_of_run(run_id))
 
-    def graph_json(self, namespace: str, name: str) -> JsonDict | None:
+    def graph_json(self, namespace: str, name: str, stored_settings: bool = True) -> JsonDict | None:
         with self.lock:
             graph = self.graphs.get((namespace, name))
-            return None if graph is None else graph.to_json()
+            return None if graph is None else graph.to_json(stored_settings)

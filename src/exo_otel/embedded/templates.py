@@ -48,24 +48,24 @@ class Template:
 
 
 def parse(text: str) -> Template:
-    """Split a template into literals and placeholders.
+    """Split a template into literals and placeholders, exactly as upstream reads them.
 
     Raises:
-        TemplateError: an unclosed placeholder, or one that is neither form.
+        TemplateError: an unclosed placeholder, or one that is neither form (upstream's wording).
     """
     pieces = text.split(OPEN)
     literals = [pieces[0]]
     placeholders: list[Placeholder] = []
     for piece in pieces[1:]:
         if CLOSE not in piece:
-            raise TemplateError(f"placeholder not closed in template {text!r}")
+            raise TemplateError(f"Invalid syntax string placeholder {piece} for: {text} '${{' not closed")
         inside, literal = piece.split(CLOSE, 1)
         parts = [part.strip() for part in inside.split(".")]
-        if len(parts) == 3 and parts[1] == "outputs" and parts[0] and parts[2]:
+        if len(parts) == 3 and parts[1] == "outputs":
             placeholders.append(Placeholder(parts[0], parts[2]))
-        elif len(parts) == 2 and parts[0] == STORE and parts[1]:
+        elif len(parts) == 2 and parts[0] == STORE:
             placeholders.append(Placeholder(STORE, parts[1]))
         else:
-            raise TemplateError(f"placeholder {inside.strip()!r} in template {text!r} is not understood")
+            raise TemplateError(f"Invalid syntax string placeholder {inside} for: {text}")
         literals.append(literal)
     return Template(tuple(literals), tuple(placeholders))
