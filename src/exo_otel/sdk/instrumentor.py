@@ -27,8 +27,10 @@ from exo_otel.sdk.runtime import (
     make_requeued_wrapper,
     make_runtime_init_wrapper,
 )
+from exo_otel.sdk.secrets import make_secrets_wrapper
 from exo_otel.sdk.telemetry import Telemetry
 from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_wrapper
+from exo_otel.sdk.worker import make_worker_wrapper
 from exo_otel.version import __version__
 
 _logger = logging.getLogger(__name__)
@@ -59,6 +61,10 @@ PATCHES: Final[tuple[tuple[str, str, WrapperFactory], ...]] = (
     ("exospherehost.runtime", "Runtime._notify_errored", make_errored_wrapper),
     ("exospherehost.signals", "PruneSignal.send", make_pruned_wrapper),
     ("exospherehost.signals", "ReQueueAfterSignal.send", make_requeued_wrapper),
+    # A worker stopped by cancellation or a BaseException still ends its state's spans.
+    ("exospherehost.runtime", "Runtime._worker", make_worker_wrapper),
+    # The secrets a node receives, so that no telemetry shows them.
+    ("exospherehost.runtime", "Runtime._get_secrets", make_secrets_wrapper),
 )
 
 

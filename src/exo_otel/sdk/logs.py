@@ -6,9 +6,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
-from exo_otel.core import attributes as attr
+from exo_otel.core.sanitize import log_safe
 
 TRACE_ID_FIELD: Final = "otelTraceID"
 SPAN_ID_FIELD: Final = "otelSpanID"
@@ -20,6 +21,15 @@ hold ``0``, and the run id is empty outside a run, so a format string never fail
 """
 
 RecordFactory = Callable[..., logging.LogRecord]
+
+# Set by exo_otel where it places a state in its run; never read from incoming baggage, which
+# anyone upstream can forge.
+_RUN_ID_KEY: Final = otel_context.create_key("exo_otel.log_run_id")
+
+
+def with_log_run_id(context: otel_context.Context, run_id: str) -> otel_context.Context:
+    """``context`` with the run id that log records made in it carry."""
+    return otel_context.set_value(_RUN_ID_KEY, run_id, context)
 
 
 class _CorrelatingFactory:
@@ -35,8 +45,9 @@ class _CorrelatingFactory:
             if not hasattr(record, TRACE_ID_FIELD):
                 setattr(record, TRACE_ID_FIELD, f"{context.trace_id:032x}" if context.is_valid else "0")
                 setattr(record, SPAN_ID_FIELD, f"{context.span_id:016x}" if context.is_valid else "0")
-            run_id = baggage.get_baggage(attr.RUN_ID)
-            setattr(record, RUN_ID_FIELD, str(run_id) if run_id is not None else "")
+            run_id = otel_context.get_value(_RUN_ID_KEY)
+            # Escaped: a run id with a newline must not forge a log line.
+            setattr(record, RUN_ID_FIELD, log_safe(run_id) if run_id is not None else "")
         except Exception:  # a log call must never fail because of us
             pass
         return record

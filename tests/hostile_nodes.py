@@ -1,0 +1,111 @@
+"""Nodes and helpers for the adversarial tests: nodes that hang, raise anything, or see secrets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from exospherehost import BaseNode, GraphNodeModel, StateManager
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from pydantic import BaseModel, field_validator
+
+NAMESPACE = "hostile"
+
+
+class HangNode(BaseNode):
+    """Counts its starts, then waits until cancelled."""
+
+    started: ClassVar[int] = 0
+
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> BaseNode.Outputs:
+        HangNode.started += 1
+        await asyncio.sleep(3600)
+        return self.Outputs(text=self.inputs.text)
+
+
+class RaiseNode(BaseNode):
+    """Raises whatever exception the test put in ``to_raise``."""
+
+    to_raise: ClassVar[BaseException | None] = None
+
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> BaseNode.Outputs:
+        if RaiseNode.to_raise is not None:
+            raise RaiseNode.to_raise
+        return self.Outputs(text=self.inputs.text)
+
+
+class StrictSecrets(BaseModel):
+    """A secrets model whose validator rejects the token: pydantic echoes the value in its error."""
+
+    token: str
+
+    @field_validator("token")
+    @classmethod
+    def must_start_with_sk(cls, value: str) -> str:
+        if not value.startswith("sk-"):
+            raise ValueError("the token must start with sk-")
+        return value
+
+
+class SecretNode(BaseNode):
+    """Fails with its secret in the message when asked to; its secrets model may reject the value."""
+
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    Secrets = StrictSecrets
+
+    async def execute(self) -> BaseNode.Outputs:
+        if self.inputs.text == "leak":
+            raise RuntimeError(f"upstream refused token {self.secrets.token}")  # type: ignore[attr-defined]
+        return self.Outputs(text=self.inputs.text)
+
+
+def one_node_graph(node: type[BaseNode], identifier: str = "only") -> list[GraphNodeModel]:
+    return [
+        GraphNodeModel(
+            node_name=node.__name__,
+            namespace=NAMESPACE,
+            identifier=identifier,
+            inputs={"text": "${{ store.text }}"},
+        )
+    ]
+
+
+async def upsert_one_node_graph(
+    client: StateManager, graph: str, node: type[BaseNode], secrets: dict[str, str] | None = None,
+    identifier: str = "only",
+) -> None:
+    from exospherehost import StoreConfigModel
+
+    await client.upsert_graph(
+        graph, one_node_graph(node, identifier), secrets or {}, polling_interval=0.05,  # type: ignore[arg-type]
+        store_config=StoreConfigModel(required_keys=["text"]),
+    )
+
+
+def inflight(reader: InMemoryMetricReader) -> float:
+    """The sum over all attribute sets of ``exosphere.runtime.inflight`` (0 when never recorded)."""
+    data: Any = reader.get_metrics_data()
+    total = 0.0
+    for resource in getattr(data, "resource_metrics", []) or []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == "exosphere.runtime.inflight":
+                    total += sum(point.value for point in metric.data.data_points)
+    return total
