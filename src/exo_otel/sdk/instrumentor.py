@@ -28,6 +28,7 @@ from exo_otel.sdk.runtime import (
     make_runtime_init_wrapper,
 )
 from exo_otel.sdk.secrets import make_secrets_wrapper
+from exo_otel.sdk.shutdown import SignalFlush
 from exo_otel.sdk.telemetry import Telemetry
 from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_wrapper
 from exo_otel.sdk.worker import make_worker_wrapper
@@ -135,6 +136,8 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         install_log_correlation()
         for module_name, attribute, factory in PATCHES:
             wrap_function_wrapper(module_name, attribute, factory(telemetry))
+        self._signal_flush = SignalFlush(tracer_provider, meter_provider)
+        self._signal_flush.install()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         telemetry = getattr(self, "_telemetry", None)
@@ -147,6 +150,9 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 owner = getattr(owner, part)
             unwrap(owner, method)
         remove_log_correlation()
+        signal_flush = getattr(self, "_signal_flush", None)
+        if signal_flush is not None:
+            signal_flush.uninstall()
         _remove_run_id_generator(getattr(self, "_installed_generator", None))
         self._installed_generator = None
 
