@@ -28,7 +28,9 @@ def drive(sm: EmbeddedStateManager) -> None:
         client = sdk_state_manager(sm, NAMESPACE)
         await upsert_one_node_graph(client, "quick", RaiseNode)
         await upsert_one_node_graph(client, "hang", HangNode)
-        completed = [(await client.trigger("quick", store={"text": str(i)}))["run_id"] for i in range(COMPLETED)]
+        completed = [
+            (await client.trigger("quick", store={"text": str(i)}))["run_id"] for i in range(COMPLETED)
+        ]
         while any(sm.run_status(run_id) == "PENDING" for run_id in completed):
             await asyncio.sleep(0.02)
         in_flight = [(await client.trigger("hang", store={"text": str(i)}))["run_id"] for i in range(2)]

@@ -43,7 +43,9 @@ def _env(endpoint: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def start(endpoint: str, launcher: bool = True, **extra: str) -> tuple[subprocess.Popen[str], dict[str, list[str]]]:
+def start(
+    endpoint: str, launcher: bool = True, **extra: str
+) -> tuple[subprocess.Popen[str], dict[str, list[str]]]:
     command = [sys.executable, str(HERE / "signal_runtime.py")]
     if launcher:
         command = [str(LAUNCHER), *command]
@@ -146,6 +148,7 @@ def test_with_the_collector_down_sigterm_ends_the_process_within_the_bound(colle
             status, seconds, err = stop(process, signal.SIGTERM)
             assert status == -signal.SIGTERM, err
             timings["without exo_otel" if disabled else "with exo_otel"] = seconds
-    print(f"\ncollector {collector}: SIGTERM to exit " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
+    measured = ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
+    print(f"\ncollector {collector}: SIGTERM to exit {measured}")
     # The stated bound: FLUSH_BOUND_S in exo_otel, plus the interpreter's own exit.
     assert timings["with exo_otel"] < FLUSH_BOUND_S + 2.0
