@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
-from exospherehost import BaseNode, GraphNodeModel, StateManager
+from exospherehost import BaseNode, GraphNodeModel, Runtime, StateManager
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan
 from pydantic import BaseModel, field_validator
+
+from exo_otel.embedded import EmbeddedStateManager
+from sm_fixtures import POLL_INTERVAL, wait_until
 
 NAMESPACE = "hostile"
 
@@ -109,3 +116,37 @@ def inflight(reader: InMemoryMetricReader) -> float:
                 if metric.name == "exosphere.runtime.inflight":
                     total += sum(point.value for point in metric.data.data_points)
     return total
+
+
+@contextlib.asynccontextmanager
+async def runtime_via(
+    uri: str, sm: EmbeddedStateManager, nodes: Sequence[type[BaseNode]], workers: int = 4
+) -> AsyncIterator[Runtime]:
+    """A real Runtime talking to ``uri`` (a proxy in front of ``sm``); cancelled when the block ends."""
+    runtime = Runtime(
+        namespace=NAMESPACE, name="hostile-runtime", nodes=list(nodes), state_manager_uri=uri,
+        key=sm.api_key, workers=workers, poll_interval=POLL_INTERVAL,  # type: ignore[arg-type]
+    )
+    task = runtime.start()
+    assert task is not None
+    try:
+        names = {node.__name__ for node in nodes}
+        await wait_until(lambda: task.done() or names <= sm.registered_nodes(NAMESPACE))
+        if task.done():
+            task.result()
+        yield runtime
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def encode_all(spans: Sequence[ReadableSpan]) -> list[str]:
+    """Encode every span alone with the real OTLP encoder; the errors of those it rejects."""
+    errors = []
+    for span in spans:
+        try:
+            encode_spans([span]).SerializeToString()
+        except Exception as exc:
+            errors.append(f"{span.name!r}: {type(exc).__name__}: {exc}")
+    return errors
