@@ -98,11 +98,13 @@ async def upsert_one_node_graph(
     client: StateManager, graph: str, node: type[BaseNode], secrets: dict[str, str] | None = None,
     identifier: str = "only",
 ) -> None:
-    from exospherehost import StoreConfigModel
+    from exospherehost.models import RetryPolicyModel, StoreConfigModel
 
     await client.upsert_graph(
         graph, one_node_graph(node, identifier), secrets or {}, polling_interval=0.05,  # type: ignore[arg-type]
         store_config=StoreConfigModel(required_keys=["text"]),
+        # One retry, soon: a failing node is tried twice, quickly.
+        retry_policy=RetryPolicyModel(max_retries=1, backoff_factor=10),
     )
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Final
 
 REDACTED: Final = "[REDACTED]"
+PYDANTIC_SHOWN: Final = 47
 
 
 class Redactor:
@@ -21,7 +22,12 @@ class Redactor:
     def add(self, values: Iterable[object]) -> None:
         """Remember these values (strings only; the SDK gives secrets as strings)."""
         known = set(self._values)
-        known.update(v for v in values if isinstance(v, str) and v)
+        for value in values:
+            if isinstance(value, str) and value:
+                known.add(value)
+                if len(value) > PYDANTIC_SHOWN:
+                    # pydantic shows a long input value cut: its first 24 and last 23 characters.
+                    known.update((value[:24], value[-23:]))
         # Longest first: a secret containing another is redacted whole.
         self._values = sorted(known, key=len, reverse=True)
 

@@ -17,7 +17,7 @@ from exo_otel.core.redaction import Redactor
 from exo_otel.core.sanitize import clean_attributes, timestamp_or
 from exo_otel.core.spans import end_span, error_type, failure_description, record_failure, start_span
 from exo_otel.sdk import inflight
-from exo_otel.sdk.logs import with_log_run_id
+from exo_otel.sdk.logs import with_log_context
 from exo_otel.sdk.state_context import (
     PolledState,
     parent_context,
@@ -119,8 +119,8 @@ def begin(
     for key, value in attributes.items():
         if key in attr.BAGGAGE_KEYS:
             current = baggage.set_baggage(key, str(value), current)
-    if attr.RUN_ID in attributes:
-        current = with_log_run_id(current, str(attributes[attr.RUN_ID]))
+    run_id = attributes.get(attr.RUN_ID)
+    current = with_log_context(current, None if run_id is None else str(run_id), execution.secrets)
     execution.node_span = node_span
     execution.execute_span = execute_span
     execution.metric_attributes = {
