@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
@@ -143,12 +144,31 @@ async def runtime_via(
             await task
 
 
+class _EncoderErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def encode_all(spans: Sequence[ReadableSpan]) -> list[str]:
-    """Encode every span alone with the real OTLP encoder; the errors of those it rejects."""
+    """Encode every span alone with the real OTLP encoder; what it rejected or dropped.
+
+    The encoder raises on a span it cannot encode (the whole batch is lost) and logs, then drops,
+    an attribute it cannot encode: both count.
+    """
     errors = []
-    for span in spans:
-        try:
-            encode_spans([span]).SerializeToString()
-        except Exception as exc:
-            errors.append(f"{span.name!r}: {type(exc).__name__}: {exc}")
-    return errors
+    logged = _EncoderErrors()
+    encoder_log = logging.getLogger("opentelemetry.exporter.otlp.proto.common")
+    encoder_log.addHandler(logged)
+    try:
+        for span in spans:
+            try:
+                encode_spans([span]).SerializeToString()
+            except Exception as exc:
+                errors.append(f"{span.name!r}: {type(exc).__name__}: {exc}")
+    finally:
+        encoder_log.removeHandler(logged)
+    return errors + logged.messages

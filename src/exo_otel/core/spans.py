@@ -55,7 +55,7 @@ def start_span(
                 context=context,
                 kind=kind,
                 attributes=clean_attributes(attributes) if attributes else attributes,
-                links=links,
+                links=[Link(link.context, clean_attributes(link.attributes or {})) for link in links],
                 start_time=start_time,
                 record_exception=False,
                 set_status_on_exception=False,
@@ -74,8 +74,8 @@ def end_span(span: Span, end_time: int | None = None) -> None:
 
 
 def error_type(exc: BaseException) -> str:
-    """``error.type`` of an exception: its own ``error_type`` string if it has one, else `qualified_name`."""
-    own = getattr(exc, "error_type", None)
+    """``error.type`` of an exception: `qualified_name`, unless exo_otel named it (``_exo_otel_error_type``)."""
+    own = getattr(exc, "_exo_otel_error_type", None)
     return own if isinstance(own, str) and own else qualified_name(exc)
 
 

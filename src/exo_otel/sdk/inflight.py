@@ -47,4 +47,4 @@ class SignalReceived(BaseException):
 
     def __init__(self, signal_name: str) -> None:
         super().__init__(f"interrupted by {signal_name}")
-        self.error_type = signal_name
+        self._exo_otel_error_type = signal_name

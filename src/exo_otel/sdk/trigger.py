@@ -12,6 +12,7 @@ from opentelemetry.trace import Link, SpanKind
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import run_span_id, trace_id_for_run
+from exo_otel.core.sanitize import clean_text
 from exo_otel.core.spans import end_span, guard, record_failure, start_span
 from exo_otel.core.wrapping import AsyncMethod, Wrapper, call_argument
 from exo_otel.sdk.telemetry import Telemetry
@@ -83,7 +84,7 @@ def _run_root_span(
         links=[Link(caller_context)] if caller_context.is_valid else [],
     )
     if caller.is_recording():
-        caller.add_link(span.get_span_context(), {attr.RUN_ID: run_id})
+        caller.add_link(span.get_span_context(), {attr.RUN_ID: clean_text(run_id)})
     end_span(span)
 
 
