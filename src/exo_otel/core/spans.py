@@ -74,7 +74,7 @@ def end_span(span: Span, end_time: int | None = None) -> None:
 
 
 def error_type(exc: BaseException) -> str:
-    """``error.type`` of an exception: `qualified_name`, unless exo_otel named it (``_exo_otel_error_type``)."""
+    """``error.type`` of an exception: `qualified_name`, unless exo_otel named it (a signal)."""
     own = getattr(exc, "_exo_otel_error_type", None)
     return own if isinstance(own, str) and own else qualified_name(exc)
 
