@@ -23,16 +23,16 @@ class MutatingProxy:
         self.target = target.rstrip("/")
         self.mutate: Mutation = lambda state: None
         self.uri = ""
+        self.session: aiohttp.ClientSession | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method, self.target + request.path_qs, data=body, headers=headers
-            ) as answer,
-        ):
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        async with self.session.request(
+            request.method, self.target + request.path_qs, data=body, headers=headers
+        ) as answer:
             payload = await answer.read()
             if request.path.endswith("/states/enqueue") and answer.status == 200:
                 document = json.loads(payload)
@@ -57,3 +57,5 @@ async def mutating_proxy(target: str) -> AsyncIterator[MutatingProxy]:
         yield proxy
     finally:
         await runner.cleanup()
+        if proxy.session is not None:
+            await proxy.session.close()

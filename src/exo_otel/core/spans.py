@@ -132,6 +132,17 @@ def failure_description(exc: BaseException, redact: Redact | None = None) -> str
     return clean_text(redact(text) if redact else text)
 
 
+def redact_recorded(span: Span, redact: Redact) -> None:
+    """Redact what ``span`` recorded so far: its name and its string attributes (SDK spans only)."""
+    name = getattr(span, "name", None)
+    if isinstance(name, str) and redact(name) != name:
+        span.update_name(redact(name))
+    attributes = getattr(span, "attributes", None) or {}
+    for key, value in list(attributes.items()):
+        if isinstance(value, str) and redact(value) != value:
+            span.set_attribute(key, redact(value))
+
+
 def record_failure(span: Span, exc: BaseException, redact: Redact | None = None) -> None:
     """Mark a span failed by ``exc``: ERROR status, ``error.type`` and the exception event.
 

@@ -15,7 +15,14 @@ from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id
 from exo_otel.core.redaction import Redactor
 from exo_otel.core.sanitize import clean_attributes, timestamp_or
-from exo_otel.core.spans import end_span, error_type, failure_description, record_failure, start_span
+from exo_otel.core.spans import (
+    end_span,
+    error_type,
+    failure_description,
+    record_failure,
+    redact_recorded,
+    start_span,
+)
 from exo_otel.sdk import inflight
 from exo_otel.sdk.logs import with_log_context
 from exo_otel.sdk.state_context import (
@@ -176,6 +183,9 @@ def _end_spans(execution: Execution) -> None:
     execute_span, node_span = execution.execute_span, execution.node_span
     for span in (execute_span, node_span):
         span.set_attribute(attr.STATE_OUTCOME, outcome)
+        if execution.secrets:
+            # Started before the secrets were known: a payload value may equal one of them.
+            redact_recorded(span, execution.secrets)
     if outcome == attr.OUTCOME_EXECUTED:
         execute_span.set_status(Status(StatusCode.OK))
     elif outcome == attr.OUTCOME_PRUNED:

@@ -1,0 +1,293 @@
+"""A property-based fuzz of enqueue payloads and node behaviours through the real SDK and embedded server.
+
+Each example runs 2 to 4 cases at once (``cases``: >= 1,000 per test run). Each case rewrites the
+run context of its state as the runtime polls it (the fields exo_otel reads
+and the SDK does not: ``created_at``, ``identifier``, ``graph_name``, ``run_id``, ``parents``, extra
+keys) with hostile values, and picks what the node does (return, raise with a hostile message,
+leak its secret, prune, log). Per example: no exception escapes into the
+runtime, the state's history is what the same behaviour gives without exo_otel, every span encodes
+with the real OTLP encoder, no secret is in a span, and the inflight gauge is back to 0.
+``EXO_OTEL_FUZZ_EXAMPLES`` sets the number of examples (500 by default, so at least 1,000 cases).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import pytest
+from exospherehost import BaseNode, GraphNodeModel, PruneSignal, Runtime, StateManager
+from exospherehost.models import RetryPolicyModel, StoreConfigModel
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import BaseModel
+
+from exo_otel.core.ids import state_span_id
+from exo_otel.embedded import EmbeddedStateManager
+from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from hostile_nodes import encode_all, inflight
+from mutating_proxy import MutatingProxy, mutating_proxy
+from sm_fixtures import sdk_state_manager
+
+NAMESPACE = "fuzz"
+GRAPH = "fuzz"
+SECRET = "fuzz-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+EXAMPLES = int(os.environ.get("EXO_OTEL_FUZZ_EXAMPLES", "500"))
+CASES_PER_EXAMPLE = (2, 4)
+T = TypeVar("T")
+node_log = logging.getLogger("fuzz.node")
+
+
+class Case(NamedTuple):
+    behaviour: str
+    message: str
+    mutation: dict[str, Any]
+
+
+class FuzzNode(BaseNode):
+    """Does what its case says; the case's key is the state's input."""
+
+    cases: ClassVar[dict[str, Case]] = {}
+
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    class Secrets(BaseModel):
+        token: str
+
+    async def execute(self) -> BaseNode.Outputs | None:
+        behaviour, message, _mutation = FuzzNode.cases[self.inputs.text]
+        if behaviour == "raise":
+            raise ValueError(message)
+        if behaviour == "leak":
+            raise PermissionError(f"{message} {self.secrets.token}")  # type: ignore[attr-defined]
+        if behaviour == "prune":
+            raise PruneSignal({"why": message})
+        if behaviour == "log":
+            node_log.warning("hostile %s", message)
+        if behaviour == "none":
+            return None
+        return self.Outputs(text=message)
+
+
+# Not "an exception whose __str__ raises": the SDK's own worker dies formatting it, with or without
+# exo_otel (test_poison_values covers exo_otel's side of it).
+BEHAVIOURS = ("return", "none", "raise", "leak", "prune", "log")
+
+HOSTILE_PIECES = ["\ud800", "\udfff", "a\udcffb", "\n", "\r\n", "\x00", "\x1b[31m", "\u202e", "é", "😀",
+                  "%s", "%(x)s", ",", ";", "=", " ", "\\", '"', "{}", SECRET]
+hostile_text = st.one_of(
+    st.text(max_size=20),
+    st.lists(st.one_of(st.sampled_from(HOSTILE_PIECES), st.text(max_size=3)), max_size=8).map("".join),
+)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), hostile_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(hostile_text, inner, max_size=3)),
+    max_leaves=6,
+)
+timestamps = st.one_of(
+    st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31)).map(
+        dt.datetime.isoformat
+    ),
+    st.sampled_from(["1960-01-01T00:00:00", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999+14:00",
+                     "", "not a date", "1970-01-01T00:00:00"]),
+    json_values,
+)
+mutations = st.fixed_dictionaries(
+    {},
+    optional={
+        "created_at": timestamps,
+        "identifier": st.one_of(hostile_text, json_values),
+        "graph_name": st.one_of(hostile_text, json_values),
+        "run_id": st.one_of(hostile_text, json_values),
+        "parents": st.one_of(st.dictionaries(hostile_text, st.one_of(hostile_text, json_values), max_size=3),
+                             json_values),
+        "extra": json_values,
+    },
+)
+
+cases_strategy = st.builds(Case, st.sampled_from(BEHAVIOURS), hostile_text, mutations)
+
+
+class LoopThread:
+    """An event loop in a thread of its own, for a synchronous hypothesis test."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class Fixture:
+    """The server, the proxy and the instrumented runtime the examples share."""
+
+    sm: EmbeddedStateManager
+    proxy: MutatingProxy
+    client: StateManager
+    task: asyncio.Task[Any]
+    reference: dict[str, list[str]]
+
+
+async def wait(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+def mutate(state: dict[str, Any]) -> None:
+    inputs = state.get("inputs")
+    case = FuzzNode.cases.get(inputs.get("text", "")) if isinstance(inputs, dict) else None
+    if case is not None:
+        state.update(case.mutation)
+
+
+async def run_cases(f: Fixture, cases: list[Case]) -> list[str]:
+    """Trigger one run per case, all at once; their states' ids, once every state is final."""
+    keys = [f"case-{len(FuzzNode.cases) + i}" for i in range(len(cases))]
+    FuzzNode.cases.update(zip(keys, cases, strict=True))
+    answers = await asyncio.gather(*(f.client.trigger(GRAPH, store={"text": key}) for key in keys))
+    run_ids = [answer["run_id"] for answer in answers]
+    await wait(lambda: all(f.sm.run_status(run_id) != "PENDING" for run_id in run_ids))
+    return [f.sm.states(run_id)[0].id for run_id in run_ids]
+
+
+async def start_runtime(f: Fixture) -> asyncio.Task[Any]:
+    runtime = Runtime(
+        namespace=NAMESPACE, name="fuzz-runtime", nodes=[FuzzNode], state_manager_uri=f.proxy.uri,
+        key=f.sm.api_key, workers=4, poll_interval=0.005,  # type: ignore[arg-type]
+    )
+    task = runtime.start()
+    assert task is not None
+    await wait(lambda: task.done() or "FuzzNode" in f.sm.registered_nodes(NAMESPACE))
+    return task
+
+
+async def stop(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@pytest.fixture
+def fuzz_env(
+    tracer_provider: TracerProvider, meter_provider: MeterProvider
+) -> Iterator[tuple[LoopThread, Fixture, ExosphereInstrumentor]]:
+    loop = LoopThread()
+    f = Fixture()
+    instrumentor = ExosphereInstrumentor()
+
+    async def setup() -> None:
+        f.sm = EmbeddedStateManager(expose_run_context=True)
+        await f.sm.start()
+        f.proxy_cm = mutating_proxy(f.sm.uri)  # type: ignore[attr-defined]
+        f.proxy = await f.proxy_cm.__aenter__()  # type: ignore[attr-defined]
+        f.proxy.mutate = mutate
+        f.client = sdk_state_manager(f.sm, NAMESPACE)
+        # Reference histories: each behaviour once, without exo_otel.
+        plain = await start_runtime(f)
+        await f.client.upsert_graph(
+            GRAPH,
+            [GraphNodeModel(node_name="FuzzNode", namespace=NAMESPACE, identifier="fuzzed",
+                            inputs={"text": "${{ store.text }}"})],
+            {"token": SECRET}, polling_interval=0.05,  # type: ignore[arg-type]
+            store_config=StoreConfigModel(required_keys=["text"]),
+            retry_policy=RetryPolicyModel(max_retries=0),
+        )
+        f.reference = {}
+        state_ids = await run_cases(f, [Case(behaviour, "reference", {}) for behaviour in BEHAVIOURS])
+        for behaviour, state_id in zip(BEHAVIOURS, state_ids, strict=True):
+            view = f.sm.state(state_id)
+            assert view is not None
+            f.reference[behaviour] = [str(s) for s in view.statuses]
+        await stop(plain)
+
+    async def teardown() -> None:
+        await stop(f.task)
+        await f.proxy_cm.__aexit__(None, None, None)  # type: ignore[attr-defined]
+        await f.sm.aclose()
+
+    loop.run(setup(), timeout=60)
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    f.task = loop.run(start_runtime(f))
+    try:
+        yield loop, f, instrumentor
+    finally:
+        loop.run(teardown())
+        instrumentor.uninstrument()
+        loop.close()
+
+
+def _texts(span: ReadableSpan) -> Iterator[str]:
+    yield span.name
+    yield span.status.description or ""
+    yield from (str(v) for v in (span.attributes or {}).values())
+    for event in span.events:
+        yield from (str(v) for v in (event.attributes or {}).values())
+
+
+@pytest.mark.timeout(900)
+def test_fuzz_payloads_and_behaviours_through_the_real_sdk(
+    fuzz_env: tuple[LoopThread, Fixture, ExosphereInstrumentor],
+    span_exporter: InMemorySpanExporter,
+    metric_reader: InMemoryMetricReader,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop, f, _instrumentor = fuzz_env
+    counts = {"examples": 0, "cases": 0, "spans": 0}
+    started = time.monotonic()
+    caplog.set_level(logging.WARNING, logger="exo_otel")
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(cases=st.lists(cases_strategy, min_size=CASES_PER_EXAMPLE[0], max_size=CASES_PER_EXAMPLE[1]))
+    def example(cases: list[Case]) -> None:
+        span_exporter.clear()
+        state_ids = loop.run(run_cases(f, cases))
+        # The workers end the spans just after reporting the outcomes.
+        node_span_ids = {state_span_id(state_id) for state_id in state_ids}
+        loop.run(wait(lambda: node_span_ids <= {
+            s.context.span_id for s in span_exporter.get_finished_spans() if s.context is not None
+        }))
+        assert not f.task.done(), "the runtime stopped"
+        for case, state_id in zip(cases, state_ids, strict=True):
+            view = f.sm.state(state_id)
+            assert view is not None and [str(s) for s in view.statuses] == f.reference[case.behaviour]
+        spans = span_exporter.get_finished_spans()
+        assert encode_all(spans) == []
+        assert [t for s in spans for t in _texts(s) if SECRET in t] == []
+        assert inflight(metric_reader) == 0
+        guard_warnings = [r.getMessage() for r in caplog.records if r.name.startswith("exo_otel")]
+        assert guard_warnings == []
+        counts["examples"] += 1
+        counts["cases"] += len(cases)
+        counts["spans"] += len(spans)
+
+    example()
+    seconds = time.monotonic() - started
+    print(f"\nfuzz: {counts['examples']} examples, {counts['cases']} cases, {counts['spans']} spans encoded, "
+          f"0 rejected, 0 histories changed, 0 exo_otel warnings, inflight 0; {seconds:.1f} s")
+    assert counts["cases"] >= CASES_PER_EXAMPLE[0] * EXAMPLES
