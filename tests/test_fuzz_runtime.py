@@ -1,13 +1,13 @@
 """A property-based fuzz of enqueue payloads and node behaviours through the real SDK and embedded server.
 
-Each example runs 2 to 4 cases at once (``cases``: >= 1,000 per test run). Each case rewrites the
+Each example runs 3 to 5 cases at once (``cases``: >= 1,000 per test run). Each case rewrites the
 run context of its state as the runtime polls it (the fields exo_otel reads
 and the SDK does not: ``created_at``, ``identifier``, ``graph_name``, ``run_id``, ``parents``, extra
 keys) with hostile values, and picks what the node does (return, raise with a hostile message,
 leak its secret, prune, log). Per example: no exception escapes into the
 runtime, the state's history is what the same behaviour gives without exo_otel, every span encodes
 with the real OTLP encoder, no secret is in a span, and the inflight gauge is back to 0.
-``EXO_OTEL_FUZZ_EXAMPLES`` sets the number of examples (500 by default, so at least 1,000 cases).
+``EXO_OTEL_FUZZ_EXAMPLES`` sets the number of examples (340 by default, so at least 1,020 cases).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from sm_fixtures import sdk_state_manager
 NAMESPACE = "fuzz"
 GRAPH = "fuzz"
 SECRET = "fuzz-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
-EXAMPLES = int(os.environ.get("EXO_OTEL_FUZZ_EXAMPLES", "500"))
-CASES_PER_EXAMPLE = (2, 4)
+EXAMPLES = int(os.environ.get("EXO_OTEL_FUZZ_EXAMPLES", "340"))
+CASES_PER_EXAMPLE = (3, 5)
 T = TypeVar("T")
 node_log = logging.getLogger("fuzz.node")
 
@@ -178,7 +178,7 @@ async def run_cases(f: Fixture, cases: list[Case]) -> list[str]:
 async def start_runtime(f: Fixture) -> asyncio.Task[Any]:
     runtime = Runtime(
         namespace=NAMESPACE, name="fuzz-runtime", nodes=[FuzzNode], state_manager_uri=f.proxy.uri,
-        key=f.sm.api_key, workers=4, poll_interval=0.005,  # type: ignore[arg-type]
+        key=f.sm.api_key, workers=4, poll_interval=0.02,  # type: ignore[arg-type]
     )
     task = runtime.start()
     assert task is not None
