@@ -153,3 +153,25 @@ def test_with_the_collector_down_sigterm_ends_the_process_within_the_bound(colle
 
     # The stated bound: FLUSH_BOUND_S in exo_otel, plus the interpreter's own exit.
     assert timings["with exo_otel"] < FLUSH_BOUND_S + 2.0
+
+
+def test_handlers_go_only_where_the_default_would_kill_and_uninstrument_restores_them() -> None:
+    from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+
+    def own_handler(signum: int, frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGINT, own_handler)
+    try:
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        instrumentor = ExosphereInstrumentor()
+        instrumentor.instrument()
+        try:
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # exo_otel's
+            assert signal.getsignal(signal.SIGINT) is own_handler  # the application's: left alone
+        finally:
+            instrumentor.uninstrument()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is own_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -171,10 +171,16 @@ def end_once(execution: Execution) -> None:
 
 
 def interrupt(execution: Execution, cause: BaseException) -> None:
-    """End an execution that will never report an outcome: ``interrupted``, ERROR, ``cause``'s type."""
+    """End an execution that will never report an outcome: ``interrupted``, ERROR, ``cause``'s type.
+
+    Nothing happens if its spans were ended already (claimed first: the outcome is never mixed).
+    """
+    if not execution.end_claim.claim():
+        return
+    inflight.discard(execution)
     execution.outcome = attr.OUTCOME_INTERRUPTED
     execution.error = cause
-    end_once(execution)
+    _end_spans(execution)
 
 
 def _end_spans(execution: Execution) -> None:

@@ -16,6 +16,7 @@ from wrapt import wrap_function_wrapper
 
 from exo_otel.core.ids import RunIdGenerator
 from exo_otel.core.metrics import ExosphereMetrics
+from exo_otel.core.spans import guard
 from exo_otel.sdk.config import RunAssociation, Settings
 from exo_otel.sdk.logs import install_log_correlation, remove_log_correlation
 from exo_otel.sdk.package import _instruments
@@ -137,7 +138,8 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for module_name, attribute, factory in PATCHES:
             wrap_function_wrapper(module_name, attribute, factory(telemetry))
         self._signal_flush = SignalFlush(tracer_provider, meter_provider)
-        self._signal_flush.install()
+        with guard("installing the signal handlers"):
+            self._signal_flush.install()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         telemetry = getattr(self, "_telemetry", None)
@@ -152,7 +154,8 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         remove_log_correlation()
         signal_flush = getattr(self, "_signal_flush", None)
         if signal_flush is not None:
-            signal_flush.uninstall()
+            with guard("restoring the signal handlers"):
+                signal_flush.uninstall()
         _remove_run_id_generator(getattr(self, "_installed_generator", None))
         self._installed_generator = None
 
