@@ -38,9 +38,10 @@ class HangNode(BaseNode):
 
 
 class RaiseNode(BaseNode):
-    """Raises whatever exception the test put in ``to_raise``."""
+    """Raises whatever exception the test put in ``to_raise``; counts its calls."""
 
     to_raise: ClassVar[BaseException | None] = None
+    calls: ClassVar[int] = 0
 
     class Inputs(BaseModel):
         text: str
@@ -49,6 +50,7 @@ class RaiseNode(BaseNode):
         text: str
 
     async def execute(self) -> BaseNode.Outputs:
+        RaiseNode.calls += 1
         if RaiseNode.to_raise is not None:
             raise RaiseNode.to_raise
         return self.Outputs(text=self.inputs.text)

@@ -2,53 +2,72 @@
 
 A helper thread runs the graphs: ``COMPLETED`` one-node runs that finish, then two whose node hangs.
 When they are in that state it prints ``READY {"completed": [...], "in_flight": [...]}``; the test
-then signals the process. The embedded state manager serves from a thread of the same process.
+then signals the process. The state manager is an embedded one serving from a thread of this
+process, or the one given as ``--uri URI --key KEY`` (the real upstream server in the upstream tests).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import threading
 import time
 
-from exospherehost import Runtime
+from exospherehost import Runtime, StateManager
 
 from exo_otel.embedded import EmbeddedStateManager
 from hostile_nodes import NAMESPACE, HangNode, RaiseNode, upsert_one_node_graph
-from sm_fixtures import POLL_INTERVAL, sdk_state_manager
+from sm_fixtures import POLL_INTERVAL
 
 COMPLETED = 3
 
 
-def drive(sm: EmbeddedStateManager) -> None:
+async def _upsert_when_registered(client: StateManager) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await upsert_one_node_graph(client, "quick", RaiseNode)
+            await upsert_one_node_graph(client, "hang", HangNode)
+            return
+        except Exception:  # the runtime has not registered its nodes yet
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def drive(uri: str, key: str) -> None:
     async def go() -> None:
-        while {"RaiseNode", "HangNode"} - sm.registered_nodes(NAMESPACE):
-            await asyncio.sleep(0.02)
-        client = sdk_state_manager(sm, NAMESPACE)
-        await upsert_one_node_graph(client, "quick", RaiseNode)
-        await upsert_one_node_graph(client, "hang", HangNode)
+        client = StateManager(namespace=NAMESPACE, state_manager_uri=uri, key=key)
+        await _upsert_when_registered(client)
         completed = [
             (await client.trigger("quick", store={"text": str(i)}))["run_id"] for i in range(COMPLETED)
         ]
-        while any(sm.run_status(run_id) == "PENDING" for run_id in completed):
+        while RaiseNode.calls < COMPLETED:
             await asyncio.sleep(0.02)
         in_flight = [(await client.trigger("hang", store={"text": str(i)}))["run_id"] for i in range(2)]
         while HangNode.started < 2:
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.3)  # the workers end a state's spans just after reporting it
+        await asyncio.sleep(0.5)  # the workers report the completed states, then end their spans
         print("READY " + json.dumps({"completed": completed, "in_flight": in_flight}), flush=True)
 
     asyncio.run(go())
 
 
 def main() -> None:
-    sm = EmbeddedStateManager()
-    sm.start_in_thread()
-    threading.Thread(target=drive, args=(sm,), daemon=True).start()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--uri")
+    parser.add_argument("--key")
+    args = parser.parse_args()
+    uri, key = args.uri, args.key
+    if uri is None:
+        sm = EmbeddedStateManager()
+        sm.start_in_thread()
+        uri, key = sm.uri, sm.api_key
+    threading.Thread(target=drive, args=(uri, key), daemon=True).start()
     runtime = Runtime(
-        namespace=NAMESPACE, name="signalled", nodes=[RaiseNode, HangNode], state_manager_uri=sm.uri,
-        key=sm.api_key, workers=4, poll_interval=POLL_INTERVAL,  # type: ignore[arg-type]
+        namespace=NAMESPACE, name="signalled", nodes=[RaiseNode, HangNode], state_manager_uri=uri,
+        key=key, workers=4, poll_interval=POLL_INTERVAL,  # type: ignore[arg-type]
     )
     started = time.monotonic()
     runtime.start()

@@ -43,9 +43,12 @@ def _env(endpoint: str, **extra: str) -> dict[str, str]:
 
 
 def start(
-    endpoint: str, launcher: bool = True, **extra: str
+    endpoint: str, launcher: bool = True, server: tuple[str, str] | None = None, **extra: str
 ) -> tuple[subprocess.Popen[str], dict[str, list[str]]]:
+    """Start signal_runtime.py (under the launcher by default); its runs, once two states hang."""
     command = [sys.executable, str(HERE / "signal_runtime.py")]
+    if server is not None:
+        command += [f"--uri={server[0]}", f"--key={server[1]}"]
     if launcher:
         command = [str(LAUNCHER), *command]
     process = subprocess.Popen(
@@ -89,27 +92,33 @@ def closed_port() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
+def check_sigterm_telemetry(receiver: OtlpHttpReceiver, runs: dict[str, list[str]]) -> int:
+    """Every completed state's spans, the in-flight states' spans ended interrupted, inflight 0."""
+    spans = receiver.spans()
+    traces = {run_id: format_trace_id(run_id) for run_id in runs["completed"] + runs["in_flight"]}
+    for run_id in runs["completed"]:
+        names = sorted(s.name for s in spans if s.trace_id == traces[run_id] and is_state_span(s.name))
+        assert names == ["execute RaiseNode", "node only"], (run_id, names)
+    for run_id in runs["in_flight"]:
+        state_spans = [s for s in spans if s.trace_id == traces[run_id] and is_state_span(s.name)]
+        assert sorted(s.name for s in state_spans) == ["execute HangNode", "node only"], run_id
+        for span in state_spans:
+            assert span.attributes["exosphere.state.outcome"] == "interrupted"
+            assert span.attributes["error.type"] == "SIGTERM"
+            assert span.status_code == 2
+    inflight = [p for p in receiver.metric_points() if p.name == "exosphere.runtime.inflight"]
+    assert inflight and all(p.value == 0 for p in inflight), inflight
+    return len(spans)
+
+
 def test_sigterm_flushes_completed_and_in_flight_spans_and_exits_as_without_exo_otel() -> None:
     with OtlpHttpReceiver() as receiver:
         process, runs = start(receiver.endpoint)
         status, seconds, err = stop(process, signal.SIGTERM)
         print(f"\nSIGTERM under the launcher: exit status {status}, gone after {seconds:.2f} s")
         assert status == -signal.SIGTERM, err
-        spans = receiver.spans()
-        traces = {run_id: format_trace_id(run_id) for run_id in runs["completed"] + runs["in_flight"]}
-        for run_id in runs["completed"]:
-            names = sorted(s.name for s in spans if s.trace_id == traces[run_id] and is_state_span(s.name))
-            assert names == ["execute RaiseNode", "node only"], (run_id, names)
-        for run_id in runs["in_flight"]:
-            state_spans = [s for s in spans if s.trace_id == traces[run_id] and is_state_span(s.name)]
-            assert sorted(s.name for s in state_spans) == ["execute HangNode", "node only"], run_id
-            for span in state_spans:
-                assert span.attributes["exosphere.state.outcome"] == "interrupted"
-                assert span.attributes["error.type"] == "SIGTERM"
-                assert span.status_code == 2
-        inflight = [p for p in receiver.metric_points() if p.name == "exosphere.runtime.inflight"]
-        assert inflight and all(p.value == 0 for p in inflight), inflight
-    print(f"{COMPLETED} completed and 2 in-flight states: {len(spans)} spans arrived")
+        count = check_sigterm_telemetry(receiver, runs)
+    print(f"{COMPLETED} completed and 2 in-flight states: {count} spans arrived")
 
 
 def test_sigterm_without_instrumentation_exits_the_same_way() -> None:

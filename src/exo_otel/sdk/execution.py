@@ -159,28 +159,25 @@ def finish(execution: Execution) -> None:
             context.detach(execution.token)
 
 
-def end_once(execution: Execution) -> None:
+def end_once(execution: Execution, interrupted_by: BaseException | None = None) -> None:
     """Outcome on both spans, metrics, and the node span if the outcome is final; once only.
 
-    Safe from any thread and from a signal handler: an interruption may end the spans first.
+    Safe from any thread and from a signal handler: whichever comes first ends the spans. With
+    ``interrupted_by``, a state that reported no outcome yet ends ``interrupted`` (ERROR, that
+    exception's type); one that did keeps it (the state manager may know it already).
     """
     if not execution.end_claim.claim():
         return
     inflight.discard(execution)
+    if interrupted_by is not None and execution.outcome is None:
+        execution.outcome = attr.OUTCOME_INTERRUPTED
+        execution.error = interrupted_by
     _end_spans(execution)
 
 
 def interrupt(execution: Execution, cause: BaseException) -> None:
-    """End an execution that will never report an outcome: ``interrupted``, ERROR, ``cause``'s type.
-
-    Nothing happens if its spans were ended already (claimed first: the outcome is never mixed).
-    """
-    if not execution.end_claim.claim():
-        return
-    inflight.discard(execution)
-    execution.outcome = attr.OUTCOME_INTERRUPTED
-    execution.error = cause
-    _end_spans(execution)
+    """End an execution stopped by ``cause`` (cancellation, a BaseException, a signal)."""
+    end_once(execution, interrupted_by=cause)
 
 
 def _end_spans(execution: Execution) -> None:
