@@ -4,6 +4,8 @@ A helper thread runs the graphs: ``COMPLETED`` one-node runs that finish, then t
 When they are in that state it prints ``READY {"completed": [...], "in_flight": [...]}``; the test
 then signals the process. The state manager is an embedded one serving from a thread of this
 process, or the one given as ``--uri URI --key KEY`` (the real upstream server in the upstream tests).
+``--by-hand`` sets OpenTelemetry up in code (batch processors, OTLP/HTTP exporters from the
+``OTEL_*`` environment, ``ExosphereInstrumentor().instrument()``) instead of the launcher.
 """
 
 from __future__ import annotations
@@ -54,11 +56,33 @@ def drive(uri: str, key: str) -> None:
     asyncio.run(go())
 
 
+def set_up_by_hand() -> None:
+    """What a user without the launcher writes: providers with batch processors, then instrument()."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from exo_otel import ExosphereInstrumentor
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]))
+    ExosphereInstrumentor().instrument()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--uri")
     parser.add_argument("--key")
+    parser.add_argument("--by-hand", action="store_true")
     args = parser.parse_args()
+    if args.by_hand:
+        set_up_by_hand()
     uri, key = args.uri, args.key
     if uri is None:
         sm = EmbeddedStateManager()

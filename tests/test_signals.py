@@ -43,12 +43,15 @@ def _env(endpoint: str, **extra: str) -> dict[str, str]:
 
 
 def start(
-    endpoint: str, launcher: bool = True, server: tuple[str, str] | None = None, **extra: str
+    endpoint: str, launcher: bool = True, server: tuple[str, str] | None = None, by_hand: bool = False,
+    **extra: str,
 ) -> tuple[subprocess.Popen[str], dict[str, list[str]]]:
     """Start signal_runtime.py (under the launcher by default); its runs, once two states hang."""
     command = [sys.executable, str(HERE / "signal_runtime.py")]
     if server is not None:
         command += [f"--uri={server[0]}", f"--key={server[1]}"]
+    if by_hand:
+        command.append("--by-hand")
     if launcher:
         command = [str(LAUNCHER), *command]
     process = subprocess.Popen(
@@ -119,6 +122,15 @@ def test_sigterm_flushes_completed_and_in_flight_spans_and_exits_as_without_exo_
         assert status == -signal.SIGTERM, err
         count = check_sigterm_telemetry(receiver, runs)
     print(f"{COMPLETED} completed and 2 in-flight states: {count} spans arrived")
+
+
+def test_sigterm_with_opentelemetry_set_up_by_hand() -> None:
+    with OtlpHttpReceiver() as receiver:
+        process, runs = start(receiver.endpoint, launcher=False, by_hand=True)
+        status, seconds, err = stop(process, signal.SIGTERM)
+        print(f"\nSIGTERM, set up by hand: exit status {status}, gone after {seconds:.2f} s")
+        assert status == -signal.SIGTERM, err
+        check_sigterm_telemetry(receiver, runs)
 
 
 def test_sigterm_without_instrumentation_exits_the_same_way() -> None:
