@@ -57,6 +57,8 @@ OUTCOME_EXECUTED: Final = "executed"
 OUTCOME_ERRORED: Final = "errored"
 OUTCOME_PRUNED: Final = "pruned"
 OUTCOME_REQUEUED: Final = "requeued"
+# The process stopped (signal, cancellation, BaseException) before the state reported an outcome.
+OUTCOME_INTERRUPTED: Final = "interrupted"
 
 EVENT_PRUNED: Final = "exosphere.pruned"
 EVENT_REQUEUED: Final = "exosphere.requeued"

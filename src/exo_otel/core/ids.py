@@ -19,7 +19,8 @@ _MASK_128: Final = (1 << 128) - 1
 
 def h64(kind: str, value: str) -> int:
     """First 8 bytes of SHA-256 over ``kind:value``, big-endian; 1 where that is 0 (0 is invalid)."""
-    digest = hashlib.sha256(f"{kind}:{value}".encode()).digest()
+    # surrogatepass: an id from a hostile payload (a lone surrogate) still hashes, never raises.
+    digest = hashlib.sha256(f"{kind}:{value}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") or 1
 
 
@@ -55,7 +56,8 @@ def trace_id_for_run(run_id: str) -> int:
     """
     parsed = _parse_uuid(run_id)
     if parsed is None:
-        digest = bytearray(hashlib.sha256((_NON_UUID_PREFIX + str(run_id)).encode()).digest()[:16])
+        text = (_NON_UUID_PREFIX + str(run_id)).encode("utf-8", "surrogatepass")
+        digest = bytearray(hashlib.sha256(text).digest()[:16])
         # The byte a swap would move to byte 8 of the UUID this maps back to (byte 0, or byte 7 when
         # the nibble in byte 6 reads as version 7): clearing its top bit makes that UUID's variant
         # non-RFC 4122, so run_id_for_trace tells a hashed id from a real run id every time.

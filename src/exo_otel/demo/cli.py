@@ -183,6 +183,9 @@ def _links(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     run_id = args.run_id.strip()
     if not run_id:
         parser.error(f"{args.command}: RUN_ID is empty")  # exits with status 2
+    if not run_id.isascii() and run_id != run_id.encode("utf-8", "replace").decode("utf-8"):
+        # Bytes that are not UTF-8 reach argv as lone surrogates: no run id looks like that.
+        parser.error(f"{args.command}: RUN_ID is not valid UTF-8 text")
     if not is_uuid_run_id(run_id):
         # A typo in a run id still gives a valid-looking trace id (a hash): say so.
         print(

@@ -13,7 +13,18 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id
-from exo_otel.core.spans import qualified_name, record_failure, start_span
+from exo_otel.core.redaction import Redactor
+from exo_otel.core.sanitize import clean_attributes, timestamp_or
+from exo_otel.core.spans import (
+    end_span,
+    error_type,
+    failure_description,
+    record_failure,
+    redact_recorded,
+    start_span,
+)
+from exo_otel.sdk import inflight
+from exo_otel.sdk.logs import with_log_context
 from exo_otel.sdk.state_context import (
     PolledState,
     parent_context,
@@ -23,7 +34,9 @@ from exo_otel.sdk.state_context import (
 )
 from exo_otel.sdk.telemetry import Telemetry
 
-FINAL_OUTCOMES = frozenset({attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED, attr.OUTCOME_PRUNED})
+FINAL_OUTCOMES = frozenset(
+    {attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED, attr.OUTCOME_PRUNED, attr.OUTCOME_INTERRUPTED}
+)
 
 
 @dataclass
@@ -42,6 +55,9 @@ class Execution:
     error: BaseException | None = None
     requeue_delay_ms: int | None = None
     metric_attributes: dict[str, str] = field(default_factory=dict)
+    end_claim: inflight.EndClaim = field(default_factory=inflight.EndClaim, repr=False)
+    # The values of the secrets the node received: never written to telemetry.
+    secrets: Redactor = field(default_factory=Redactor, repr=False)
 
     def common_attributes(self) -> dict[str, Any]:
         state = self.state
@@ -57,7 +73,7 @@ class Execution:
             attributes[attr.RUN_ID] = state.run.run_id
             if state.run.graph_name:
                 attributes[attr.GRAPH_NAME] = state.run.graph_name
-        return attributes
+        return clean_attributes(attributes)
 
 
 def begin(
@@ -80,13 +96,16 @@ def begin(
         telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now
     )
     attributes = execution.common_attributes()
-    created = state.created_at_ns if state.created_at_ns is not None else now
+    # Before 1970 or after now is no creation time: the span starts now, with no queue wait.
+    created = timestamp_or(state.created_at_ns, now)
+    # Only the run's context: never whatever was current where the runtime started.
+    parent = parent if parent is not None else context.Context()
     node_span = start_span(
         telemetry.tracer,
         f"node {state.identifier}",
-        context=parent if parent is not None else context.Context(),
+        context=parent,
         span_id=state_span_id(state.state_id) if state.state_id else None,
-        start_time=min(created, now),
+        start_time=created,
         attributes=attributes,
         links=links,
     )
@@ -98,7 +117,8 @@ def begin(
     if telemetry.settings.capture_io:
         execute_attributes[attr.NODE_INPUTS] = _truncated(payload.get("inputs"), telemetry)
     node_context = trace.set_span_in_context(node_span, parent)
-    execute_span = telemetry.tracer.start_span(
+    execute_span = start_span(
+        telemetry.tracer,
         f"execute {state.node_name}",
         context=node_context,
         kind=SpanKind.CONSUMER,
@@ -109,6 +129,8 @@ def begin(
     for key, value in attributes.items():
         if key in attr.BAGGAGE_KEYS:
             current = baggage.set_baggage(key, str(value), current)
+    run_id = attributes.get(attr.RUN_ID)
+    current = with_log_context(current, None if run_id is None else str(run_id), execution.secrets)
     execution.node_span = node_span
     execution.execute_span = execute_span
     execution.metric_attributes = {
@@ -119,6 +141,7 @@ def begin(
     # In the execute span's context, so a sampled run gives the histogram an exemplar.
     telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, execution.metric_attributes, context=current)
     telemetry.metrics.inflight.add(1, execution.metric_attributes)
+    inflight.add(execution)
     # Last: nothing after it can fail, so the context is detached by `finish` whatever happens.
     execution.token = context.attach(current)
     return execution
@@ -131,12 +154,33 @@ def record_outputs(execution: Execution, outputs: object) -> None:
 
 
 def finish(execution: Execution) -> None:
-    """End the attempt: outcome on both spans, metrics, and the node span if the outcome is final."""
+    """End the attempt and detach its context (in the worker task that attached it)."""
     try:
-        _end_spans(execution)
+        end_once(execution)
     finally:
         if execution.token is not None:
             context.detach(execution.token)
+
+
+def end_once(execution: Execution, interrupted_by: BaseException | None = None) -> None:
+    """Outcome on both spans, metrics, and the node span if the outcome is final; once only.
+
+    Safe from any thread and from a signal handler: whichever comes first ends the spans. With
+    ``interrupted_by``, a state that reported no outcome yet ends ``interrupted`` (ERROR, that
+    exception's type); one that did keeps it (the state manager may know it already).
+    """
+    if not execution.end_claim.claim():
+        return
+    inflight.discard(execution)
+    if interrupted_by is not None and execution.outcome is None:
+        execution.outcome = attr.OUTCOME_INTERRUPTED
+        execution.error = interrupted_by
+    _end_spans(execution)
+
+
+def interrupt(execution: Execution, cause: BaseException) -> None:
+    """End an execution stopped by ``cause`` (cancellation, a BaseException, a signal)."""
+    end_once(execution, interrupted_by=cause)
 
 
 def _end_spans(execution: Execution) -> None:
@@ -145,6 +189,9 @@ def _end_spans(execution: Execution) -> None:
     execute_span, node_span = execution.execute_span, execution.node_span
     for span in (execute_span, node_span):
         span.set_attribute(attr.STATE_OUTCOME, outcome)
+        if execution.secrets:
+            # Started before the secrets were known: a payload value may equal one of them.
+            redact_recorded(span, execution.secrets)
     if outcome == attr.OUTCOME_EXECUTED:
         execute_span.set_status(Status(StatusCode.OK))
     elif outcome == attr.OUTCOME_PRUNED:
@@ -157,9 +204,10 @@ def _end_spans(execution: Execution) -> None:
         )
         execute_span.add_event(attr.EVENT_REQUEUED, delay)
     elif execution.error is not None:
-        record_failure(execute_span, execution.error)
-        node_span.set_attribute(attr.ERROR_TYPE, qualified_name(execution.error))
-        node_span.set_status(Status(StatusCode.ERROR, f"{type(execution.error).__name__}: {execution.error}"))
+        record_failure(execute_span, execution.error, execution.secrets)
+        node_span.set_attribute(attr.ERROR_TYPE, error_type(execution.error))
+        description = failure_description(execution.error, execution.secrets)
+        node_span.set_status(Status(StatusCode.ERROR, description))
     else:  # errored, or no outcome reported at all: the exception is unknown
         for span in (execute_span, node_span):
             span.set_attribute(attr.ERROR_TYPE, attr.ERROR_TYPE_OTHER)
@@ -170,9 +218,9 @@ def _end_spans(execution: Execution) -> None:
     metrics.node_duration.record((end - execution.started_ns) / 1e9, metric_attributes)
     metrics.executions.add(1, metric_attributes)
     metrics.inflight.add(-1, execution.metric_attributes)
-    execute_span.end(end)
+    end_span(execute_span, end)
     if outcome in FINAL_OUTCOMES:
-        node_span.end(end)
+        end_span(node_span, end)
     # A requeued state's node span is left unended, so never exported: the runtime that reports
     # the state's final outcome emits it, and no span id is emitted twice.
 

@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id
-from exo_otel.core.spans import start_span
+from exo_otel.core.spans import end_span, start_span
 from exo_otel.sdk.execution import Execution
 from exo_otel.sdk.state_context import parent_context, run_is_sampled, run_root_context, upstream_link
 
@@ -66,4 +66,4 @@ def emit_copy_spans(execution: Execution, copy_ids: list[str]) -> None:
             attributes=attributes,
             links=to_original,
         )
-        span.end(end)
+        end_span(span, end)

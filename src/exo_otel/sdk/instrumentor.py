@@ -18,6 +18,7 @@ from wrapt import wrap_function_wrapper
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import RunIdGenerator
 from exo_otel.core.metrics import ExosphereMetrics
+from exo_otel.core.spans import guard
 from exo_otel.sdk.config import RunAssociation, Settings
 from exo_otel.sdk.logs import install_log_correlation, remove_log_correlation
 from exo_otel.sdk.package import _instruments
@@ -29,8 +30,11 @@ from exo_otel.sdk.runtime import (
     make_requeued_wrapper,
     make_runtime_init_wrapper,
 )
+from exo_otel.sdk.secrets import make_secrets_wrapper
+from exo_otel.sdk.shutdown import SignalFlush
 from exo_otel.sdk.telemetry import Telemetry
 from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_wrapper
+from exo_otel.sdk.worker import make_worker_wrapper
 from exo_otel.version import __version__
 
 _logger = logging.getLogger(__name__)
@@ -61,6 +65,10 @@ PATCHES: Final[tuple[tuple[str, str, WrapperFactory], ...]] = (
     ("exospherehost.runtime", "Runtime._notify_errored", make_errored_wrapper),
     ("exospherehost.signals", "PruneSignal.send", make_pruned_wrapper),
     ("exospherehost.signals", "ReQueueAfterSignal.send", make_requeued_wrapper),
+    # A worker stopped by cancellation or a BaseException still ends its state's spans.
+    ("exospherehost.runtime", "Runtime._worker", make_worker_wrapper),
+    # The secrets a node receives, so that no telemetry shows them.
+    ("exospherehost.runtime", "Runtime._get_secrets", make_secrets_wrapper),
 )
 
 
@@ -132,6 +140,9 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         install_log_correlation()
         for module_name, attribute, factory in PATCHES:
             wrap_function_wrapper(module_name, attribute, factory(telemetry))
+        self._signal_flush = SignalFlush(tracer_provider, meter_provider)
+        with guard("installing the signal handlers"):
+            self._signal_flush.install()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         telemetry = getattr(self, "_telemetry", None)
@@ -144,6 +155,10 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 owner = getattr(owner, part)
             unwrap(owner, method)
         remove_log_correlation()
+        signal_flush = getattr(self, "_signal_flush", None)
+        if signal_flush is not None:
+            with guard("restoring the signal handlers"):
+                signal_flush.uninstall()
         _remove_run_id_generator(getattr(self, "_installed_generator", None))
         self._installed_generator = None
 

@@ -27,6 +27,7 @@ TRACING_ATTRIBUTE = "_exo_otel_tracing"
 _current_execution: contextvars.ContextVar[Execution | None] = contextvars.ContextVar(
     "exo_otel_execution", default=None
 )
+current_execution = _current_execution  # for the worker and secrets wrappers
 
 
 class RuntimeTracing:

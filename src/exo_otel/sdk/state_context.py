@@ -118,4 +118,4 @@ def upstream_link(run: RunInfo, sampled: bool) -> list[Link]:
 
 def parent_context(root: SpanContext) -> Context:
     """A context whose current span is the (remote) run root."""
-    return trace.set_span_in_context(trace.NonRecordingSpan(root))
+    return trace.set_span_in_context(trace.NonRecordingSpan(root), Context())

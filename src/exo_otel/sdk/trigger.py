@@ -12,7 +12,8 @@ from opentelemetry.trace import Link, SpanKind
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import run_span_id, trace_id_for_run
-from exo_otel.core.spans import guard, record_failure, start_span
+from exo_otel.core.sanitize import clean_text
+from exo_otel.core.spans import end_span, guard, record_failure, start_span
 from exo_otel.core.wrapping import AsyncMethod, Wrapper, call_argument
 from exo_otel.sdk.telemetry import Telemetry
 
@@ -84,8 +85,8 @@ def _run_root_span(
         links=[Link(caller_context)] if caller_context.is_valid else [],
     )
     if caller.is_recording():
-        caller.add_link(span.get_span_context(), {attr.RUN_ID: run_id})
-    span.end()
+        caller.add_link(span.get_span_context(), {attr.RUN_ID: clean_text(run_id)})
+    end_span(span)
 
 
 def _span_where_the_caller_is(
@@ -101,7 +102,7 @@ def _span_where_the_caller_is(
     )
     if exc is not None:
         record_failure(span, exc)
-    span.end()
+    end_span(span)
 
 
 def make_graph_call_wrapper(telemetry: Telemetry, operation: str) -> Wrapper:
@@ -115,17 +116,23 @@ def make_graph_call_wrapper(telemetry: Telemetry, operation: str) -> Wrapper:
         graph_name = str(call_argument(args, kwargs, 0, "graph_name", ""))
         span: trace.Span = trace.INVALID_SPAN
         with guard(f"starting the {operation} span"):
-            span = telemetry.tracer.start_span(
+            span = start_span(
+                telemetry.tracer,
                 f"{operation} {graph_name}",
                 kind=SpanKind.CLIENT,
                 attributes={attr.NAMESPACE: _namespace(instance), attr.GRAPH_NAME: graph_name},
             )
-        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
-            try:
+        # Ended by end_span, not use_span: a span processor raising in on_end must not reach the caller.
+        try:
+            with trace.use_span(
+                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
                 return await wrapped(*args, **kwargs)
-            except BaseException as exc:
-                with guard(f"recording a failed {operation}"):
-                    record_failure(span, exc)
-                raise
+        except BaseException as exc:
+            with guard(f"recording a failed {operation}"):
+                record_failure(span, exc)
+            raise
+        finally:
+            end_span(span)
 
     return traced_graph_call
