@@ -37,6 +37,8 @@ class CountingProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         kind = self.kind(request.path)
         self.calls[kind] += 1
+        if kind == "run_api":
+            self.calls["run_graph" if request.path.endswith("/graph") else "runs_page"] += 1
         if kind == "run_api" and self.run_api == "error":
             return web.json_response({"detail": "broken on purpose"}, status=500)
         if kind == "run_api" and self.run_api in ("timeout", "slow"):

@@ -41,6 +41,7 @@ class LoadResult:
     missing_links: int
     duplicate_span_ids: int
     run_api_calls: int
+    pages: int
     polls: int
     polls_with_states: int
     seconds: float
@@ -55,7 +56,7 @@ class LoadResult:
             f"spanless={self.spanless} dangling_parents={self.dangling_parents} "
             f"missing_links={self.missing_links} duplicate_span_ids={self.duplicate_span_ids} "
             f"executions={self.executions}/{self.expected_executions} "
-            f"run_api_calls={self.run_api_calls} per_state={self.run_api_calls / max(1, self.states):.2f} "
+            f"run_api_calls={self.run_api_calls} (pages {self.pages}) per_state={self.run_api_calls / max(1, self.states):.2f} "
             f"per_poll={self.run_api_calls / max(1, self.polls):.2f} "
             f"per_poll_with_states={self.run_api_calls / max(1, self.polls_with_states):.2f} "
             f"seconds={self.seconds:.1f}"
@@ -129,15 +130,16 @@ async def run_load(
         await _wait_settled(session, base, key, set(run_ids), started + timeout_s)
         seconds = time.monotonic() - started
         graphs = {run_id: await _get(session, base, key, f"states/run/{run_id}/graph") for run_id in run_ids}
-        calls, polls, polls_with_states = (
-            proxy.calls["run_api"], proxy.calls["enqueue"], proxy.calls["enqueue_with_states"]
+        calls, pages, polls, polls_with_states = (
+            proxy.calls["run_api"], proxy.calls["runs_page"], proxy.calls["enqueue"],
+            proxy.calls["enqueue_with_states"],
         )
         state_ids = {node["id"] for graph in graphs.values() for node in graph["nodes"]}
         # Node spans end when the worker is done; copies when a later run graph names them.
         deadline = time.monotonic() + 10
         while _node_span_states(exporter.get_finished_spans()) < state_ids and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-    return measure(exporter.get_finished_spans(), graphs, calls, polls, polls_with_states, seconds)
+    return measure(exporter.get_finished_spans(), graphs, calls, pages, polls, polls_with_states, seconds)
 
 
 async def _wait_settled(
@@ -167,6 +169,7 @@ def measure(
     spans: Sequence[ReadableSpan],
     graphs: dict[str, Any],
     calls: int,
+    pages: int,
     polls: int,
     polls_with_states: int,
     seconds: float,
@@ -203,7 +206,7 @@ def measure(
     return LoadResult(
         runs=len(graphs), states=states, placed=placed, spanless=spanless, executions=executions,
         expected_executions=10 * len(graphs), dangling_parents=dangling, missing_links=missing_links,
-        duplicate_span_ids=duplicates, run_api_calls=calls, polls=polls, polls_with_states=polls_with_states,
+        duplicate_span_ids=duplicates, run_api_calls=calls, pages=pages, polls=polls, polls_with_states=polls_with_states,
         seconds=seconds,
     )
 

@@ -25,7 +25,7 @@ OTEL_PYTHON_EXOSPHERE_IO_MAX_LENGTH: Final = "OTEL_PYTHON_EXOSPHERE_IO_MAX_LENGT
 """Characters kept of a recorded input or output value. Default 256."""
 
 OTEL_PYTHON_EXOSPHERE_RUN_API_BUDGET: Final = "OTEL_PYTHON_EXOSPHERE_RUN_API_BUDGET"
-"""Run API calls per second a runtime may make to find states' runs (``run_api``/``auto``). Default 20.
+"""Run API calls per second a runtime may make to find states' runs (``run_api``/``auto``). Default 50.
 
 Spent in a background task, never in a poll; ``0`` turns the run APIs off (states without a run
 context in the payload get traces of their own).
@@ -36,7 +36,7 @@ OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS: Final = "OTEL_PYTHON_EXOSPHERE_PLACEMEN
 background lookup to find it. Default 250; ``0`` never waits."""
 
 DEFAULT_IO_MAX_LENGTH: Final = 256
-DEFAULT_RUN_API_BUDGET: Final = 20.0
+DEFAULT_RUN_API_BUDGET: Final = 50.0
 DEFAULT_PLACEMENT_WAIT_MS: Final = 250
 
 

@@ -97,7 +97,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             capture_io: record node inputs and outputs (truncated); default off.
             io_max_length: characters kept of a recorded input or output.
             run_api_budget: run API calls per second a runtime may spend finding states' runs
-                (``OTEL_PYTHON_EXOSPHERE_RUN_API_BUDGET``; default 20; 0 turns the run APIs off).
+                (``OTEL_PYTHON_EXOSPHERE_RUN_API_BUDGET``; default 50; 0 turns the run APIs off).
             placement_wait_ms: how long a worker may wait for its state's run to be found
                 (``OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS``; default 250).
             skip_dep_check: do not check the installed exospherehost version.

@@ -13,10 +13,11 @@ oldest waiting state arrived.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -50,6 +51,7 @@ class RunLookup:
     DEFAULT_MAX_PAGES: Final = 10
     DEFAULT_TIMEOUT_S: Final = 2.0
     SCAN_INTERVAL_S: Final = 0.5
+    MAX_CONCURRENT_CALLS: Final = 4
     """While grown runs wait, a new runs page is asked for at most this often."""
     WATCH_TTL_S: Final = 60.0
     MAX_WANTED: Final = 10_000
@@ -61,7 +63,7 @@ class RunLookup:
         api_key: str,
         *,
         version: str = "v0",
-        calls_per_second: float = 20.0,
+        calls_per_second: float = 50.0,
         page_size: int = DEFAULT_PAGE_SIZE,
         max_pages: int = DEFAULT_MAX_PAGES,
         timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -99,6 +101,9 @@ class RunLookup:
         self._failures = 0
         self._failed_at = float("-inf")
         self._wake: asyncio.Event | None = None
+        self._in_flight: set[tuple[str, str]] = set()
+        self._calls_running: set[asyncio.Task[None]] = set()
+        self._paused_until = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.calls = 0
@@ -139,8 +144,8 @@ class RunLookup:
             return False
         if self._failures and time.monotonic() - self._failed_at < 10.0:
             return False
-        # A placement takes a runs page and a graph: two calls.
-        return self._latency is None or 2 * self._latency <= seconds
+        # A placement takes a runs page and a graph; at least one of them may be under way already.
+        return self._latency is None or self._latency <= seconds
 
     async def wait(self, state_id: str, timeout: float) -> RunInfo | None:
         """The state's run, waiting at most ``timeout`` seconds for the background task to find it."""
@@ -176,9 +181,10 @@ class RunLookup:
     async def close(self) -> None:
         """Stop the background task and close the HTTP session."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        running = [task, *self._calls_running] if task is not None else list(self._calls_running)
+        for running_task in running:
+            running_task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -201,21 +207,37 @@ class RunLookup:
         assert self._wake is not None
         with suppress_http_instrumentation():
             while True:
-                if self._next_call(time.monotonic()) is None:
+                now = time.monotonic()
+                if (
+                    now < self._paused_until
+                    or len(self._in_flight) >= self.MAX_CONCURRENT_CALLS
+                    or self._next_call(now) is None
+                ):
                     self._wake.clear()
-                    await self._wake.wait()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), max(0.0, self._paused_until - now) or None)
                     continue
                 await self._spend_token()
                 call = self._next_call(time.monotonic())
                 if call is None:
                     continue
-                try:
-                    await self._perform(*call)
-                except Exception:
-                    _logger.debug("run lookup step failed", exc_info=True)
-                if self._failures:
-                    # Back off while the run APIs fail: 0.5 s, 1 s, ... up to 30 s between calls.
-                    await asyncio.sleep(min(30.0, 0.25 * 2 ** min(self._failures, 7)))
+                self._in_flight.add(call)
+                task = asyncio.get_running_loop().create_task(self._perform_one(call))
+                self._calls_running.add(task)
+                task.add_done_callback(self._calls_running.discard)
+
+    async def _perform_one(self, call: tuple[str, str]) -> None:
+        try:
+            await self._perform(*call)
+        except Exception:
+            _logger.debug("run lookup step failed", exc_info=True)
+        finally:
+            self._in_flight.discard(call)
+            if self._failures:
+                # Back off while the run APIs fail: 0.5 s, 1 s, ... up to 30 s between calls.
+                self._paused_until = time.monotonic() + min(30.0, 0.25 * 2 ** min(self._failures, 7))
+            if self._wake is not None:
+                self._wake.set()
 
     async def _spend_token(self) -> None:
         now = time.monotonic()
@@ -226,32 +248,40 @@ class RunLookup:
             self._tokens, self._tokens_at = 1.0, time.monotonic()
         self._tokens -= 1.0
 
-    def _next_call(self, now: float) -> tuple[str, Any] | None:
-        """The most useful call now: ``("page", n)`` or ``("graph", run_id)``; None when none is."""
+    def _next_call(self, now: float) -> tuple[str, str] | None:
+        """The most useful call now that is not under way: ``("page", n)`` or ``("graph", run_id)``."""
         self._watches = [w for w in self._watches if w.expires_at > now]
         while self._wanted and next(iter(self._wanted.values())) < now - self.WATCH_TTL_S:
             del self._wanted[next(iter(self._wanted))]
-        for watch in self._watches:
-            if watch.run_id is not None:
-                return ("graph", watch.run_id)
-        if not self._wanted:
-            self._scan_page = 0
-            return None
-        if self._scan_page:
-            return ("page", self._scan_page + 1)
-        scan_due = self._newest_wanted_at >= self._scan_started_at
-        grown = self.index.grown_runs()
-        if grown and not (scan_due and now - self._scan_started_at >= self.SCAN_INTERVAL_S):
-            return ("graph", grown[0].run_id)
-        if scan_due:
-            return ("page", 1)
-        oldest = min(self._wanted.values())
-        unchecked = self.index.unchecked_runs(oldest)
-        if unchecked:
-            return ("graph", unchecked[0].run_id)
+        for call in self._candidates(now):
+            if call not in self._in_flight and not (call[0] == "page" and self._page_in_flight()):
+                return call
         return None
 
-    async def _perform(self, kind: str, target: Any) -> None:
+    def _page_in_flight(self) -> bool:
+        return any(kind == "page" for kind, _ in self._in_flight)
+
+    def _candidates(self, now: float) -> Iterator[tuple[str, str]]:
+        """Calls worth making, most useful first."""
+        for watch in self._watches:
+            if watch.run_id is not None:
+                yield ("graph", watch.run_id)
+        if not self._wanted:
+            self._scan_page = 0
+            return
+        if self._scan_page:
+            yield ("page", str(self._scan_page + 1))
+        scan_due = self._newest_wanted_at >= self._scan_started_at
+        if scan_due and now - self._scan_started_at >= self.SCAN_INTERVAL_S:
+            yield ("page", "1")
+        for run in self.index.grown_runs():
+            yield ("graph", run.run_id)
+        if scan_due:
+            yield ("page", "1")
+        for run in self.index.unchecked_runs(min(self._wanted.values())):
+            yield ("graph", run.run_id)
+
+    async def _perform(self, kind: str, target: str) -> None:
         sent_at = time.monotonic()
         if kind == "page":
             page = int(target)
@@ -266,7 +296,7 @@ class RunLookup:
             if pending and len(items) == self._page_size and page < self._max_pages:
                 self._scan_page = page
             return
-        run_id = str(target)
+        run_id = target
         graph = read_graph(await self._get(f"states/run/{quote(run_id, safe='')}/graph"))
         self.graphs += 1
         if graph is None:
