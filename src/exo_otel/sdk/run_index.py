@@ -158,6 +158,10 @@ class RunIndex:
         grown.sort(key=lambda r: r.grown_since or 0.0)
         return grown
 
+    def grown_settled_runs(self) -> list[RunRecord]:
+        """Runs that settled with states not indexed (fetched once more, then never again)."""
+        return [r for r in self.runs.values() if r.grown_since is not None and not r.pending]
+
     def unchecked_runs(self, since: float) -> list[RunRecord]:
         """Pending runs whose index may miss a state existing at ``since``; least recently fetched first."""
         runs = [r for r in self.runs.values() if r.pending and r.complete_at < since]

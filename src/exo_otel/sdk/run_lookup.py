@@ -276,9 +276,14 @@ class RunLookup:
             yield ("page", "1")
         for run in self.index.grown_runs():
             yield ("graph", run.run_id)
-        if scan_due:
+        if scan_due or self._scan_page or self._page_in_flight():
+            # What a runs page under way or due tells may rule out the runs below: wait for it.
             yield ("page", "1")
+            return
         for run in self.index.unchecked_runs(min(self._wanted.values())):
+            yield ("graph", run.run_id)
+        # Last: a wanted state is QUEUED, so its run is pending, unless the page raced with its report.
+        for run in self.index.grown_settled_runs():
             yield ("graph", run.run_id)
 
     async def _perform(self, kind: str, target: str) -> None:
