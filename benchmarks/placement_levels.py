@@ -50,11 +50,14 @@ async def main(levels: list[int], budget: float | None, wait_ms: int | None, ups
     label = "upstream" if upstream else "embedded"
     settings = instrumentor._telemetry.settings
     print(f"{label} state manager, run APIs only; budget {settings.run_api_budget} calls/s, "
-          f"placement wait {settings.placement_wait_ms} ms, {workers} workers, poll interval {poll_interval} s")
+          f"placement wait {settings.placement_wait_ms} ms, {workers} workers, "
+          f"poll interval {poll_interval} s")
     try:
         async with server(upstream) as (uri, key):
             for runs in levels:
-                result = await run_load(uri, key, runs, exporter, workers=workers, poll_interval=poll_interval)
+                result = await run_load(
+                    uri, key, runs, exporter, workers=workers, poll_interval=poll_interval
+                )
                 print(result.line(f"{label}: "), flush=True)
     finally:
         instrumentor.uninstrument()

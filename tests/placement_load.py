@@ -56,7 +56,8 @@ class LoadResult:
             f"spanless={self.spanless} dangling_parents={self.dangling_parents} "
             f"missing_links={self.missing_links} duplicate_span_ids={self.duplicate_span_ids} "
             f"executions={self.executions}/{self.expected_executions} "
-            f"run_api_calls={self.run_api_calls} (pages {self.pages}) per_state={self.run_api_calls / max(1, self.states):.2f} "
+            f"run_api_calls={self.run_api_calls} (pages {self.pages}) "
+            f"per_state={self.run_api_calls / max(1, self.states):.2f} "
             f"per_poll={self.run_api_calls / max(1, self.polls):.2f} "
             f"per_poll_with_states={self.run_api_calls / max(1, self.polls_with_states):.2f} "
             f"seconds={self.seconds:.1f}"
@@ -206,7 +207,8 @@ def measure(
     return LoadResult(
         runs=len(graphs), states=states, placed=placed, spanless=spanless, executions=executions,
         expected_executions=10 * len(graphs), dangling_parents=dangling, missing_links=missing_links,
-        duplicate_span_ids=duplicates, run_api_calls=calls, pages=pages, polls=polls, polls_with_states=polls_with_states,
+        duplicate_span_ids=duplicates, run_api_calls=calls, pages=pages, polls=polls,
+        polls_with_states=polls_with_states,
         seconds=seconds,
     )
 

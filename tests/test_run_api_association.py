@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 import conformance_graph as cg
-from exo_otel.core.ids import state_span_id, trace_id_for_run, trace_id_for_state
+from exo_otel.core.ids import state_span_id, trace_id_for_state
 from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from http_proxy import CountingProxy, RunApiMode, counting_proxy
@@ -89,7 +89,7 @@ async def test_run_api_association_is_bounded_per_poll(
     assert dump_tree(spans, label) == EXPECTED_RUN_TREE
     polls_with_states = proxy.calls["enqueue_with_states"]
     states = len(state_manager.states(run_id))
-    print(f"run API calls {proxy.calls['run_api']} for {states} states over {polls_with_states} polls with states")
+    print(f"run API calls {proxy.calls['run_api']}, {states} states, {polls_with_states} polls with states")
     # At most a runs page and a graph per state (one graph places every state of the run it holds).
     assert 0 < proxy.calls["run_api"] <= 2 * states
     # Polls that bring nothing new cost nothing extra.
