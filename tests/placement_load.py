@@ -37,6 +37,8 @@ class LoadResult:
     spanless: int
     executions: int
     expected_executions: int
+    states_executed_twice: int
+    """Attempts beyond each state's first: one per run is expected (the re-enqueued work state)."""
     dangling_parents: int
     missing_links: int
     duplicate_span_ids: int
@@ -56,6 +58,7 @@ class LoadResult:
             f"spanless={self.spanless} dangling_parents={self.dangling_parents} "
             f"missing_links={self.missing_links} duplicate_span_ids={self.duplicate_span_ids} "
             f"executions={self.executions}/{self.expected_executions} "
+            f"repeats={self.states_executed_twice}/{self.runs} "
             f"run_api_calls={self.run_api_calls} (pages {self.pages}) "
             f"per_state={self.run_api_calls / max(1, self.states):.2f} "
             f"per_poll={self.run_api_calls / max(1, self.polls):.2f} "
@@ -200,13 +203,17 @@ def measure(
             spanless += not traces
             placed += traces == [trace_id_for_run(run_id)]
     all_states = {node["id"] for graph in graphs.values() for node in graph["nodes"]}
-    executions = sum(
-        1 for s in spans
+    attempts = Counter(
+        str((s.attributes or {}).get("exosphere.state.id")) for s in spans
         if s.name.startswith("execute ") and (s.attributes or {}).get("exosphere.state.id") in all_states
     )
+    executions = sum(attempts.values())
+    # A state executed more than twice (the requeue) would be a duplicate: counted as more than one.
+    twice = sum(count - 1 for count in attempts.values() if count > 1)
     return LoadResult(
         runs=len(graphs), states=states, placed=placed, spanless=spanless, executions=executions,
-        expected_executions=10 * len(graphs), dangling_parents=dangling, missing_links=missing_links,
+        expected_executions=10 * len(graphs), states_executed_twice=twice, dangling_parents=dangling,
+        missing_links=missing_links,
         duplicate_span_ids=duplicates, run_api_calls=calls, pages=pages, polls=polls,
         polls_with_states=polls_with_states,
         seconds=seconds,

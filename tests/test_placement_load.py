@@ -38,3 +38,4 @@ async def test_placement_at_load(
     assert result.missing_links == 0
     assert result.duplicate_span_ids == 0
     assert result.executions == result.expected_executions
+    assert result.states_executed_twice == runs  # the re-enqueued work state of each run, nothing else

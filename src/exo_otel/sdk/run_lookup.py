@@ -101,7 +101,7 @@ class RunLookup:
         self._failures = 0
         self._failed_at = float("-inf")
         self._wake: asyncio.Event | None = None
-        self._in_flight: set[tuple[str, str]] = set()
+        self._in_flight: dict[tuple[str, str], float] = {}
         self._calls_running: set[asyncio.Task[None]] = set()
         self._paused_until = float("-inf")
         self._task: asyncio.Task[None] | None = None
@@ -144,6 +144,9 @@ class RunLookup:
             return False
         if self._failures and time.monotonic() - self._failed_at < 10.0:
             return False
+        now = time.monotonic()
+        if any(now - started > seconds for started in self._in_flight.values()):
+            return False  # a call under way has taken longer than the wait already
         # A placement takes a runs page and a graph; at least one of them may be under way already.
         return self._latency is None or self._latency <= seconds
 
@@ -221,7 +224,7 @@ class RunLookup:
                 call = self._next_call(time.monotonic())
                 if call is None:
                     continue
-                self._in_flight.add(call)
+                self._in_flight[call] = time.monotonic()
                 task = asyncio.get_running_loop().create_task(self._perform_one(call))
                 self._calls_running.add(task)
                 task.add_done_callback(self._calls_running.discard)
@@ -232,7 +235,7 @@ class RunLookup:
         except Exception:
             _logger.debug("run lookup step failed", exc_info=True)
         finally:
-            self._in_flight.discard(call)
+            self._in_flight.pop(call, None)
             if self._failures:
                 # Back off while the run APIs fail: 0.5 s, 1 s, ... up to 30 s between calls.
                 self._paused_until = time.monotonic() + min(30.0, 0.25 * 2 ** min(self._failures, 7))
