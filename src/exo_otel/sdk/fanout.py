@@ -7,6 +7,8 @@ it arrives.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -50,6 +52,50 @@ def fanout_copy_ids(graph: GraphNodes, state_id: str, identifier: str) -> list[s
     ]
 
 
+class FanOutsUnderWay:
+    """Runs in which this runtime waits for a graph naming fan-out copies, so their spans are not out yet.
+
+    A state whose direct upstream state this runtime does not know may be such a copy: while a fan-out
+    of its run is under way here, no link to that upstream state is made (it might name a span that
+    is never emitted, should the graph never come).
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl = ttl_s
+        self._runs: dict[str, list[float]] = {}
+        self._settled: dict[str, asyncio.Event] = {}
+
+    def start(self, run_id: str) -> None:
+        self._runs.setdefault(run_id, []).append(time.monotonic() + self._ttl)
+
+    def done(self, run_id: str) -> None:
+        deadlines = self._runs.get(run_id)
+        if deadlines:
+            deadlines.pop(0)
+        if not deadlines:
+            self._runs.pop(run_id, None)
+            event = self._settled.pop(run_id, None)
+            if event is not None:
+                event.set()
+
+    def under_way(self, run_id: str) -> bool:
+        deadlines = self._runs.get(run_id)
+        if not deadlines:
+            return False
+        now = time.monotonic()
+        deadlines[:] = [d for d in deadlines if d > now]
+        return bool(deadlines)
+
+    async def wait(self, run_id: str, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds until no fan-out of the run is under way; whether none is."""
+        if not self.under_way(run_id):
+            return True
+        event = self._settled.setdefault(run_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return not self.under_way(run_id)
+
+
 @dataclass(frozen=True)
 class FanOut:
     """What the copies' spans need of the original, kept once its execution is over."""
@@ -61,9 +107,10 @@ class FanOut:
     attributes: dict[str, Any]
     original: trace.SpanContext
     start_ns: int
+    under_way: FanOutsUnderWay
 
     @classmethod
-    def of(cls, execution: Execution, memory: PlacementMemory) -> FanOut:
+    def of(cls, execution: Execution, memory: PlacementMemory, under_way: FanOutsUnderWay) -> FanOut:
         start = getattr(execution.node_span, "start_time", None) or execution.started_ns
         return cls(
             execution.telemetry,
@@ -73,10 +120,12 @@ class FanOut:
             execution.common_attributes(),
             execution.node_span.get_span_context(),
             int(start),
+            under_way,
         )
 
     def emit(self, run_id: str, graph: GraphNodes) -> None:
         """One node span per copy in the run's trace: timed like the original's, linked to it."""
+        self.under_way.done(run_id)
         end = time.time_ns()
         for copy_id in fanout_copy_ids(graph, self.state_id, self.identifier):
             if self.memory.get(copy_id) is not None:

@@ -18,7 +18,7 @@ from exo_otel.core.spans import guard
 from exo_otel.core.wrapping import AsyncMethod, call_argument
 from exo_otel.sdk.config import RunAssociation
 from exo_otel.sdk.execution import Execution, begin, finish, record_outputs
-from exo_otel.sdk.fanout import FanOut
+from exo_otel.sdk.fanout import FanOut, FanOutsUnderWay
 from exo_otel.sdk.placement import PlacementMemory, UnplacedReporter
 from exo_otel.sdk.run_lookup import RunLookup
 from exo_otel.sdk.state_context import PolledState, run_from_payload, run_is_sampled, upstream_context
@@ -42,6 +42,7 @@ class RuntimeTracing:
         self.polled: dict[str, PolledState] = {}
         self.memory = PlacementMemory()
         self.unplaced = UnplacedReporter(telemetry.metrics)
+        self._fanouts = FanOutsUnderWay(RunLookup.WATCH_TTL_S)
         self._lookup: RunLookup | None = None
 
     @property
@@ -98,7 +99,7 @@ class RuntimeTracing:
         state_id = str(state.get("state_id"))
         polled = self.polled.pop(state_id, None) or PolledState.from_payload(state, None)
         polled = await self._place(polled)
-        upstream = self._upstream_of(polled)
+        upstream = await self._upstream_of(polled)
         execution = begin(self.telemetry, polled, state, self.namespace, self.name, upstream)
         self.memory.remember(state_id, polled.run, execution.node_span.get_span_context())
         _current_execution.set(execution)
@@ -111,9 +112,8 @@ class RuntimeTracing:
         settings = self.telemetry.settings
         if polled.run is None and settings.run_association.uses_run_api and settings.run_api_budget > 0:
             lookup = self.lookup()
-            wait_s = settings.placement_wait_ms / 1000
             run = lookup.known(polled.state_id)
-            if run is None and lookup.can_place_within(wait_s):
+            if run is None and (wait_s := self._wait_s()) > 0:
                 run = await lookup.wait(polled.state_id, wait_s)
             lookup.taken(polled.state_id)
             polled = replace(polled, run=run)
@@ -121,7 +121,12 @@ class RuntimeTracing:
             self.unplaced.report({attr.NAMESPACE: self.namespace, attr.NODE_NAME: polled.node_name})
         return polled
 
-    def _upstream_of(self, polled: PolledState) -> SpanContext | None:
+    def _wait_s(self) -> float:
+        """How long a worker may wait for the background lookup now (0 when it is failing or slow)."""
+        wait_s = self.telemetry.settings.placement_wait_ms / 1000
+        return wait_s if self.lookup().can_place_within(wait_s) else 0.0
+
+    async def _upstream_of(self, polled: PolledState) -> SpanContext | None:
         """Where the direct upstream state's node span is, when this runtime can be sure of it."""
         run = polled.run
         if run is None or run.parent_state_id is None:
@@ -129,19 +134,25 @@ class RuntimeTracing:
         known = self.memory.get(run.parent_state_id)
         if known is not None:
             return known.context
-        if polled.run_from_payload:
-            # The server gives every runtime the run: the upstream state's span is in the run's trace.
+        if polled.run_from_payload and await self._fanouts.wait(run.run_id, self._wait_s()):
+            # The server gives every runtime the run: the upstream state's span is in the run's trace
+            # (unless it is a fan-out copy whose span this runtime has not emitted yet).
             return upstream_context(run, run_is_sampled(self.telemetry.sampler, run))
         # Found through the run APIs, upstream executed elsewhere: its runtime may have placed it in no run.
         return None
 
     def on_fanned_out(self, execution: Execution) -> None:
         """A state reported several outputs: emit its copies' spans once a run graph names them."""
+        if execution.state.server_node_spans:
+            return  # the server emits every state's node span, copies included
+        run_id = execution.state.run.run_id if execution.state.run is not None else None
+        if run_id is not None:
+            # Until the copies have spans, no state of the run links to a state this runtime does not know.
+            self._fanouts.start(run_id)
         settings = self.telemetry.settings
         if settings.run_api_budget <= 0 or settings.run_association is RunAssociation.NONE:
             return
-        fan_out = FanOut.of(execution, self.memory)
-        run_id = execution.state.run.run_id if execution.state.run is not None else None
+        fan_out = FanOut.of(execution, self.memory, self._fanouts)
         self.lookup().watch(fan_out.emit, execution.state.state_id, run_id)
 
 

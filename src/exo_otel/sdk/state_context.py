@@ -35,6 +35,8 @@ class PolledState:
     run: RunInfo | None
     run_from_payload: bool = False
     """The run came with the state (the server's extension), so every runtime places its states alike."""
+    server_node_spans: bool = False
+    """The server emits the state's node span (``node_spans: "server"``), fan-out copies' included."""
 
     @classmethod
     def from_payload(
@@ -47,6 +49,7 @@ class PolledState:
             created_at_ns=parse_timestamp_ns(state.get("created_at")),
             run=run,
             run_from_payload=run_from_payload and run is not None,
+            server_node_spans=state.get("node_spans") == "server",
         )
 
 
