@@ -40,6 +40,8 @@ class LoadResult:
     states_executed_twice: int
     """Attempts beyond each state's first: one per run is expected (the re-enqueued work state)."""
     dangling_parents: int
+    links: int
+    """Links from node spans to upstream states' spans (10 per run when every one is made)."""
     missing_links: int
     duplicate_span_ids: int
     run_api_calls: int
@@ -56,7 +58,8 @@ class LoadResult:
         return (
             f"{label}runs={self.runs:4d} states={self.states:5d} placed={self.placed_ratio:7.2%} "
             f"spanless={self.spanless} dangling_parents={self.dangling_parents} "
-            f"missing_links={self.missing_links} duplicate_span_ids={self.duplicate_span_ids} "
+            f"links={self.links}/{10 * self.runs} missing_links={self.missing_links} "
+            f"duplicate_span_ids={self.duplicate_span_ids} "
             f"executions={self.executions}/{self.expected_executions} "
             f"repeats={self.states_executed_twice}/{self.runs} "
             f"run_api_calls={self.run_api_calls} (pages {self.pages}) "
@@ -188,6 +191,7 @@ def measure(
     missing_links = sum(
         1 for s in spans for link in s.links if (link.context.trace_id, link.context.span_id) not in emitted
     )
+    links = sum(len(s.links) for s in spans if s.name.startswith("node "))
     span_ids = Counter(s.context.span_id for s in spans if s.context is not None)
     duplicates = sum(count - 1 for count in span_ids.values() if count > 1)
     node_trace: dict[str, list[int]] = {}
@@ -213,7 +217,7 @@ def measure(
     return LoadResult(
         runs=len(graphs), states=states, placed=placed, spanless=spanless, executions=executions,
         expected_executions=10 * len(graphs), states_executed_twice=twice, dangling_parents=dangling,
-        missing_links=missing_links,
+        links=links, missing_links=missing_links,
         duplicate_span_ids=duplicates, run_api_calls=calls, pages=pages, polls=polls,
         polls_with_states=polls_with_states,
         seconds=seconds,

@@ -88,8 +88,8 @@ class FanOutsUnderWay:
 
     async def wait(self, run_id: str, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds until no fan-out of the run is under way; whether none is."""
-        if not self.under_way(run_id):
-            return True
+        if not self.under_way(run_id) or timeout <= 0:
+            return not self.under_way(run_id)
         event = self._settled.setdefault(run_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)

@@ -66,7 +66,7 @@ class RuntimeTracing:
             state_id = state["state_id"]
             run = run_from_payload(state) if association.uses_payload else None
             from_payload = run is not None
-            if run is None and association.uses_run_api:
+            if run is None and association.uses_run_api and self.memory.get(state_id) is None:
                 run = self.lookup().known(state_id)
                 if run is None:
                     unknown.append(state_id)
@@ -98,13 +98,15 @@ class RuntimeTracing:
             return
         state_id = str(state.get("state_id"))
         polled = self.polled.pop(state_id, None) or PolledState.from_payload(state, None)
-        polled = await self._place(polled)
-        upstream = await self._upstream_of(polled)
+        # One bound for all the waiting a worker does for one state.
+        deadline = time.monotonic() + self._wait_s()
+        polled = await self._place(polled, deadline)
+        upstream = await self._upstream_of(polled, deadline)
         execution = begin(self.telemetry, polled, state, self.namespace, self.name, upstream)
         self.memory.remember(state_id, polled.run, execution.node_span.get_span_context())
         _current_execution.set(execution)
 
-    async def _place(self, polled: PolledState) -> PolledState:
+    async def _place(self, polled: PolledState, deadline: float) -> PolledState:
         earlier = self.memory.get(polled.state_id)
         if earlier is not None:
             # A requeued state: every attempt keeps the trace of the first, so none names a missing span.
@@ -113,8 +115,8 @@ class RuntimeTracing:
         if polled.run is None and settings.run_association.uses_run_api and settings.run_api_budget > 0:
             lookup = self.lookup()
             run = lookup.known(polled.state_id)
-            if run is None and (wait_s := self._wait_s()) > 0:
-                run = await lookup.wait(polled.state_id, wait_s)
+            if run is None and deadline > time.monotonic():
+                run = await lookup.wait(polled.state_id, deadline - time.monotonic())
             lookup.taken(polled.state_id)
             polled = replace(polled, run=run)
         if polled.run is None and settings.run_association is not RunAssociation.NONE:
@@ -126,17 +128,20 @@ class RuntimeTracing:
         wait_s = self.telemetry.settings.placement_wait_ms / 1000
         return wait_s if self.lookup().can_place_within(wait_s) else 0.0
 
-    async def _upstream_of(self, polled: PolledState) -> SpanContext | None:
+    async def _upstream_of(self, polled: PolledState, deadline: float) -> SpanContext | None:
         """Where the direct upstream state's node span is, when this runtime can be sure of it."""
         run = polled.run
         if run is None or run.parent_state_id is None:
             return None
         known = self.memory.get(run.parent_state_id)
+        if known is None and self._fanouts.under_way(run.run_id):
+            # The upstream state may be a fan-out copy whose span is about to be emitted here.
+            await self._fanouts.wait(run.run_id, deadline - time.monotonic())
+            known = self.memory.get(run.parent_state_id)
         if known is not None:
             return known.context
-        if polled.run_from_payload and await self._fanouts.wait(run.run_id, self._wait_s()):
-            # The server gives every runtime the run: the upstream state's span is in the run's trace
-            # (unless it is a fan-out copy whose span this runtime has not emitted yet).
+        if polled.run_from_payload and not self._fanouts.under_way(run.run_id):
+            # The server gives every runtime the run: the upstream state's span is in the run's trace.
             return upstream_context(run, run_is_sampled(self.telemetry.sampler, run))
         # Found through the run APIs, upstream executed elsewhere: its runtime may have placed it in no run.
         return None
