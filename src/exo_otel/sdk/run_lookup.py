@@ -19,12 +19,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 from urllib.parse import quote
 
-import aiohttp
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
+from exo_otel.sdk.run_api import RunApiClient
 from exo_otel.sdk.run_index import GraphNodes, RunIndex, read_graph, read_runs_page
 from exo_otel.sdk.state_context import RunInfo
 
@@ -82,12 +82,9 @@ class RunLookup:
             timeout_s: total time allowed per HTTP call.
             index: what is known already (tests); a new one by default.
         """
-        self._prefix = f"{base_uri.rstrip('/')}/{version}/namespace/{quote(namespace, safe='')}"
-        self._headers = {"x-api-key": api_key}
-        self._rate = max(0.0, calls_per_second)
+        self.api = RunApiClient(base_uri, namespace, api_key, version, calls_per_second, timeout_s)
         self._page_size = max(1, page_size)
         self._max_pages = max(1, max_pages)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.index = index if index is not None else RunIndex()
         self._wanted: dict[str, float] = {}
         self._waiting: dict[str, asyncio.Future[RunInfo | None]] = {}
@@ -95,19 +92,11 @@ class RunLookup:
         self._scan_page = 0
         self._scan_started_at = float("-inf")
         self._newest_wanted_at = float("-inf")
-        self._tokens = max(1.0, self._rate)
-        self._tokens_at = time.monotonic()
-        self._latency: float | None = None
-        self._failures = 0
-        self._failed_at = float("-inf")
         self._wake: asyncio.Event | None = None
         self._in_flight: dict[tuple[str, str], float] = {}
         self._calls_running: set[asyncio.Task[None]] = set()
         self._paused_until = float("-inf")
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.calls = 0
-        """HTTP calls made so far."""
         self.pages = 0
         self.graphs = 0
 
@@ -115,7 +104,12 @@ class RunLookup:
 
     @property
     def enabled(self) -> bool:
-        return self._rate > 0
+        return self.api.rate > 0
+
+    @property
+    def calls(self) -> int:
+        """HTTP calls made so far."""
+        return self.api.calls
 
     def known(self, state_id: str) -> RunInfo | None:
         """The run of a state, if a graph fetched already holds it."""
@@ -142,13 +136,13 @@ class RunLookup:
         """Whether waiting ``seconds`` for a placement is worth it: the run APIs answer, and fast enough."""
         if not self.enabled or seconds <= 0:
             return False
-        if self._failures and time.monotonic() - self._failed_at < 10.0:
+        if self.api.failing():
             return False
         now = time.monotonic()
         if any(now - started > seconds for started in self._in_flight.values()):
             return False  # a call under way has taken longer than the wait already
         # A placement takes a runs page and a graph; at least one of them may be under way already.
-        return self._latency is None or self._latency <= seconds
+        return self.api.latency is None or self.api.latency <= seconds
 
     async def wait(self, state_id: str, timeout: float) -> RunInfo | None:
         """The state's run, waiting at most ``timeout`` seconds for the background task to find it."""
@@ -188,9 +182,7 @@ class RunLookup:
         for running_task in running:
             running_task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self.api.close()
         for future in self._waiting.values():
             if not future.done():
                 future.set_result(None)
@@ -220,7 +212,7 @@ class RunLookup:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), max(0.0, self._paused_until - now) or None)
                     continue
-                await self._spend_token()
+                await self.api.spend()
                 call = self._next_call(time.monotonic())
                 if call is None:
                     continue
@@ -236,20 +228,11 @@ class RunLookup:
             _logger.debug("run lookup step failed", exc_info=True)
         finally:
             self._in_flight.pop(call, None)
-            if self._failures:
-                # Back off while the run APIs fail: 0.5 s, 1 s, ... up to 30 s between calls.
-                self._paused_until = time.monotonic() + min(30.0, 0.25 * 2 ** min(self._failures, 7))
+            if self.api.failures:
+                # Back off while the run APIs fail.
+                self._paused_until = time.monotonic() + self.api.backoff_s()
             if self._wake is not None:
                 self._wake.set()
-
-    async def _spend_token(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(max(1.0, self._rate), self._tokens + (now - self._tokens_at) * self._rate)
-        self._tokens_at = now
-        if self._tokens < 1.0:
-            await asyncio.sleep((1.0 - self._tokens) / self._rate)
-            self._tokens, self._tokens_at = 1.0, time.monotonic()
-        self._tokens -= 1.0
 
     def _next_call(self, now: float) -> tuple[str, str] | None:
         """The most useful call now that is not under way: ``("page", n)`` or ``("graph", run_id)``."""
@@ -296,7 +279,7 @@ class RunLookup:
             if page == 1:
                 self._scan_started_at = sent_at
             self._scan_page = 0
-            items = read_runs_page(await self._get(f"runs/{page}/{self._page_size}"))
+            items = read_runs_page(await self.api.get(f"runs/{page}/{self._page_size}"))
             self.pages += 1
             if items is None:
                 return
@@ -305,7 +288,7 @@ class RunLookup:
                 self._scan_page = page
             return
         run_id = target
-        graph = read_graph(await self._get(f"states/run/{quote(run_id, safe='')}/graph"))
+        graph = read_graph(await self.api.get(f"states/run/{quote(run_id, safe='')}/graph"))
         self.graphs += 1
         if graph is None:
             return
@@ -334,27 +317,3 @@ class RunLookup:
             future = self._waiting.get(state_id)
             if future is not None and not future.done():
                 future.set_result(self.index.known(state_id))
-
-    async def _get(self, path: str) -> Any:
-        """The JSON body of ``GET path``; None on any failure (logged at debug)."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
-        self.calls += 1
-        url = f"{self._prefix}/{path}"
-        started = time.monotonic()
-        try:
-            async with self._session.get(url) as response:
-                body = await response.json(content_type=None) if response.status == 200 else None
-                if response.status != 200:
-                    _logger.debug("run lookup: GET %s answered %s", url, response.status)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            _logger.debug("run lookup: GET %s failed: %r", url, exc)
-            body = None
-        elapsed = time.monotonic() - started
-        self._latency = elapsed if self._latency is None else 0.7 * self._latency + 0.3 * elapsed
-        if body is None:
-            self._failures += 1
-            self._failed_at = time.monotonic()
-        else:
-            self._failures = 0
-        return body
