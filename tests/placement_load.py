@@ -49,6 +49,8 @@ class LoadResult:
     polls: int
     polls_with_states: int
     seconds: float
+    run_api_latency_s: float | None = None
+    """The lookup's moving average of a run API call's duration at the end."""
 
     @property
     def placed_ratio(self) -> float:
@@ -66,7 +68,8 @@ class LoadResult:
             f"per_state={self.run_api_calls / max(1, self.states):.2f} "
             f"per_poll={self.run_api_calls / max(1, self.polls):.2f} "
             f"per_poll_with_states={self.run_api_calls / max(1, self.polls_with_states):.2f} "
-            f"seconds={self.seconds:.1f}"
+            f"seconds={self.seconds:.1f} run_api_latency_ms="
+            f"{'-' if self.run_api_latency_s is None else f'{self.run_api_latency_s * 1000:.0f}'}"
         )
 
 
@@ -121,7 +124,7 @@ async def run_load(
     client = StateManager(namespace=namespace, state_manager_uri=uri, key=key)
     async with (
         counting_proxy(uri, run_api, hang_s) as proxy,
-        traced_runtime(proxy, namespace, key, workers, batch_size, poll_interval),
+        traced_runtime(proxy, namespace, key, workers, batch_size, poll_interval) as runtime,
         aiohttp.ClientSession() as session,
     ):
         await pg.upsert(client, namespace)
@@ -141,12 +144,16 @@ async def run_load(
             proxy.calls["run_api"], proxy.calls["runs_page"], proxy.calls["enqueue"],
             proxy.calls["enqueue_with_states"],
         )
+        tracing = getattr(runtime, "_exo_otel_tracing", None)
+        latency = tracing.lookup().api.latency if tracing is not None else None
         state_ids = {node["id"] for graph in graphs.values() for node in graph["nodes"]}
         # Node spans end when the worker is done; copies when a later run graph names them.
         deadline = time.monotonic() + 10
         while _node_span_states(exporter.get_finished_spans()) < state_ids and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-    return measure(exporter.get_finished_spans(), graphs, calls, pages, polls, polls_with_states, seconds)
+    result = measure(exporter.get_finished_spans(), graphs, calls, pages, polls, polls_with_states, seconds)
+    result.run_api_latency_s = latency
+    return result
 
 
 async def _wait_settled(

@@ -152,6 +152,13 @@ class RunIndex:
             if stale is not None:
                 stale.indexed_count, stale.complete_at = -1, float("-inf")
 
+    def expect_growth(self, run_id: str, at: float) -> None:
+        """A state of the run was just reported done here: the state manager is making its next states."""
+        run = self.record(run_id)
+        run.pending = True
+        if run.grown_since is None:
+            run.grown_since = at
+
     def grown_runs(self) -> list[RunRecord]:
         """Pending runs known to hold states not indexed, the longest grown first (fairness)."""
         grown = [r for r in self.runs.values() if r.grown_since is not None and r.pending]

@@ -91,7 +91,6 @@ class RunLookup:
         self._watches: list[_Watch] = []
         self._scan_page = 0
         self._scan_started_at = float("-inf")
-        self._newest_wanted_at = float("-inf")
         self._wake: asyncio.Event | None = None
         self._in_flight: dict[tuple[str, str], float] = {}
         self._calls_running: set[asyncio.Task[None]] = set()
@@ -123,10 +122,15 @@ class RunLookup:
         for state_id in state_ids:
             if state_id not in self._wanted and self.index.known(state_id) is None:
                 self._wanted[state_id] = now
-                self._newest_wanted_at = now
         while len(self._wanted) > self.MAX_WANTED:
             del self._wanted[next(iter(self._wanted))]
         self._poke()
+
+    def expect_growth(self, run_id: str) -> None:
+        """This runtime reported a state of the run done: its next states are likely the next ones polled,
+        so the run's graph is worth fetching without waiting for a runs page to show it grown."""
+        if self.enabled:
+            self.index.expect_growth(run_id, time.monotonic())
 
     def taken(self, state_id: str) -> None:
         """A worker took the state: its spans have started, finding its run is no use any more."""
@@ -257,7 +261,7 @@ class RunLookup:
             return
         if self._scan_page:
             yield ("page", str(self._scan_page + 1))
-        scan_due = self._newest_wanted_at >= self._scan_started_at
+        scan_due = max(self._wanted.values()) >= self._scan_started_at
         if scan_due and now - self._scan_started_at >= self.SCAN_INTERVAL_S:
             yield ("page", "1")
         for run in self.index.grown_runs():

@@ -146,6 +146,14 @@ class RuntimeTracing:
         # Found through the run APIs, upstream executed elsewhere: its runtime may have placed it in no run.
         return None
 
+    def on_finished(self, execution: Execution) -> None:
+        """A state's attempt is over: if it made next states (or a retry), its run is about to grow."""
+        run = execution.state.run
+        if run is not None and execution.outcome in (attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED):
+            settings = self.telemetry.settings
+            if settings.run_association.uses_run_api and settings.run_api_budget > 0:
+                self.lookup().expect_growth(run.run_id)
+
     def on_fanned_out(self, execution: Execution) -> None:
         """A state reported several outputs: emit its copies' spans once a run graph names them."""
         if execution.state.server_node_spans:
@@ -184,6 +192,8 @@ class TracedStateQueue(asyncio.Queue[Any]):
             _current_execution.set(None)
             with guard("ending a state's spans"):
                 finish(execution)
+            with guard("noting a state's report"):
+                self.tracing.on_finished(execution)
         super().task_done()
 
 
