@@ -78,13 +78,17 @@ async def test_run_api_association_is_bounded_per_poll(
 ) -> None:
     async with (
         counting_proxy(state_manager.uri) as proxy,
-        runtime_through(proxy, state_manager, cg.NAMESPACE, cg.NODES),
+        runtime_through(proxy, state_manager, cg.NAMESPACE, cg.NODES) as runtime,
     ):
+        lookup = runtime._exo_otel_tracing.lookup()
         client = sdk_state_manager(state_manager, cg.NAMESPACE)
         await cg.upsert(client)  # type: ignore[arg-type]
         run_id = (await client.trigger(cg.GRAPH, store={"topic": f"bound-{uuid.uuid4()}"}))["run_id"]
         assert await wait_for_run(state_manager, run_id) == "SUCCESS"
         await wait_until(lambda: len(run_spans(span_exporter.get_finished_spans(), run_id)) >= SPANS_PER_RUN)
+    # The runtime stopped: its lookup's task ended and its one HTTP session was closed.
+    assert lookup.calls > 0 and not lookup.running
+    assert lookup.api.sessions_opened == 1
     spans = run_spans(span_exporter.get_finished_spans(), run_id)
     assert dump_tree(spans, label) == EXPECTED_RUN_TREE
     polls_with_states = proxy.calls["enqueue_with_states"]

@@ -112,6 +112,10 @@ async def test_budget_bounds_calls_per_second(state_manager: EmbeddedStateManage
         assert elapsed >= 0.2
     finally:
         await lookup.close()
+    # Closed (the runtime stopped): nothing starts again.
+    assert await place(lookup, ids[:1]) == expected(sm.states()[:1])  # known, no call needed
+    lookup.want(["f" * 24])
+    assert lookup.calls == 5
     # Budget 0: no call at all, nothing found, no waiting.
     off = lookup_for(sm, calls_per_second=0)
     assert await place(off, ids[:1]) == {}

@@ -35,6 +35,11 @@ class RunApiClient:
         """Calls failed in a row."""
         self.failed_at = float("-inf")
         self.calls = 0
+        self.sessions_opened = 0
+
+    @property
+    def session_open(self) -> bool:
+        return self._session is not None and not self._session.closed
 
     async def spend(self) -> None:
         """Wait until the budget allows one more call, and take it (a bucket of one second's calls)."""
@@ -58,6 +63,7 @@ class RunApiClient:
         """The JSON body of ``GET path``; None on any failure (logged at debug)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+            self.sessions_opened += 1
         self.calls += 1
         url = f"{self._prefix}/{path}"
         started = time.monotonic()

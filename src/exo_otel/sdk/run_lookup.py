@@ -96,6 +96,7 @@ class RunLookup:
         self._calls_running: set[asyncio.Task[None]] = set()
         self._paused_until = float("-inf")
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.pages = 0
         self.graphs = 0
 
@@ -103,7 +104,13 @@ class RunLookup:
 
     @property
     def enabled(self) -> bool:
-        return self.api.rate > 0
+        """Whether calls may be made: a budget above 0, and not closed."""
+        return self.api.rate > 0 and not self._closed
+
+    @property
+    def running(self) -> bool:
+        """Whether the background task or the HTTP session is alive."""
+        return (self._task is not None and not self._task.done()) or self.api.session_open
 
     @property
     def calls(self) -> int:
@@ -181,6 +188,7 @@ class RunLookup:
 
     async def close(self) -> None:
         """Stop the background task and close the HTTP session."""
+        self._closed = True
         task, self._task = self._task, None
         running = [task, *self._calls_running] if task is not None else list(self._calls_running)
         for running_task in running:
