@@ -11,12 +11,13 @@ from typing import Literal
 import aiohttp
 from aiohttp import web
 
-RunApiMode = Literal["pass", "error", "timeout"]
+RunApiMode = Literal["pass", "error", "timeout", "slow"]
 RUN_API_MARKERS = ("/runs/", "/states/run/")
 
 
 class CountingProxy:
-    """Forwards every request to ``target``; run API requests may answer 500 or never in time."""
+    """Forwards every request to ``target``; run API requests may answer 500, never in time, or slowly
+    (``slow``: after ``hang_s`` seconds)."""
 
     def __init__(self, target: str, run_api: RunApiMode = "pass", hang_s: float = 5.0) -> None:
         self.target = target.rstrip("/")
@@ -36,9 +37,11 @@ class CountingProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         kind = self.kind(request.path)
         self.calls[kind] += 1
+        if kind == "run_api":
+            self.calls["run_graph" if request.path.endswith("/graph") else "runs_page"] += 1
         if kind == "run_api" and self.run_api == "error":
             return web.json_response({"detail": "broken on purpose"}, status=500)
-        if kind == "run_api" and self.run_api == "timeout":
+        if kind == "run_api" and self.run_api in ("timeout", "slow"):
             await asyncio.sleep(self.hang_s)
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
@@ -55,8 +58,10 @@ class CountingProxy:
 
 
 @asynccontextmanager
-async def counting_proxy(target: str, run_api: RunApiMode = "pass") -> AsyncIterator[CountingProxy]:
-    proxy = CountingProxy(target, run_api)
+async def counting_proxy(
+    target: str, run_api: RunApiMode = "pass", hang_s: float = 5.0
+) -> AsyncIterator[CountingProxy]:
+    proxy = CountingProxy(target, run_api, hang_s)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     runner = web.AppRunner(app, shutdown_timeout=0.1)

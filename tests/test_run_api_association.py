@@ -14,10 +14,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 import conformance_graph as cg
-from exo_otel.core.ids import trace_id_for_run
+from exo_otel.core.ids import state_span_id, trace_id_for_state
 from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from exo_otel.sdk.run_lookup import RunLookup
 from http_proxy import CountingProxy, RunApiMode, counting_proxy
 from runtime_tracing import EXPECTED_RUN_TREE, SPANS_PER_RUN, label, run_spans
 from sm_fixtures import POLL_INTERVAL, sdk_state_manager, wait_for_run, wait_until
@@ -79,19 +78,24 @@ async def test_run_api_association_is_bounded_per_poll(
 ) -> None:
     async with (
         counting_proxy(state_manager.uri) as proxy,
-        runtime_through(proxy, state_manager, cg.NAMESPACE, cg.NODES),
+        runtime_through(proxy, state_manager, cg.NAMESPACE, cg.NODES) as runtime,
     ):
+        lookup = runtime._exo_otel_tracing.lookup()
         client = sdk_state_manager(state_manager, cg.NAMESPACE)
         await cg.upsert(client)  # type: ignore[arg-type]
         run_id = (await client.trigger(cg.GRAPH, store={"topic": f"bound-{uuid.uuid4()}"}))["run_id"]
         assert await wait_for_run(state_manager, run_id) == "SUCCESS"
         await wait_until(lambda: len(run_spans(span_exporter.get_finished_spans(), run_id)) >= SPANS_PER_RUN)
+    # The runtime stopped: its lookup's task ended and its one HTTP session was closed.
+    assert lookup.calls > 0 and not lookup.running
+    assert lookup.api.sessions_opened == 1
     spans = run_spans(span_exporter.get_finished_spans(), run_id)
     assert dump_tree(spans, label) == EXPECTED_RUN_TREE
     polls_with_states = proxy.calls["enqueue_with_states"]
-    fan_outs = 1  # split's report asks the run graph once for its copies
-    print(f"run API calls {proxy.calls['run_api']} over {polls_with_states} polls with states")
-    assert 0 < proxy.calls["run_api"] <= RunLookup.DEFAULT_MAX_CALLS_PER_POLL * polls_with_states + fan_outs
+    states = len(state_manager.states(run_id))
+    print(f"run API calls {proxy.calls['run_api']}, {states} states, {polls_with_states} polls with states")
+    # At most a runs page and a graph per state (one graph places every state of the run it holds).
+    assert 0 < proxy.calls["run_api"] <= 2 * states
     # Polls that bring nothing new cost nothing extra.
     assert proxy.calls["enqueue"] > polls_with_states
 
@@ -139,8 +143,13 @@ async def test_broken_run_apis_leave_execution_alone_and_give_traces_of_their_ow
     node_spans = [s for s in spans if s.name.startswith("node ")]
     assert sorted(s.name for s in node_spans) == ["node first", "node second"]
     for span in node_spans:
-        assert span.parent is None  # a trace of its own
-        assert span.context is not None and span.context.trace_id != trace_id_for_run(run_id)
-        assert (span.attributes or {})["exosphere.state.id"] in {s.id for s in states}
+        state_id = (span.attributes or {})["exosphere.state.id"]
+        assert state_id in {s.id for s in states}
+        # A trace of its own, its id derived from the state id; its execute span is in it too.
+        assert span.parent is None and not span.links
+        assert span.context is not None and span.context.trace_id == trace_id_for_state(str(state_id))
+        assert span.context.span_id == state_span_id(str(state_id))
         assert "exosphere.run.id" not in (span.attributes or {})
+        (execute,) = [s for s in spans if s.parent is not None and s.parent.span_id == span.context.span_id]
+        assert execute.context is not None and execute.context.trace_id == span.context.trace_id
     assert [s.name for s in run_spans(spans, run_id)] == ["trigger chain"]

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -16,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from conformance_graph import GRAPH, NAMESPACE, NODES, upsert
 from exo_otel.embedded import EmbeddedStateManager, StateView
+from exo_otel.sdk.run_index import GraphNodes, RunIndex
 from exo_otel.sdk.run_lookup import RunInfo, RunLookup
 from sm_fixtures import free_port, running_runtime, sdk_state_manager, wait_for_run
 
@@ -46,8 +48,20 @@ def expected(states: list[StateView]) -> dict[str, RunInfo]:
     }
 
 
-def lookup_for(sm: EmbeddedStateManager, **limits: int) -> RunLookup:
-    return RunLookup(sm.uri, NAMESPACE, sm.api_key, **limits)
+def lookup_for(sm: EmbeddedStateManager, **options: Any) -> RunLookup:
+    return RunLookup(sm.uri, NAMESPACE, sm.api_key, **options)
+
+
+async def place(lookup: RunLookup, state_ids: list[str], timeout: float = 5.0) -> dict[str, RunInfo]:
+    """Hand the states to the background lookup and wait for each (as workers would)."""
+    lookup.want(state_ids)
+    found = {}
+    for state_id in state_ids:
+        info = await lookup.wait(state_id, timeout)
+        lookup.taken(state_id)
+        if info is not None:
+            found[state_id] = info
+    return found
 
 
 # --- against the embedded state manager, driven by the real SDK ---
@@ -60,58 +74,68 @@ async def test_states_of_concurrent_runs_resolve_to_their_run_and_parent(
     run_ids = await finished_runs(sm, 3)
     states = [state for run_id in run_ids for state in sm.states(run_id)]
     lookup = lookup_for(sm)
+    try:
+        resolved = await place(lookup, [state.id for state in states])
+        assert resolved == expected(states)
+        assert lookup.pages == 1 and lookup.graphs == 3  # one runs page, then the graph of each run
+        for run_id in run_ids:
+            by_identifier = {s.identifier: s for s in sm.states(run_id)}
+            assert resolved[by_identifier["start"].id] == RunInfo(run_id, GRAPH, None)
+            assert resolved[by_identifier["prep"].id].parent_state_id == by_identifier["start"].id
+            # split fans out into three states (itself and two copies); each feeds one work state.
+            split = {s.id for s in sm.states(run_id) if s.identifier == "split"}
+            work = [s for s in sm.states(run_id) if s.identifier == "work"]
+            assert len(split) == len(work) == 3
+            assert {resolved[s.id].parent_state_id for s in work} == split
+        # Known ids come from the index with no call; an unknown id costs one runs page, as finished runs
+        # cannot grow.
+        assert await place(lookup, [state.id for state in states[::-1]]) == expected(states)
+        assert lookup.calls == 4
+        assert await place(lookup, [UNKNOWN_ID], timeout=0.5) == {}
+        assert lookup.calls == 5
+    finally:
+        await lookup.close()
 
-    resolved = await lookup.resolve([state.id for state in states])
 
-    assert resolved == expected(states)
-    assert lookup.calls == 4  # one runs page, then the graph of each run
-    for run_id in run_ids:
-        by_identifier = {s.identifier: s for s in sm.states(run_id)}
-        assert resolved[by_identifier["start"].id] == RunInfo(run_id, GRAPH, None)
-        assert resolved[by_identifier["prep"].id].parent_state_id == by_identifier["start"].id
-        # split fans out into three states (itself and two copies); each feeds one work state.
-        split = {s.id for s in sm.states(run_id) if s.identifier == "split"}
-        work = [s for s in sm.states(run_id) if s.identifier == "work"]
-        assert len(split) == len(work) == 3
-        assert {resolved[s.id].parent_state_id for s in work} == split
-
-    # Known ids come from the cache; an unknown id costs one runs page, as finished runs cannot grow.
-    assert await lookup.resolve([state.id for state in states[::-1]]) == expected(states)
-    assert lookup.calls == 4
-    assert await lookup.resolve([UNKNOWN_ID]) == {}
-    assert lookup.calls == 5
-
-
-async def test_calls_per_resolve_are_bounded_and_newest_runs_come_first(
-    state_manager: EmbeddedStateManager,
-) -> None:
+async def test_budget_bounds_calls_per_second(state_manager: EmbeddedStateManager) -> None:
     sm = state_manager
-    run_ids = await finished_runs(sm, 4)
-    states = sm.states()
-    ids = [state.id for state in states]
+    await finished_runs(sm, 4)
+    ids = [state.id for state in sm.states()]
+    lookup = lookup_for(sm, calls_per_second=4)
+    try:
+        started = time.monotonic()
+        resolved = await place(lookup, ids, timeout=5.0)
+        elapsed = time.monotonic() - started
+        assert resolved == expected(sm.states())
+        # 5 calls (a page, 4 graphs): 4 from the full bucket, the fifth a quarter second later.
+        assert lookup.calls == 5
+        assert elapsed >= 0.2
+    finally:
+        await lookup.close()
+    # Closed (the runtime stopped): nothing starts again.
+    assert await place(lookup, ids[:1]) == expected(sm.states()[:1])  # known, no call needed
+    lookup.want(["f" * 24])
+    assert lookup.calls == 5
+    # Budget 0: no call at all, nothing found, no waiting.
+    off = lookup_for(sm, calls_per_second=0)
+    assert await place(off, ids[:1]) == {}
+    assert off.calls == 0
 
-    lookup = lookup_for(sm, max_calls_per_poll=2)
-    found_order: list[set[str]] = []
-    resolved: dict[str, RunInfo] = {}
-    for _ in range(len(run_ids)):
-        before = lookup.calls
-        answer = await lookup.resolve(ids)
-        assert lookup.calls - before <= 2
-        found_order.append({info.run_id for info in answer.values()} - {i.run_id for i in resolved.values()})
-        resolved = answer
-    assert resolved == expected(states)
-    assert found_order == [{run_id} for run_id in reversed(run_ids)]
 
-    # An unknown id against runs not indexed yet spends exactly the bound, then gives up.
-    fresh = lookup_for(sm, max_calls_per_poll=3)
-    assert await fresh.resolve([UNKNOWN_ID]) == {}
-    assert fresh.calls == 3
-
-    # The oldest run is the last one on the second page of two.
-    paged = lookup_for(sm, max_calls_per_poll=10, page_size=2)
-    oldest_root = next(s for s in sm.states(run_ids[0]) if not s.parents)
-    assert await paged.resolve([oldest_root.id]) == {oldest_root.id: RunInfo(run_ids[0], GRAPH, None)}
-    assert paged.calls == 1 + 2 + 1 + 2  # page 1, its two graphs, page 2, its two graphs; no page 3
+async def test_paging_reaches_older_pending_runs(state_manager: EmbeddedStateManager) -> None:
+    sm = state_manager
+    client = sdk_state_manager(sm, NAMESPACE)
+    async with running_runtime(sm, NAMESPACE, NODES):
+        await upsert(client)
+    # No runtime polls now: every run stays pending with its root state; the oldest is on page 3 of 2 runs.
+    run_ids = [(await client.trigger(GRAPH, store={"topic": f"page-{i}"}))["run_id"] for i in range(5)]
+    (oldest_root,) = sm.states(run_ids[0])
+    lookup = lookup_for(sm, page_size=2)
+    try:
+        assert await place(lookup, [oldest_root.id]) == {oldest_root.id: RunInfo(run_ids[0], GRAPH, None)}
+        assert lookup.pages == 3
+    finally:
+        await lookup.close()
 
 
 async def test_growing_run_is_fetched_again_and_finished_run_is_not(
@@ -121,57 +145,50 @@ async def test_growing_run_is_fetched_again_and_finished_run_is_not(
     client = sdk_state_manager(sm, NAMESPACE)
     async with running_runtime(sm, NAMESPACE, NODES):
         await upsert(client)
-    # No runtime polls now: the run stays PENDING with only its root state.
     run_id = (await client.trigger(GRAPH, store={"topic": "growing"}))["run_id"]
     (root,) = sm.states(run_id)
     lookup = lookup_for(sm)
-    assert await lookup.resolve([root.id]) == {root.id: RunInfo(run_id, GRAPH, None)}
-    assert lookup.calls == 2
-    # Still pending but no new state: the runs page shows the same count, so the graph is not fetched.
-    assert await lookup.resolve([UNKNOWN_ID]) == {}
-    assert lookup.calls == 3
+    try:
+        assert await place(lookup, [root.id]) == {root.id: RunInfo(run_id, GRAPH, None)}
+        assert (lookup.pages, lookup.graphs) == (1, 1)
+        # Still pending but no new state: the runs page shows the same count, so no graph is fetched.
+        assert await place(lookup, [UNKNOWN_ID], timeout=0.5) == {}
+        assert (lookup.pages, lookup.graphs) == (2, 1)
 
-    async with running_runtime(sm, NAMESPACE, NODES):
-        assert await wait_for_run(sm, run_id) == "SUCCESS"
-    states = sm.states(run_id)
-    assert len(states) > 1
-    assert await lookup.resolve([state.id for state in states]) == expected(states)
-    assert lookup.calls == 5
-    assert await lookup.resolve([UNKNOWN_ID]) == {}
-    assert lookup.calls == 6
+        async with running_runtime(sm, NAMESPACE, NODES):
+            assert await wait_for_run(sm, run_id) == "SUCCESS"
+        states = sm.states(run_id)
+        assert len(states) > 1
+        # Settled with new states: fetched once more, then never again.
+        assert await place(lookup, [s.id for s in states]) == expected(states)
+        assert (lookup.pages, lookup.graphs) == (3, 2)
+        assert await place(lookup, [UNKNOWN_ID], timeout=0.5) == {}
+        assert (lookup.pages, lookup.graphs) == (4, 2)
+    finally:
+        await lookup.close()
 
 
 async def test_wrong_api_key_gives_nothing(state_manager: EmbeddedStateManager) -> None:
     (run_id,) = await finished_runs(state_manager, 1)
     lookup = RunLookup(state_manager.uri, NAMESPACE, "not-the-key")
-    assert await lookup.resolve([state.id for state in state_manager.states(run_id)]) == {}
-    assert lookup.calls == 1  # the runs page answers 401; no graph is asked for
+    try:
+        assert await place(lookup, [s.id for s in state_manager.states(run_id)], timeout=0.5) == {}
+        assert lookup.calls == 1  # the runs page answers 401; no graph is asked for
+        assert not lookup.can_place_within(1.0)  # failing: workers do not wait
+    finally:
+        await lookup.close()
 
 
-async def test_caches_are_bounded(state_manager: EmbeddedStateManager) -> None:
-    sm = state_manager
-    run_ids = await finished_runs(sm, 2)
-    states = sm.states()
-    ids = [state.id for state in states]
-
-    small = lookup_for(sm, max_cached_states=5)
-    assert await small.resolve(ids) == expected(states)  # the answer is whole even if the cache is not
-    assert small.calls == 3
-    # Newest run first, so the most recently indexed states are the last five of the oldest run.
-    recent = sm.states(run_ids[0])[-5:]
-    assert await small.resolve([state.id for state in recent]) == expected(recent)
-    assert small.calls == 3
-    # Evicted states are found again: their runs' graphs are fetched anew.
-    assert await small.resolve(ids[:1]) == expected(states[:1])
-    assert small.calls > 3
-
-    # One run remembered while the page lists two: each page forgets the other run, so ruling out an
-    # unknown id fetches both graphs again (with room for both it costs only the page).
-    forgetful = lookup_for(sm, max_cached_runs=1)
-    assert await forgetful.resolve(ids) == expected(states)
-    assert forgetful.calls == 1 + len(run_ids)
-    assert await forgetful.resolve([UNKNOWN_ID]) == {}
-    assert forgetful.calls == 2 * (1 + len(run_ids))
+def test_index_is_bounded() -> None:
+    index = RunIndex(max_states=3, max_runs=2)
+    graph = GraphNodes("g", ["a", "b", "c", "d"], {"b": "a"}, {n: "x" for n in "abcd"})
+    index.index_graph("r1", graph, 1.0)
+    assert list(index.states) == ["b", "c", "d"]
+    # The run lost a state from the index: it must be fetched again to find it.
+    assert index.runs["r1"].indexed_count == -1
+    for run_id in ("r2", "r3"):
+        index.record(run_id)
+    assert list(index.runs) == ["r2", "r3"]
 
 
 # --- a stand-in server for the failure modes the embedded state manager cannot produce ---
@@ -200,11 +217,15 @@ async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
 
 async def test_unreachable_port_gives_nothing_quickly() -> None:
     lookup = RunLookup(f"http://127.0.0.1:{free_port()}", NAMESPACE, API_KEY, timeout_s=1.0)
-    started = time.monotonic()
-    assert await lookup.resolve(["a" * 24, "b" * 24]) == {}
-    assert time.monotonic() - started < 1.5
-    # A transport failure ends the resolve: no further calls are spent on a dead server.
-    assert lookup.calls == 1
+    try:
+        started = time.monotonic()
+        assert await place(lookup, ["a" * 24, "b" * 24], timeout=0.5) == {}
+        assert time.monotonic() - started < 1.5
+        # A transport failure pauses the lookup: no further calls are spent on a dead server at once.
+        assert lookup.calls == 1
+        assert not lookup.can_place_within(1.0)
+    finally:
+        await lookup.close()
 
 
 async def test_server_that_never_answers_times_out(serve: Callable[[Handler], Awaitable[str]]) -> None:
@@ -213,10 +234,16 @@ async def test_server_that_never_answers_times_out(serve: Callable[[Handler], Aw
         return web.json_response({})
 
     lookup = RunLookup(await serve(sleepy), NAMESPACE, API_KEY, timeout_s=0.3)
-    started = time.monotonic()
-    assert await lookup.resolve(["a" * 24]) == {}
-    assert time.monotonic() - started < 1.0
-    assert lookup.calls == 1
+    try:
+        started = time.monotonic()
+        # The worker waits its bound, not the call's time.
+        assert await place(lookup, ["a" * 24], timeout=0.1) == {}
+        assert time.monotonic() - started < 0.3
+        await asyncio.sleep(0.4)
+        assert lookup.calls == 1
+        assert not lookup.can_place_within(1.0)
+    finally:
+        await lookup.close()
 
 
 @pytest.mark.parametrize(
@@ -244,9 +271,12 @@ async def test_malformed_answers_give_nothing(
             return web.Response(text=body, content_type="application/json")
         return web.json_response(body)
 
-    lookup = RunLookup(await serve(handler), NAMESPACE, API_KEY, max_calls_per_poll=3)
-    assert await lookup.resolve(["s-wanted"]) == {}
-    assert lookup.calls <= 3
+    lookup = RunLookup(await serve(handler), NAMESPACE, API_KEY, calls_per_second=1)
+    try:
+        assert await place(lookup, ["s-wanted"], timeout=0.5) == {}
+        assert lookup.calls <= 2  # one from the full bucket, one more after a second at most
+    finally:
+        await lookup.close()
 
 
 async def test_error_status_gives_nothing(serve: Callable[[Handler], Awaitable[str]]) -> None:
@@ -254,8 +284,11 @@ async def test_error_status_gives_nothing(serve: Callable[[Handler], Awaitable[s
         return web.json_response({"detail": "boom"}, status=500)
 
     lookup = RunLookup(await serve(handler), NAMESPACE, API_KEY)
-    assert await lookup.resolve(["s-wanted"]) == {}
-    assert lookup.calls == 1
+    try:
+        assert await place(lookup, ["s-wanted"], timeout=0.5) == {}
+        assert lookup.calls == 1
+    finally:
+        await lookup.close()
 
 
 async def test_own_calls_make_no_client_spans(
@@ -281,8 +314,11 @@ async def test_own_calls_make_no_client_spans(
         assert len(exporter.get_finished_spans()) == 1  # the instrumentation is live
         exporter.clear()
         lookup = RunLookup(base_uri, NAMESPACE, API_KEY)
-        assert await lookup.resolve(["s-child"]) == {"s-child": RunInfo("r1", "g", "s-root")}
-        assert lookup.calls == 2
+        try:
+            assert await place(lookup, ["s-child"]) == {"s-child": RunInfo("r1", "g", "s-root")}
+            assert lookup.calls == 2
+        finally:
+            await lookup.close()
         assert exporter.get_finished_spans() == ()
     finally:
         instrumentor.uninstrument()

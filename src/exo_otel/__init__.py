@@ -25,6 +25,7 @@ from exo_otel.core.ids import (
     run_span_id,
     state_span_id,
     trace_id_for_run,
+    trace_id_for_state,
 )
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel.version import __version__
@@ -39,4 +40,5 @@ __all__ = [
     "run_span_id",
     "state_span_id",
     "trace_id_for_run",
+    "trace_id_for_state",
 ]

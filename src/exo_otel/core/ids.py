@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
 RUN_KIND: Final = "exosphere.run"
 STATE_KIND: Final = "exosphere.state"
+STATE_TRACE_PREFIX: Final = "exosphere.state-trace:"
 _NON_UUID_PREFIX: Final = "exosphere.run-id:"
 _MASK_128: Final = (1 << 128) - 1
 
@@ -32,6 +33,29 @@ def run_span_id(run_id: str) -> int:
 def state_span_id(state_id: str) -> int:
     """Span id of a state's node span."""
     return h64(STATE_KIND, state_id)
+
+
+def trace_id_for_state(state_id: str) -> int:
+    """The trace id of a state placed in no run: the same for all its attempts, in any runtime.
+
+    The first 16 bytes of SHA-256 over ``"exosphere.state-trace:" + state_id``, with the top two bits
+    of byte 0 set and the high nibble of byte 6 cleared. Run trace ids never look like that: a UUID
+    run id's byte 0 carries the variant (10), a hashed run id's byte 0 has its top bit clear, and a
+    version 7 run id keeps its version nibble (7) in byte 6. So a state trace never collides with a
+    run trace and `run_id_for_trace` answers None for it. The low 64 bits (what ratio samplers read)
+    and the rightmost 7 bytes stay the hash's.
+    """
+    text = (STATE_TRACE_PREFIX + str(state_id)).encode("utf-8", "surrogatepass")
+    digest = bytearray(hashlib.sha256(text).digest()[:16])
+    digest[0] |= 0xC0
+    digest[6] &= 0x0F
+    return int.from_bytes(digest, "big")
+
+
+def is_state_trace_id(trace_id: int) -> bool:
+    """Whether a trace id has the shape of `trace_id_for_state` (never true of a run's trace id)."""
+    raw = trace_id.to_bytes(16, "big")
+    return raw[0] >> 6 == 0b11 and raw[6] >> 4 == 0
 
 
 def _swap_random_byte(raw: bytes) -> bytes:

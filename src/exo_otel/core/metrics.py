@@ -13,6 +13,7 @@ NODE_QUEUE_WAIT: Final = "exosphere.node.queue_wait"
 NODE_EXECUTIONS: Final = "exosphere.node.executions"
 RUNTIME_INFLIGHT: Final = "exosphere.runtime.inflight"
 RUNTIME_POLL_DURATION: Final = "exosphere.runtime.poll.duration"
+RUNTIME_UNPLACED: Final = "exosphere.runtime.unplaced"
 
 # Seconds; node work spans milliseconds to minutes, far past the SDK's default buckets' low end.
 _DURATION_BUCKETS: Final = (
@@ -45,6 +46,7 @@ class ExosphereMetrics:
     executions: Counter
     inflight: UpDownCounter
     poll_duration: Histogram
+    unplaced: Counter
 
     @classmethod
     def create(cls, meter: Meter) -> ExosphereMetrics:
@@ -73,5 +75,10 @@ class ExosphereMetrics:
                 unit="s",
                 description="Duration of one poll of the state manager's queue.",
                 explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+            ),
+            unplaced=meter.create_counter(
+                RUNTIME_UNPLACED,
+                unit="{state}",
+                description="States a runtime executed without finding their run (traces of their own).",
             ),
         )

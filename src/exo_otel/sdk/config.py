@@ -24,7 +24,20 @@ OTEL_PYTHON_EXOSPHERE_CAPTURE_IO: Final = "OTEL_PYTHON_EXOSPHERE_CAPTURE_IO"
 OTEL_PYTHON_EXOSPHERE_IO_MAX_LENGTH: Final = "OTEL_PYTHON_EXOSPHERE_IO_MAX_LENGTH"
 """Characters kept of a recorded input or output value. Default 256."""
 
+OTEL_PYTHON_EXOSPHERE_RUN_API_BUDGET: Final = "OTEL_PYTHON_EXOSPHERE_RUN_API_BUDGET"
+"""Run API calls per second a runtime may make to find states' runs (``run_api``/``auto``). Default 50.
+
+Spent in a background task, never in a poll; ``0`` turns the run APIs off (states without a run
+context in the payload get traces of their own).
+"""
+
+OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS: Final = "OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS"
+"""Milliseconds a worker may wait, when it takes a state whose run is not known yet, for the
+background lookup to find it. Default 250; ``0`` never waits."""
+
 DEFAULT_IO_MAX_LENGTH: Final = 256
+DEFAULT_RUN_API_BUDGET: Final = 50.0
+DEFAULT_PLACEMENT_WAIT_MS: Final = 250
 
 
 class RunAssociation(enum.StrEnum):
@@ -51,6 +64,8 @@ class Settings:
     run_association: RunAssociation = RunAssociation.AUTO
     capture_io: bool = False
     io_max_length: int = DEFAULT_IO_MAX_LENGTH
+    run_api_budget: float = DEFAULT_RUN_API_BUDGET
+    placement_wait_ms: int = DEFAULT_PLACEMENT_WAIT_MS
 
     @classmethod
     def resolve(
@@ -58,6 +73,8 @@ class Settings:
         run_association: RunAssociation | str | None = None,
         capture_io: bool | None = None,
         io_max_length: int | None = None,
+        run_api_budget: float | None = None,
+        placement_wait_ms: int | None = None,
     ) -> Settings:
         """Explicit arguments win; the environment fills what is None; bad values raise ValueError."""
         if run_association is None:
@@ -70,7 +87,25 @@ class Settings:
             io_max_length = _env_int(OTEL_PYTHON_EXOSPHERE_IO_MAX_LENGTH, DEFAULT_IO_MAX_LENGTH)
         if io_max_length < 1:
             raise ValueError(f"io_max_length must be at least 1, got {io_max_length}")
-        return cls(run_association=association, capture_io=capture_io, io_max_length=io_max_length)
+        if run_api_budget is None:
+            run_api_budget = _env_float(OTEL_PYTHON_EXOSPHERE_RUN_API_BUDGET, DEFAULT_RUN_API_BUDGET)
+        elif not 0 <= run_api_budget < float("inf"):
+            raise ValueError(f"run_api_budget must be a finite number >= 0, got {run_api_budget}")
+        if placement_wait_ms is None:
+            placement_wait_ms = _env_int(OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS, DEFAULT_PLACEMENT_WAIT_MS)
+            if placement_wait_ms < 0:
+                _logger.warning("%s must be >= 0; using %d", OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS,
+                                DEFAULT_PLACEMENT_WAIT_MS)
+                placement_wait_ms = DEFAULT_PLACEMENT_WAIT_MS
+        elif placement_wait_ms < 0:
+            raise ValueError(f"placement_wait_ms must be >= 0, got {placement_wait_ms}")
+        return cls(
+            run_association=association,
+            capture_io=capture_io,
+            io_max_length=io_max_length,
+            run_api_budget=float(run_api_budget),
+            placement_wait_ms=int(placement_wait_ms),
+        )
 
 
 def _env_association() -> RunAssociation:
@@ -109,3 +144,17 @@ def _env_int(name: str, default: int) -> int:
     except ValueError:
         _logger.warning("%s=%r is not an integer; using %d", name, raw, default)
         return default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        _logger.warning("%s=%r is not a number >= 0; using %s", name, raw, default)
+        return default
+    return value

@@ -12,7 +12,7 @@ from opentelemetry import baggage, context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from exo_otel.core import attributes as attr
-from exo_otel.core.ids import state_span_id
+from exo_otel.core.ids import state_span_id, trace_id_for_state
 from exo_otel.core.redaction import Redactor
 from exo_otel.core.sanitize import clean_attributes, timestamp_or
 from exo_otel.core.spans import (
@@ -27,10 +27,10 @@ from exo_otel.sdk import inflight
 from exo_otel.sdk.logs import with_log_context
 from exo_otel.sdk.state_context import (
     PolledState,
+    link_to_state,
     parent_context,
     run_is_sampled,
     run_root_context,
-    upstream_link,
 )
 from exo_otel.sdk.telemetry import Telemetry
 
@@ -77,21 +77,27 @@ class Execution:
 
 
 def begin(
-    telemetry: Telemetry, state: PolledState, payload: dict[str, Any], namespace: str, runtime_name: str
+    telemetry: Telemetry,
+    state: PolledState,
+    payload: dict[str, Any],
+    namespace: str,
+    runtime_name: str,
+    upstream: trace.SpanContext | None = None,
 ) -> Execution:
     """Start the node and execute spans of a state and make the execute span current.
 
     The node span starts at the state's creation (backdated: its gap before the execute span is
-    the queue wait) and is ended only at the state's final outcome.
+    the queue wait) and is ended only at the state's final outcome. With no run, the node span is
+    the root of the state's own trace (trace id from the state id, shared by all its attempts).
+    ``upstream`` is where the direct upstream state's node span is, when that is known.
     """
     now = time.time_ns()
     run = state.run
-    links = []
     parent = None
     if run is not None:
         sampled = run_is_sampled(telemetry.sampler, run)
         parent = parent_context(run_root_context(run, sampled))
-        links = upstream_link(run, sampled)
+    links = link_to_state(upstream, run.parent_state_id if run is not None else None)
     execution = Execution(
         telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now
     )
@@ -104,6 +110,7 @@ def begin(
         telemetry.tracer,
         f"node {state.identifier}",
         context=parent,
+        trace_id=trace_id_for_state(state.state_id) if run is None and state.state_id else None,
         span_id=state_span_id(state.state_id) if state.state_id else None,
         start_time=created,
         attributes=attributes,

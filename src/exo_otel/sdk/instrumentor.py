@@ -29,6 +29,7 @@ from exo_otel.sdk.runtime import (
     make_pruned_wrapper,
     make_requeued_wrapper,
     make_runtime_init_wrapper,
+    make_start_wrapper,
 )
 from exo_otel.sdk.secrets import make_secrets_wrapper
 from exo_otel.sdk.shutdown import SignalFlush
@@ -61,6 +62,7 @@ PATCHES: Final[tuple[tuple[str, str, WrapperFactory], ...]] = (
     # The runtime has no hook for "a worker took a state": __init__ swaps in a traced queue.
     ("exospherehost.runtime", "Runtime.__init__", make_runtime_init_wrapper),
     ("exospherehost.runtime", "Runtime._enqueue_call", make_poll_wrapper),
+    ("exospherehost.runtime", "Runtime._start", make_start_wrapper),
     ("exospherehost.runtime", "Runtime._notify_executed", make_executed_wrapper),
     ("exospherehost.runtime", "Runtime._notify_errored", make_errored_wrapper),
     ("exospherehost.signals", "PruneSignal.send", make_pruned_wrapper),
@@ -90,6 +92,8 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         run_association: RunAssociation | str | None = None,
         capture_io: bool | None = None,
         io_max_length: int | None = None,
+        run_api_budget: float | None = None,
+        placement_wait_ms: int | None = None,
         skip_dep_check: bool = False,
         raise_exception_on_conflict: bool = False,
     ) -> None:
@@ -102,6 +106,10 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 ``OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION`` variable when None, else ``auto``.
             capture_io: record node inputs and outputs (truncated); default off.
             io_max_length: characters kept of a recorded input or output.
+            run_api_budget: run API calls per second a runtime may spend finding states' runs
+                (``OTEL_PYTHON_EXOSPHERE_RUN_API_BUDGET``; default 50; 0 turns the run APIs off).
+            placement_wait_ms: how long a worker may wait for its state's run to be found
+                (``OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS``; default 250).
             skip_dep_check: do not check the installed exospherehost version.
             raise_exception_on_conflict: raise instead of logging on a version conflict.
 
@@ -109,7 +117,9 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             ValueError: an explicit argument has a bad value.
         """
         # Resolve here so that a bad explicit argument raises at the caller.
-        settings = Settings.resolve(run_association, capture_io, io_max_length)
+        settings = Settings.resolve(
+            run_association, capture_io, io_max_length, run_api_budget, placement_wait_ms
+        )
         super().instrument(
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,

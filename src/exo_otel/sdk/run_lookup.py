@@ -1,48 +1,60 @@
-"""Finding the run of a state through the state manager's run APIs, with bounded calls and caches."""
+"""Finding states' runs through the state manager's run APIs, in a background task with a call budget.
+
+A poll only hands the lookup the ids it did not place (no I/O in the poll); a worker that takes a
+state not placed yet may wait a short, bounded time for it. One task per runtime spends at most
+``calls_per_second`` calls on ``runs/{page}/{size}`` (newest first, with each run's state counts)
+and ``states/run/{run_id}/graph`` (every state of a run: one call places all of them), over one HTTP
+session. Order of work: run graphs asked for by fan-outs; runs a runs page showed grown, the one
+grown longest ago first (a run that keeps growing goes back in line, so it cannot starve the others);
+a new runs page when states arrived after the last one; then pending runs not checked since the
+oldest waiting state arrived.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import logging
-from collections import OrderedDict
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 from urllib.parse import quote
 
-import aiohttp
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
+from exo_otel.sdk.run_api import RunApiClient
+from exo_otel.sdk.run_index import GraphNodes, RunIndex, read_graph, read_runs_page
 from exo_otel.sdk.state_context import RunInfo
 
 _logger = logging.getLogger(__name__)
 
+GraphCallback = Callable[[str, GraphNodes], None]
+
 
 @dataclass
-class _Run:
-    graph_name: str | None = None
-    indexed_count: int = -1
-    """How many states the last fetched graph had; -1 when never fetched."""
-    settled: bool = False
-    """A runs page showed no pending state left; nothing can create states in the run any more."""
-    finished: bool = False
-    """The graph was indexed once the run had settled, so the index is complete."""
+class _Watch:
+    """Call back with the first graph fetched after ``since`` of ``run_id`` (or holding ``state_id``)."""
 
-
-class _TransportError(Exception):
-    """The state manager could not be reached in time: give up this resolve."""
+    state_id: str
+    run_id: str | None
+    since: float
+    expires_at: float
+    callback: GraphCallback
 
 
 class RunLookup:
-    """Maps state ids to their runs, asking ``runs/{page}/{size}`` and ``states/run/{run_id}/graph``.
+    """One runtime's run finder. Not thread-safe: used from the runtime's event loop only."""
 
-    Not thread-safe: a runtime resolves from its one polling task.
-    """
-
-    DEFAULT_MAX_CALLS_PER_POLL: Final = 4
-    DEFAULT_PAGE_SIZE: Final = 20
+    DEFAULT_PAGE_SIZE: Final = 100
+    DEFAULT_MAX_PAGES: Final = 10
     DEFAULT_TIMEOUT_S: Final = 2.0
-    DEFAULT_MAX_CACHED_STATES: Final = 10_000
-    DEFAULT_MAX_CACHED_RUNS: Final = 1_000
+    SCAN_INTERVAL_S: Final = 0.5
+    MAX_CONCURRENT_CALLS: Final = 4
+    """While grown runs wait, a new runs page is asked for at most this often."""
+    WATCH_TTL_S: Final = 60.0
+    MAX_WANTED: Final = 10_000
 
     def __init__(
         self,
@@ -51,187 +63,269 @@ class RunLookup:
         api_key: str,
         *,
         version: str = "v0",
-        max_calls_per_poll: int = DEFAULT_MAX_CALLS_PER_POLL,
+        calls_per_second: float = 50.0,
         page_size: int = DEFAULT_PAGE_SIZE,
+        max_pages: int = DEFAULT_MAX_PAGES,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        max_cached_states: int = DEFAULT_MAX_CACHED_STATES,
-        max_cached_runs: int = DEFAULT_MAX_CACHED_RUNS,
+        index: RunIndex | None = None,
     ) -> None:
-        """Set up an empty lookup; nothing is fetched until `resolve` meets an unknown state.
+        """Set up an idle lookup; its task starts on the first `want`, `wait` or `watch`.
 
         Args:
             base_uri: the state manager, e.g. ``http://127.0.0.1:8000`` (what the SDK is given).
             namespace: the namespace whose runs are searched.
             api_key: sent as ``x-api-key``.
             version: the API version in the path, as the SDK's ``state_manage_version``.
-            max_calls_per_poll: HTTP calls one `resolve` may make at most.
-            page_size: runs asked for per page, newest first.
+            calls_per_second: the budget; 0 makes no call at all.
+            page_size: runs asked for per runs page.
+            max_pages: runs pages read per scan at most (a scan stops at a page with no pending run).
             timeout_s: total time allowed per HTTP call.
-            max_cached_states: states remembered, least recently used evicted first.
-            max_cached_runs: runs remembered, least recently used evicted first.
+            index: what is known already (tests); a new one by default.
         """
-        self._prefix = f"{base_uri.rstrip('/')}/{version}/namespace/{namespace}"
-        self._headers = {"x-api-key": api_key}
-        self._max_calls = max(0, max_calls_per_poll)
+        self.api = RunApiClient(base_uri, namespace, api_key, version, calls_per_second, timeout_s)
         self._page_size = max(1, page_size)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._max_states = max(1, max_cached_states)
-        self._max_runs = max(1, max_cached_runs)
-        self._states: OrderedDict[str, RunInfo] = OrderedDict()
-        self._runs: OrderedDict[str, _Run] = OrderedDict()
-        self.calls = 0
+        self._max_pages = max(1, max_pages)
+        self.index = index if index is not None else RunIndex()
+        self._wanted: dict[str, float] = {}
+        self._waiting: dict[str, asyncio.Future[RunInfo | None]] = {}
+        self._watches: list[_Watch] = []
+        self._scan_page = 0
+        self._scan_started_at = float("-inf")
+        self._wake: asyncio.Event | None = None
+        self._in_flight: dict[tuple[str, str], float] = {}
+        self._calls_running: set[asyncio.Task[None]] = set()
+        self._paused_until = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.pages = 0
+        self.graphs = 0
+
+    # --- what the runtime calls ---
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls may be made: a budget above 0, and not closed."""
+        return self.api.rate > 0 and not self._closed
+
+    @property
+    def running(self) -> bool:
+        """Whether the background task or the HTTP session is alive."""
+        return (self._task is not None and not self._task.done()) or self.api.session_open
+
+    @property
+    def calls(self) -> int:
         """HTTP calls made so far."""
+        return self.api.calls
 
-    async def resolve(self, state_ids: Sequence[str]) -> dict[str, RunInfo]:
-        """Runs of the given states; states it could not place are absent. Never raises."""
-        found: dict[str, RunInfo] = {}
-        missing: set[str] = set()
+    def known(self, state_id: str) -> RunInfo | None:
+        """The run of a state, if a graph fetched already holds it."""
+        return self.index.known(state_id)
+
+    def want(self, state_ids: Iterable[str]) -> None:
+        """Look for these states' runs in the background (a poll brought them). Never blocks."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
         for state_id in state_ids:
-            info = self._states.get(state_id)
-            if info is None:
-                missing.add(state_id)
-            else:
-                self._states.move_to_end(state_id)
-                found[state_id] = info
-        if not missing or self._max_calls == 0:
-            return found
-        try:
-            with suppress_http_instrumentation():
-                async with aiohttp.ClientSession(headers=self._headers, timeout=self._timeout) as session:
-                    await self._search(session, missing, found)
-        except _TransportError:
-            pass
-        except Exception:
-            _logger.debug("run lookup failed", exc_info=True)
-        return found
+            if state_id not in self._wanted and self.index.known(state_id) is None:
+                self._wanted[state_id] = now
+        while len(self._wanted) > self.MAX_WANTED:
+            del self._wanted[next(iter(self._wanted))]
+        self._poke()
 
-    async def run_graph(self, run_id: str) -> Any:
-        """The body of ``states/run/{run_id}/graph``, or None on any failure. Never raises."""
-        try:
-            with suppress_http_instrumentation():
-                async with aiohttp.ClientSession(headers=self._headers, timeout=self._timeout) as session:
-                    return await self._get(session, f"states/run/{quote(run_id, safe='')}/graph")
-        except _TransportError:
-            return None
-        except Exception:
-            _logger.debug("run graph of %s failed", run_id, exc_info=True)
-            return None
+    def expect_growth(self, run_id: str) -> None:
+        """This runtime reported a state of the run done: its next states are likely the next ones polled,
+        so the run's graph is worth fetching without waiting for a runs page to show it grown."""
+        if self.enabled:
+            self.index.expect_growth(run_id, time.monotonic())
 
-    async def _search(
-        self, session: aiohttp.ClientSession, missing: set[str], found: dict[str, RunInfo]
-    ) -> None:
-        budget = self._max_calls
-        page = 1
-        while missing and budget > 0:
-            budget -= 1
-            runs = _runs_of(await self._get(session, f"runs/{page}/{self._page_size}"))
-            if runs is None:
-                return
-            candidates = [run_id for run_id, item in runs if self._needs_fetch(run_id, item)]
+    def taken(self, state_id: str) -> None:
+        """A worker took the state: its spans have started, finding its run is no use any more."""
+        self._wanted.pop(state_id, None)
+
+    def can_place_within(self, seconds: float) -> bool:
+        """Whether waiting ``seconds`` for a placement is worth it: the run APIs answer, and fast enough."""
+        if not self.enabled or seconds <= 0:
+            return False
+        if self.api.failing():
+            return False
+        now = time.monotonic()
+        if any(now - started > seconds for started in self._in_flight.values()):
+            return False  # a call under way has taken longer than the wait already
+        # A placement takes a runs page and a graph; at least one of them may be under way already.
+        return self.api.latency is None or self.api.latency <= seconds
+
+    async def wait(self, state_id: str, timeout: float) -> RunInfo | None:
+        """The state's run, waiting at most ``timeout`` seconds for the background task to find it."""
+        info = self.index.known(state_id)
+        if info is not None or not self.enabled or timeout <= 0:
+            return info
+        if state_id not in self._wanted:
+            self.want([state_id])
+        future = self._waiting.get(state_id)
+        if future is None:
+            future = self._waiting[state_id] = asyncio.get_running_loop().create_future()
+        self._poke()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return self.index.known(state_id)
+        finally:
+            if self._waiting.get(state_id) is future:
+                del self._waiting[state_id]
+
+    def watch(self, callback: GraphCallback, state_id: str, run_id: str | None) -> None:
+        """Call back once with a graph of ``run_id`` fetched from now on (fetched for it, within the budget),
+        or, with no run id, with the first graph fetched from now on that holds ``state_id``."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        self._watches.append(_Watch(state_id, run_id, now, now + self.WATCH_TTL_S, callback))
+        if run_id is None:
+            # Search for the state's run too: the graph that places it names the copies.
+            self.want([state_id])
+        self._poke()
+
+    async def close(self) -> None:
+        """Stop the background task and close the HTTP session."""
+        self._closed = True
+        task, self._task = self._task, None
+        running = [task, *self._calls_running] if task is not None else list(self._calls_running)
+        for running_task in running:
+            running_task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await self.api.close()
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(None)
+
+    # --- the background task ---
+
+    def _poke(self) -> None:
+        if self._task is None or self._task.done():
+            loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            # A context of its own: the poll's or a worker's context must not leak into the lookup.
+            self._task = loop.create_task(self._loop(), context=contextvars.Context())
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        with suppress_http_instrumentation():
+            while True:
+                now = time.monotonic()
+                if (
+                    now < self._paused_until
+                    or len(self._in_flight) >= self.MAX_CONCURRENT_CALLS
+                    or self._next_call(now) is None
+                ):
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), max(0.0, self._paused_until - now) or None)
+                    continue
+                await self.api.spend()
+                call = self._next_call(time.monotonic())
+                if call is None:
+                    continue
+                self._in_flight[call] = time.monotonic()
+                task = asyncio.get_running_loop().create_task(self._perform_one(call))
+                self._calls_running.add(task)
+                task.add_done_callback(self._calls_running.discard)
+
+    async def _perform_one(self, call: tuple[str, str]) -> None:
+        try:
+            await self._perform(*call)
+        except Exception:
+            _logger.debug("run lookup step failed", exc_info=True)
+        finally:
+            self._in_flight.pop(call, None)
+            if self.api.failures:
+                # Back off while the run APIs fail.
+                self._paused_until = time.monotonic() + self.api.backoff_s()
+            if self._wake is not None:
+                self._wake.set()
+
+    def _next_call(self, now: float) -> tuple[str, str] | None:
+        """The most useful call now that is not under way: ``("page", n)`` or ``("graph", run_id)``."""
+        self._watches = [w for w in self._watches if w.expires_at > now]
+        while self._wanted and next(iter(self._wanted.values())) < now - self.WATCH_TTL_S:
+            del self._wanted[next(iter(self._wanted))]
+        for call in self._candidates(now):
+            if call not in self._in_flight and not (call[0] == "page" and self._page_in_flight()):
+                return call
+        return None
+
+    def _page_in_flight(self) -> bool:
+        return any(kind == "page" for kind, _ in self._in_flight)
+
+    def _candidates(self, now: float) -> Iterator[tuple[str, str]]:
+        """Calls worth making, most useful first."""
+        for watch in self._watches:
+            if watch.run_id is not None:
+                yield ("graph", watch.run_id)
+        if not self._wanted:
+            self._scan_page = 0
+            return
+        if self._scan_page:
+            yield ("page", str(self._scan_page + 1))
+        scan_due = max(self._wanted.values()) >= self._scan_started_at
+        if scan_due and now - self._scan_started_at >= self.SCAN_INTERVAL_S:
+            yield ("page", "1")
+        for run in self.index.grown_runs():
+            yield ("graph", run.run_id)
+        if scan_due or self._scan_page or self._page_in_flight():
+            # What a runs page under way or due tells may rule out the runs below: wait for it.
+            yield ("page", "1")
+            return
+        for run in self.index.unchecked_runs(min(self._wanted.values())):
+            yield ("graph", run.run_id)
+        # Last: a wanted state is QUEUED, so its run is pending, unless the page raced with its report.
+        for run in self.index.grown_settled_runs():
+            yield ("graph", run.run_id)
+
+    async def _perform(self, kind: str, target: str) -> None:
+        sent_at = time.monotonic()
+        if kind == "page":
+            page = int(target)
             if page == 1:
-                # Runs seen growing earlier that have left the first page may still be creating states.
-                listed = {run_id for run_id, _ in runs}
-                candidates.extend(
-                    rid for rid, run in reversed(self._runs.items()) if not run.settled and rid not in listed
-                )
-            for run_id in candidates:
-                if not missing or budget == 0:
-                    return
-                budget -= 1
-                body = await self._get(session, f"states/run/{quote(run_id, safe='')}/graph")
-                self._index(run_id, body, missing, found)
-            if len(runs) < self._page_size:
+                self._scan_started_at = sent_at
+            self._scan_page = 0
+            items = read_runs_page(await self.api.get(f"runs/{page}/{self._page_size}"))
+            self.pages += 1
+            if items is None:
                 return
-            page += 1
-
-    def _needs_fetch(self, run_id: str, item: dict[str, Any]) -> bool:
-        """Remember what the runs page says of a run; True when its graph may hold states not yet indexed."""
-        run = self._remember(run_id)
-        run.graph_name = _text(item, "graph_name") or run.graph_name
-        if run.finished:
-            return False
-        # The count, not the status: a run with an errored state may report FAILED while others still run.
-        if "pending_count" in item:
-            run.settled = run.settled or item["pending_count"] == 0
-        else:
-            run.settled = run.settled or item.get("status") == "SUCCESS"
-        total = item.get("total_count")
-        if isinstance(total, int) and total == run.indexed_count:
-            # States are never deleted, so an unchanged count means an unchanged graph.
-            run.finished = run.settled
-            return False
-        return True
-
-    def _remember(self, run_id: str) -> _Run:
-        run = self._runs.get(run_id)
-        if run is None:
-            run = self._runs[run_id] = _Run()
-            while len(self._runs) > self._max_runs:
-                self._runs.popitem(last=False)
-        else:
-            self._runs.move_to_end(run_id)
-        return run
-
-    def _index(self, run_id: str, body: Any, missing: set[str], found: dict[str, RunInfo]) -> None:
-        if not isinstance(body, dict):
+            pending = self.index.note_page(items, sent_at)
+            if pending and len(items) == self._page_size and page < self._max_pages:
+                self._scan_page = page
             return
-        nodes, edges = body.get("nodes"), body.get("edges")
-        if not isinstance(nodes, list) or not isinstance(edges, list):
-            _logger.debug("run graph of %s has an unexpected shape", run_id)
+        run_id = target
+        graph = read_graph(await self.api.get(f"states/run/{quote(run_id, safe='')}/graph"))
+        self.graphs += 1
+        if graph is None:
             return
-        run = self._remember(run_id)
-        run.graph_name = _text(body, "graph_name") or run.graph_name
-        # Upstream draws each edge from a state's direct parent (source) to the state (target).
-        parents: dict[str, str] = {}
-        for edge in edges:
-            source, target = _text(edge, "source"), _text(edge, "target")
-            if source is not None and target is not None:
-                parents[target] = source
-        node_ids = [node_id for node_id in (_text(node, "id") for node in nodes) if node_id is not None]
-        for state_id in node_ids:
-            info = RunInfo(run_id, run.graph_name, parents.get(state_id))
-            if state_id in missing:
-                missing.discard(state_id)
-                found[state_id] = info
-            self._states[state_id] = info
-            self._states.move_to_end(state_id)
-        run.indexed_count = len(nodes)
-        run.finished = run.settled
-        while len(self._states) > self._max_states:
-            _, evicted = self._states.popitem(last=False)
-            # The run's index is incomplete now: its graph must be fetched again to find that state.
-            stale = self._runs.get(evicted.run_id)
-            if stale is not None:
-                stale.indexed_count, stale.finished = -1, False
+        self.index.index_graph(run_id, graph, sent_at)
+        self._notify_watches(run_id, graph, sent_at)
+        self._settle_wanted(run_id, graph.node_ids)
 
-    async def _get(self, session: aiohttp.ClientSession, path: str) -> Any:
-        """The JSON body of ``GET path``; None for an error answer; _TransportError when unreachable."""
-        self.calls += 1
-        url = f"{self._prefix}/{path}"
-        try:
-            async with session.get(url) as response:
-                if response.status != 200:
-                    _logger.debug("run lookup: GET %s answered %s", url, response.status)
-                    return None
-                return await response.json(content_type=None)
-        except ValueError:
-            _logger.debug("run lookup: GET %s answered malformed JSON", url)
-            return None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            _logger.debug("run lookup: GET %s failed: %r", url, exc)
-            raise _TransportError from exc
+    def _notify_watches(self, run_id: str, graph: GraphNodes, sent_at: float) -> None:
+        remaining = []
+        for watch in self._watches:
+            holds = watch.run_id is None and watch.state_id in graph.identifier_of
+            matches = watch.run_id == run_id or holds
+            if matches and sent_at >= watch.since:
+                try:
+                    watch.callback(run_id, graph)
+                except Exception:
+                    _logger.warning("exo_otel: a run graph callback failed", exc_info=True)
+            else:
+                remaining.append(watch)
+        self._watches = remaining
 
-
-def _runs_of(body: Any) -> list[tuple[str, dict[str, Any]]] | None:
-    """The ``(run_id, item)`` pairs of a runs page, newest first; None when the body is not a runs page."""
-    if not isinstance(body, dict) or not isinstance(body.get("runs"), list):
-        return None
-    return [(run_id, item) for item in body["runs"] if (run_id := _text(item, "run_id")) is not None]
-
-
-def _text(item: Any, key: str) -> str | None:
-    """``item[key]`` when item is a JSON object and the value a non-empty string."""
-    if not isinstance(item, dict):
-        return None
-    value = item.get(key)
-    return value if isinstance(value, str) and value else None
+    def _settle_wanted(self, run_id: str, state_ids: list[str]) -> None:
+        for state_id in state_ids:
+            if self._wanted.pop(state_id, None) is None:
+                continue
+            future = self._waiting.get(state_id)
+            if future is not None and not future.done():
+                future.set_result(self.index.known(state_id))

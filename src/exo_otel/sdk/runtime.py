@@ -7,17 +7,21 @@ import contextvars
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, suppress_http_instrumentation
+from opentelemetry.trace import SpanContext
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.spans import guard
 from exo_otel.core.wrapping import AsyncMethod, call_argument
+from exo_otel.sdk.config import RunAssociation
 from exo_otel.sdk.execution import Execution, begin, finish, record_outputs
-from exo_otel.sdk.fanout import emit_copy_spans, fanout_copy_ids
+from exo_otel.sdk.fanout import FanOut, FanOutsUnderWay
+from exo_otel.sdk.placement import PlacementMemory, UnplacedReporter
 from exo_otel.sdk.run_lookup import RunLookup
-from exo_otel.sdk.state_context import PolledState, RunInfo, run_from_payload
+from exo_otel.sdk.state_context import PolledState, run_from_payload, run_is_sampled, upstream_context
 from exo_otel.sdk.telemetry import Telemetry
 
 TRACING_ATTRIBUTE = "_exo_otel_tracing"
@@ -31,12 +35,15 @@ current_execution = _current_execution  # for the worker and secrets wrappers
 
 
 class RuntimeTracing:
-    """Per-runtime bookkeeping: the states polled and not yet taken by a worker, with their runs."""
+    """Per-runtime bookkeeping: the states polled and not yet taken by a worker, and where their spans go."""
 
     def __init__(self, telemetry: Telemetry, runtime: Any) -> None:
         self.telemetry = telemetry
         self.runtime = runtime
         self.polled: dict[str, PolledState] = {}
+        self.memory = PlacementMemory()
+        self.unplaced = UnplacedReporter(telemetry.metrics)
+        self._fanouts = FanOutsUnderWay(RunLookup.WATCH_TTL_S)
         self._lookup: RunLookup | None = None
 
     @property
@@ -47,21 +54,26 @@ class RuntimeTracing:
     def name(self) -> str:
         return str(getattr(self.runtime, "_name", ""))
 
-    async def on_polled(self, answer: Any) -> None:
-        """Find the run of every state in an enqueue answer and remember it until a worker takes it."""
+    def on_polled(self, answer: Any) -> None:
+        """Place what an enqueue answer allows at once; hand the rest to the background lookup. No I/O."""
         states = answer.get("states") if isinstance(answer, dict) else None
         if not isinstance(states, list):
             return
-        settings = self.telemetry.settings
-        polled = [s for s in states if isinstance(s, dict) and isinstance(s.get("state_id"), str)]
-        runs: dict[str, RunInfo] = {}
-        if settings.run_association.uses_payload:
-            runs = {s["state_id"]: run for s in polled if (run := run_from_payload(s)) is not None}
-        unknown = [s["state_id"] for s in polled if s["state_id"] not in runs]
-        if unknown and settings.run_association.uses_run_api:
-            runs.update(await self.lookup().resolve(unknown))
-        for state in polled:
-            self.polled[state["state_id"]] = PolledState.from_payload(state, runs.get(state["state_id"]))
+        association = self.telemetry.settings.run_association
+        unknown = []
+        for state in states:
+            if not isinstance(state, dict) or not isinstance(state.get("state_id"), str):
+                continue
+            state_id = state["state_id"]
+            run = run_from_payload(state) if association.uses_payload else None
+            from_payload = run is not None
+            if run is None and association.uses_run_api and self.memory.get(state_id) is None:
+                run = self.lookup().known(state_id)
+                if run is None:
+                    unknown.append(state_id)
+            self.polled[state_id] = PolledState.from_payload(state, run, from_payload)
+        if unknown:
+            self.lookup().want(unknown)
 
     def lookup(self) -> RunLookup:
         """The run API client, made on first use (the runtime's settings are final by then)."""
@@ -72,16 +84,90 @@ class RuntimeTracing:
                 self.namespace,
                 str(runtime._key),
                 version=str(runtime._state_manager_version),
+                calls_per_second=self.telemetry.settings.run_api_budget,
             )
         return self._lookup
 
-    def on_taken(self, state: Any) -> None:
-        """A worker took ``state`` off the queue: start its spans and make them current."""
+    async def close(self) -> None:
+        """The runtime stopped: stop the lookup's task and close its HTTP session."""
+        if self._lookup is not None:
+            await self._lookup.close()
+
+    async def on_taken(self, state: Any) -> None:
+        """A worker took ``state`` off the queue: place it (waiting briefly if need be), start its spans."""
         if not isinstance(state, dict) or not self.telemetry.enabled or not is_instrumentation_enabled():
             return
-        polled = self.polled.pop(str(state.get("state_id")), None) or PolledState.from_payload(state, None)
-        execution = begin(self.telemetry, polled, state, self.namespace, self.name)
+        state_id = str(state.get("state_id"))
+        polled = self.polled.pop(state_id, None) or PolledState.from_payload(state, None)
+        # One bound for all the waiting a worker does for one state.
+        deadline = time.monotonic() + self._wait_s()
+        polled = await self._place(polled, deadline)
+        upstream = await self._upstream_of(polled, deadline)
+        execution = begin(self.telemetry, polled, state, self.namespace, self.name, upstream)
+        self.memory.remember(state_id, polled.run, execution.node_span.get_span_context())
         _current_execution.set(execution)
+
+    async def _place(self, polled: PolledState, deadline: float) -> PolledState:
+        earlier = self.memory.get(polled.state_id)
+        if earlier is not None:
+            # A requeued state: every attempt keeps the trace of the first, so none names a missing span.
+            return replace(polled, run=earlier.run)
+        settings = self.telemetry.settings
+        if polled.run is None and settings.run_association.uses_run_api and settings.run_api_budget > 0:
+            lookup = self.lookup()
+            run = lookup.known(polled.state_id)
+            if run is None and deadline > time.monotonic():
+                run = await lookup.wait(polled.state_id, deadline - time.monotonic())
+            lookup.taken(polled.state_id)
+            polled = replace(polled, run=run)
+        if polled.run is None and settings.run_association is not RunAssociation.NONE:
+            self.unplaced.report({attr.NAMESPACE: self.namespace, attr.NODE_NAME: polled.node_name})
+        return polled
+
+    def _wait_s(self) -> float:
+        """How long a worker may wait for the background lookup now (0 when it is failing or slow)."""
+        wait_s = self.telemetry.settings.placement_wait_ms / 1000
+        return wait_s if self.lookup().can_place_within(wait_s) else 0.0
+
+    async def _upstream_of(self, polled: PolledState, deadline: float) -> SpanContext | None:
+        """Where the direct upstream state's node span is, when this runtime can be sure of it."""
+        run = polled.run
+        if run is None or run.parent_state_id is None:
+            return None
+        known = self.memory.get(run.parent_state_id)
+        if known is None and self._fanouts.under_way(run.run_id):
+            # The upstream state may be a fan-out copy whose span is about to be emitted here.
+            await self._fanouts.wait(run.run_id, deadline - time.monotonic())
+            known = self.memory.get(run.parent_state_id)
+        if known is not None:
+            return known.context
+        if polled.run_from_payload and not self._fanouts.under_way(run.run_id):
+            # The server gives every runtime the run: the upstream state's span is in the run's trace.
+            return upstream_context(run, run_is_sampled(self.telemetry.sampler, run))
+        # Found through the run APIs, upstream executed elsewhere: its runtime may have placed it in no run.
+        return None
+
+    def on_finished(self, execution: Execution) -> None:
+        """A state's attempt is over: if it made next states (or a retry), its run is about to grow."""
+        run = execution.state.run
+        if run is not None and execution.outcome in (attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED):
+            settings = self.telemetry.settings
+            if settings.run_association.uses_run_api and settings.run_api_budget > 0:
+                self.lookup().expect_growth(run.run_id)
+
+    def on_fanned_out(self, execution: Execution) -> None:
+        """A state reported several outputs: emit its copies' spans once a run graph names them."""
+        if execution.state.server_node_spans:
+            return  # the server emits every state's node span, copies included
+        run_id = execution.state.run.run_id if execution.state.run is not None else None
+        if run_id is not None:
+            # Until the copies have spans, no state of the run links to a state this runtime does not know.
+            self._fanouts.start(run_id)
+        settings = self.telemetry.settings
+        if settings.run_api_budget <= 0 or settings.run_association is RunAssociation.NONE:
+            return
+        fan_out = FanOut.of(execution, self.memory, self._fanouts)
+        self.lookup().watch(fan_out.emit, execution.state.state_id, run_id)
 
 
 class TracedStateQueue(asyncio.Queue[Any]):
@@ -98,7 +184,7 @@ class TracedStateQueue(asyncio.Queue[Any]):
     async def get(self) -> Any:
         state = await super().get()
         with guard("starting a state's spans"):
-            self.tracing.on_taken(state)
+            await self.tracing.on_taken(state)
         return state
 
     def task_done(self) -> None:
@@ -107,6 +193,8 @@ class TracedStateQueue(asyncio.Queue[Any]):
             _current_execution.set(None)
             with guard("ending a state's spans"):
                 finish(execution)
+            with guard("noting a state's report"):
+                self.tracing.on_finished(execution)
         super().task_done()
 
 
@@ -126,8 +214,26 @@ def make_runtime_init_wrapper(telemetry: Telemetry) -> Callable[..., None]:
     return traced_init
 
 
+def make_start_wrapper(telemetry: Telemetry) -> AsyncMethod:
+    """Around ``Runtime._start``: when the runtime stops, stop its run lookup and close its session."""
+
+    async def traced_start(
+        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            tracing = getattr(instance, TRACING_ATTRIBUTE, None)
+            if isinstance(tracing, RuntimeTracing):
+                with guard("closing a runtime's run lookup"):
+                    await tracing.close()
+
+    return traced_start
+
+
 def make_poll_wrapper(telemetry: Telemetry) -> AsyncMethod:
-    """Around ``Runtime._enqueue_call``: no spans (not even HTTP ones), a poll duration, run lookup."""
+    """Around ``Runtime._enqueue_call``: no spans (not even HTTP ones), a poll duration; run lookup is
+    handed to the background (the poll never waits for it)."""
 
     async def traced_poll(
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -143,7 +249,7 @@ def make_poll_wrapper(telemetry: Telemetry) -> AsyncMethod:
                 telemetry.metrics.poll_duration.record(
                     time.perf_counter() - started, {attr.NAMESPACE: tracing.namespace}
                 )
-                await tracing.on_polled(answer)
+                tracing.on_polled(answer)
         return answer
 
     return traced_poll
@@ -162,17 +268,13 @@ def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
         outputs = call_argument(args, kwargs, 1, "outputs", None)
         if (
             execution is not None
-            and execution.state.run is not None
             and isinstance(tracing, RuntimeTracing)
             and isinstance(outputs, list)
             and len(outputs) > 1
         ):
             with guard("tracing fan-out copies"):
-                # The executed answer does not name the copies; the run graph does (one call).
-                graph = await tracing.lookup().run_graph(execution.state.run.run_id)
-                emit_copy_spans(
-                    execution, fanout_copy_ids(graph, execution.state.state_id, execution.state.identifier)
-                )
+                # The executed answer does not name the copies; a later run graph does (in the background).
+                tracing.on_fanned_out(execution)
         return result
 
     return traced_executed

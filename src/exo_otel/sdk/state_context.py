@@ -34,9 +34,15 @@ class PolledState:
     created_at_ns: int | None
     run: RunInfo | None
     retry_count: int | None = None
+    run_from_payload: bool = False
+    """The run came with the state (the server's extension), so every runtime places its states alike."""
+    server_node_spans: bool = False
+    """The server emits the state's node span (``node_spans: "server"``), fan-out copies' included."""
 
     @classmethod
-    def from_payload(cls, state: dict[str, Any], run: RunInfo | None) -> PolledState:
+    def from_payload(
+        cls, state: dict[str, Any], run: RunInfo | None, run_from_payload: bool = False
+    ) -> PolledState:
         return cls(
             state_id=str(state.get("state_id", "")),
             node_name=str(state.get("node_name", "")),
@@ -44,6 +50,8 @@ class PolledState:
             created_at_ns=parse_timestamp_ns(state.get("created_at")),
             run=run,
             retry_count=_retry_count(state.get("retry_count")),
+            run_from_payload=run_from_payload and run is not None,
+            server_node_spans=state.get("node_spans") == "server",
         )
 
 
@@ -103,17 +111,24 @@ def run_root_context(run: RunInfo, sampled: bool) -> SpanContext:
     )
 
 
-def upstream_link(run: RunInfo, sampled: bool) -> list[Link]:
-    """A link from a state's span to its direct upstream state's span, when that state is known."""
+def upstream_context(run: RunInfo, sampled: bool) -> SpanContext | None:
+    """Where the direct upstream state's node span is when it is in the run's trace (payload placement)."""
     if run.parent_state_id is None:
-        return []
-    context = SpanContext(
+        return None
+    return SpanContext(
         trace_id_for_run(run.run_id),
         state_span_id(run.parent_state_id),
         is_remote=True,
         trace_flags=_flags(sampled),
     )
-    return [Link(context, {attr.STATE_ID: run.parent_state_id})]
+
+
+def link_to_state(context: SpanContext | None, state_id: str | None) -> list[Link]:
+    """A link to a state's node span at ``context``; none when where that span is is not known."""
+    if context is None or state_id is None or not context.is_valid:
+        return []
+    remote = SpanContext(context.trace_id, context.span_id, is_remote=True, trace_flags=context.trace_flags)
+    return [Link(remote, {attr.STATE_ID: state_id})]
 
 
 def parent_context(root: SpanContext) -> Context:
