@@ -372,7 +372,11 @@ def fuzz(
         assert encode_all(spans) == []
         assert [t for s in spans for t in _texts(s) if SECRET in t] == []
         assert inflight(metric_reader) == 0
-        guard_warnings = [r.getMessage() for r in caplog.records if r.name.startswith("exo_otel")]
+        # exo_otel's own faults, logged by its guard (hostile payloads may also be counted as unplaced)
+        guard_warnings = [
+            r.getMessage() for r in caplog.records
+            if r.name.startswith("exo_otel") and "the instrumented code continues" in r.getMessage()
+        ]
         assert guard_warnings == []
         counts["examples"] += 1
         counts["cases"] += len(cases)
