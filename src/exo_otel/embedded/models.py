@@ -227,7 +227,7 @@ class RegisteredNode:
         return list(properties) if isinstance(properties, dict) else []
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StatusChange:
     """One entry of a state's history: the status it took and when (epoch ms)."""
 
@@ -235,7 +235,7 @@ class StatusChange:
     at_ms: int
 
 
-@dataclass
+@dataclass(slots=True)  # slots: fewer objects for the collector when a run has 100,000s of states
 class State:
     """One execution of one node in one run."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Iterator
 
 from exo_otel.embedded.models import (
     PENDING_STATUSES,
@@ -116,8 +118,13 @@ STATES_PER_STEP = 1000
 """States handled per hold of the database lock, so a huge fan-out never holds it for long."""
 
 
-def _steps[T](items: list[T]) -> list[list[T]]:
-    return [items[start:start + STATES_PER_STEP] for start in range(0, len(items), STATES_PER_STEP)]
+def _steps[T](items: list[T]) -> Iterator[list[T]]:
+    """``items`` in steps; between two steps (the lock released by then) the thread gives way, so that
+    a thread waiting for the lock gets it: a lock is not fair, and the same thread would take it again."""
+    for start in range(0, len(items), STATES_PER_STEP):
+        if start:
+            time.sleep(0)
+        yield items[start:start + STATES_PER_STEP]
 
 
 def create_next_states(

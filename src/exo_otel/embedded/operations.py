@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from exo_otel.embedded.bodies import RegisterNodesBody, TriggerBody, UpsertGraphBody
@@ -256,6 +257,7 @@ def executed(db: Database, state_id: str, outputs: list[JsonDict]) -> tuple[Json
         raise InternalError()  # upstream's copies fail to insert: EXECUTED, and nothing comes next
     ids = [state.id]
     for start in range(1, len(outputs), COPIES_PER_STEP):
+        time.sleep(0)  # give way between steps: the lock is not fair (see next_states._steps)
         copies = [state.derive(StateStatus.EXECUTED, outputs=dict(output))
                   for output in outputs[start:start + COPIES_PER_STEP]]
         with db.lock:
