@@ -32,11 +32,6 @@ class RunRecord:
     """Time of the first runs page that showed more states than indexed; None when not known to grow."""
     graph_fetched_at: float = float("-inf")
 
-    @property
-    def finished(self) -> bool:
-        """No state can be added any more and every state is indexed: never fetched again."""
-        return not self.pending and self.grown_since is None and self.indexed_count >= 0
-
 
 @dataclass
 class GraphNodes:
