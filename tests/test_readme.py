@@ -81,15 +81,17 @@ def test_the_log_format_example_works_without_the_instrumentation() -> None:
 def test_the_log_format_example_shows_the_trace_and_run_inside_a_run() -> None:
     inside_a_run = textwrap.dedent(
         """
-        from opentelemetry import baggage, context, trace
+        from opentelemetry import context, trace
         from opentelemetry.sdk.trace import TracerProvider
 
         from exo_otel import ExosphereInstrumentor
+        from exo_otel.sdk.logs import with_log_context
 
         provider = TracerProvider()
         ExosphereInstrumentor().instrument(tracer_provider=provider)
         span = provider.get_tracer("readme").start_span("execute Node")
-        context.attach(baggage.set_baggage("exosphere.run.id", "run-7", trace.set_span_in_context(span)))
+        # What the runtime does where it places a state in its run (baggage alone is not trusted).
+        context.attach(with_log_context(trace.set_span_in_context(span), "run-7", lambda text: text))
         print(f"{span.get_span_context().trace_id:032x}")
         """
     )
