@@ -27,11 +27,13 @@ from exo_otel.core.ids import (
     trace_id_for_run,
 )
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel.server.instrumentor import StateManagerInstrumentor
 from exo_otel.version import __version__
 
 __all__ = [
     "ExosphereInstrumentor",
     "RunIdGenerator",
+    "StateManagerInstrumentor",
     "__version__",
     "format_trace_id",
     "h64",

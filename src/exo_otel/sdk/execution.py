@@ -16,9 +16,11 @@ from exo_otel.core.ids import state_span_id
 from exo_otel.core.spans import qualified_name, record_failure, start_span
 from exo_otel.sdk.state_context import (
     PolledState,
+    carried_context,
     parent_context,
     run_is_sampled,
     run_root_context,
+    server_node_context,
     upstream_link,
 )
 from exo_otel.sdk.telemetry import Telemetry
@@ -70,24 +72,36 @@ def begin(
     run = state.run
     links = []
     parent = None
+    carried = carried_context(run) if run is not None else None
     if run is not None:
-        sampled = run_is_sampled(telemetry.sampler, run)
-        parent = parent_context(run_root_context(run, sampled))
+        if carried is not None:
+            # The state manager side decided the run's sampling once and carries it.
+            sampled = trace.get_current_span(carried).get_span_context().trace_flags.sampled
+            parent = carried
+        else:
+            sampled = run_is_sampled(telemetry.sampler, run)
+            parent = parent_context(run_root_context(run, sampled))
         links = upstream_link(run, sampled)
     execution = Execution(
         telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now
     )
     attributes = execution.common_attributes()
+    if run is not None and run.retry_count is not None:
+        attributes[attr.STATE_RETRY_COUNT] = run.retry_count
     created = state.created_at_ns if state.created_at_ns is not None else now
-    node_span = start_span(
-        telemetry.tracer,
-        f"node {state.identifier}",
-        context=parent if parent is not None else context.Context(),
-        span_id=state_span_id(state.state_id) if state.state_id else None,
-        start_time=min(created, now),
-        attributes=attributes,
-        links=links,
-    )
+    if carried is not None and run is not None and run.node_spans_by_server and state.state_id:
+        # The server emits the node span: execute spans go under its deterministic id.
+        node_span: trace.Span = trace.NonRecordingSpan(server_node_context(run, state.state_id, carried))
+    else:
+        node_span = start_span(
+            telemetry.tracer,
+            f"node {state.identifier}",
+            context=parent if parent is not None else context.Context(),
+            span_id=state_span_id(state.state_id) if state.state_id else None,
+            start_time=min(created, now),
+            attributes=attributes,
+            links=links,
+        )
     queue_wait_ns = max(0, now - created)
     execute_attributes = dict(attributes)
     execute_attributes[attr.STATE_QUEUE_WAIT_MS] = queue_wait_ns / 1e6

@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.sampling import Sampler
 from wrapt import wrap_function_wrapper
 
-from exo_otel.core.ids import RunIdGenerator
 from exo_otel.core.metrics import ExosphereMetrics
+from exo_otel.core.providers import install_run_id_generator, remove_run_id_generator
 from exo_otel.sdk.config import RunAssociation, Settings
 from exo_otel.sdk.logs import install_log_correlation, remove_log_correlation
 from exo_otel.sdk.package import _instruments
@@ -28,7 +28,7 @@ from exo_otel.sdk.runtime import (
     make_runtime_init_wrapper,
 )
 from exo_otel.sdk.telemetry import Telemetry
-from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_wrapper
+from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_headers_wrapper, make_trigger_wrapper
 from exo_otel.version import __version__
 
 _logger = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ PATCHES: Final[tuple[tuple[str, str, WrapperFactory], ...]] = (
     ("exospherehost.runtime", "Runtime._notify_errored", make_errored_wrapper),
     ("exospherehost.signals", "PruneSignal.send", make_pruned_wrapper),
     ("exospherehost.signals", "ReQueueAfterSignal.send", make_requeued_wrapper),
+    # The SDK's trigger builds its request inside: the caller's W3C headers are added here.
+    ("aiohttp.client", "ClientSession._request", make_trigger_headers_wrapper),
 )
 
 
@@ -115,7 +117,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if not isinstance(settings, Settings):
             # Called by the launcher through BaseInstrumentor.instrument(**kwargs).
             settings = Settings.resolve()
-        self._installed_generator = _install_run_id_generator(tracer_provider)
+        self._installed_generator = install_run_id_generator(tracer_provider)
         tracer = trace.get_tracer(__name__, __version__, tracer_provider, schema_url=SCHEMA_URL)
         meter = metrics.get_meter(__name__, __version__, meter_provider, schema_url=SCHEMA_URL)
         sampler = tracer_provider.sampler if isinstance(tracer_provider, SdkTracerProvider) else None
@@ -141,31 +143,5 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 owner = getattr(owner, part)
             unwrap(owner, method)
         remove_log_correlation()
-        _remove_run_id_generator(getattr(self, "_installed_generator", None))
+        remove_run_id_generator(getattr(self, "_installed_generator", None))
         self._installed_generator = None
-
-
-def _install_run_id_generator(provider: object) -> tuple[SdkTracerProvider, RunIdGenerator] | None:
-    """Make an SDK provider's id generator a `RunIdGenerator` (before any tracer is taken from it).
-
-    Returns what to undo, or None when there is nothing to undo (not an SDK provider, or the
-    generator was a RunIdGenerator already, e.g. from ``OTEL_PYTHON_ID_GENERATOR=exosphere``).
-    """
-    if not isinstance(provider, SdkTracerProvider):
-        _logger.debug("exo_otel: %r is not an SDK TracerProvider; run ids cannot pin trace ids", provider)
-        return None
-    if isinstance(provider.id_generator, RunIdGenerator):
-        return None
-    generator = RunIdGenerator(provider.id_generator)
-    # setattr: the SDK annotates the attribute with the type of its default generator.
-    setattr(provider, "id_generator", generator)  # noqa: B010
-    return provider, generator
-
-
-def _remove_run_id_generator(installed: tuple[SdkTracerProvider, RunIdGenerator] | None) -> None:
-    if installed is None:
-        return
-    provider, generator = installed
-    current: object = provider.id_generator
-    if current is generator:
-        setattr(provider, "id_generator", generator.delegate)  # noqa: B010

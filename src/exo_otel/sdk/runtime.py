@@ -162,6 +162,7 @@ def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
         if (
             execution is not None
             and execution.state.run is not None
+            and not execution.state.run.node_spans_by_server  # the server emits the copies' spans
             and isinstance(tracing, RuntimeTracing)
             and isinstance(outputs, list)
             and len(outputs) > 1

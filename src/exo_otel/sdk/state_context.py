@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
@@ -14,14 +14,25 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
 
+# The W3C fields of the run's carrier in an enqueued state, and the marker that the server emits
+# node spans (trace model, "Details both sides must agree on").
+CARRIER_FIELDS = ("traceparent", "tracestate", "baggage")
+
 
 @dataclass(frozen=True)
 class RunInfo:
-    """The run a state belongs to, as far as it is known."""
+    """The run a state belongs to, as far as it is known.
+
+    ``carrier`` holds the run's W3C fields when the state manager side sent them;
+    ``node_spans_by_server`` is true when it also emits the state's node span.
+    """
 
     run_id: str
     graph_name: str | None = None
     parent_state_id: str | None = None
+    carrier: tuple[tuple[str, str], ...] = ()
+    node_spans_by_server: bool = False
+    retry_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,33 @@ def run_from_payload(state: dict[str, Any]) -> RunInfo | None:
     if isinstance(parents, dict) and parents:
         # Parents are in insertion order: the last entry is the direct parent.
         parent = str(list(parents.values())[-1])
-    return RunInfo(run_id, graph_name if isinstance(graph_name, str) else None, parent)
+    carrier = tuple(
+        (key, value) for key in CARRIER_FIELDS if isinstance(value := state.get(key), str) and value
+    )
+    retry_count = state.get("retry_count")
+    return RunInfo(
+        run_id,
+        graph_name if isinstance(graph_name, str) else None,
+        parent,
+        carrier,
+        bool(carrier) and state.get("node_spans") == "server",
+        retry_count if isinstance(retry_count, int) else None,
+    )
+
+
+def carried_context(run: RunInfo) -> Context | None:
+    """The run root's context from the state's carrier (configured propagators: sampled flag, baggage).
+
+    None when there is no carrier or its trace is not the run's: the run is then placed from its id.
+    Extracted into an empty context, so nothing current in the runtime leaks into the run.
+    """
+    if not run.carrier:
+        return None
+    extracted = propagate.extract(dict(run.carrier), context=Context())
+    root = trace.get_current_span(extracted).get_span_context()
+    if not root.is_valid or root.trace_id != trace_id_for_run(run.run_id):
+        return None
+    return extracted
 
 
 def parse_timestamp_ns(value: object) -> int | None:
@@ -107,6 +144,12 @@ def upstream_link(run: RunInfo, sampled: bool) -> list[Link]:
         trace_flags=_flags(sampled),
     )
     return [Link(context, {attr.STATE_ID: run.parent_state_id})]
+
+
+def server_node_context(run: RunInfo, state_id: str, carried: Context) -> SpanContext:
+    """The remote context of a state's node span, which the state manager side emits."""
+    root = trace.get_current_span(carried).get_span_context()
+    return SpanContext(root.trace_id, state_span_id(state_id), is_remote=True, trace_flags=root.trace_flags)
 
 
 def parent_context(root: SpanContext) -> Context:

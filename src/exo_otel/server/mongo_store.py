@@ -1,0 +1,189 @@
+"""`RunStore` in the upstream state manager's MongoDB: two collections of exo_otel's own beside the app's.
+
+``exo_otel_runs``: one document per run (``_id`` = run id): its context, whether it is ready, open,
+its root emitted, which node spans are claimed, when each state was first taken.
+``exo_otel_notes``: next-states-in-progress tokens, requeues and manual retries.
+The app's ``State`` collection is only read. Every claim is one atomic single-document update.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from exo_otel.server.context import RunContext
+from exo_otel.server.records import RunNotes, StateRecord
+
+RUNS_COLLECTION: Final = "exo_otel_runs"
+NOTES_COLLECTION: Final = "exo_otel_notes"
+# A next-states token older than this is from a process that died mid-way: it no longer holds a run open.
+STALE_TOKEN_NS: Final = 120 * 1_000_000_000
+_STATE_FIELDS: Final = {
+    "run_id": 1,
+    "identifier": 1,
+    "node_name": 1,
+    "status": 1,
+    "created_at": 1,
+    "updated_at": 1,
+    "enqueue_after": 1,
+    "retry_count": 1,
+    "fanout_id": 1,
+    "parents": 1,
+}
+
+
+class MongoRunStore:
+    """The store over the app's database; ``state_collection`` gives the app's State collection."""
+
+    def __init__(self, state_collection: Callable[[], Any]) -> None:
+        self._state_collection = state_collection
+
+    def _states(self) -> Any:
+        return self._state_collection()
+
+    def _runs(self) -> Any:
+        return self._states().database[RUNS_COLLECTION]
+
+    def _notes(self) -> Any:
+        return self._states().database[NOTES_COLLECTION]
+
+    async def save_run(self, run: RunContext) -> None:
+        document = {
+            "_id": run.run_id,
+            **run.to_document(),
+            "ready": False,
+            "open": True,
+            "root_emitted": False,
+            "emitted": [],
+            "dequeued": {},
+        }
+        await self._runs().insert_one(document)
+
+    async def mark_ready(self, run_id: str) -> None:
+        await self._runs().update_one({"_id": run_id}, {"$set": {"ready": True}})
+
+    async def discard_run(self, run_id: str) -> None:
+        await self._runs().delete_one({"_id": run_id})
+
+    async def load_runs(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
+        wanted = sorted(set(run_ids))
+        if not wanted:
+            return {}
+        found = await self._runs().find({"_id": {"$in": wanted}}, {"dequeued": 0, "emitted": 0}).to_list(None)
+        return {str(doc["_id"]): RunContext.from_document(doc) for doc in found}
+
+    async def note_dequeued(self, taken: Sequence[tuple[str, str, int]]) -> None:
+        by_run: dict[str, dict[str, int]] = {}
+        for run_id, state_id, t_ns in taken:
+            by_run.setdefault(run_id, {})[f"dequeued.{state_id}"] = t_ns
+        for run_id, fields in by_run.items():
+            await self._runs().update_one({"_id": run_id}, {"$min": fields})
+
+    async def begin_next_states(self, state_ids: Sequence[str]) -> object:
+        result = await self._notes().insert_one(
+            {
+                "kind": "next",
+                "state_ids": [str(s) for s in state_ids],
+                "t_start": time.time_ns(),
+                "done": False,
+            }
+        )
+        return result.inserted_id
+
+    async def end_next_states(self, token: object, t_ns: int) -> None:
+        await self._notes().update_one({"_id": token}, {"$set": {"done": True, "t_end": t_ns}})
+
+    async def note_requeue(self, state_id: str, t_ns: int, delay_ms: int) -> None:
+        await self._notes().insert_one(
+            {"kind": "requeue", "state_id": state_id, "t": t_ns, "delay_ms": delay_ms}
+        )
+
+    async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> None:
+        await self._notes().insert_one({"kind": "retry", "state_id": state_id, "of": retried_state_id})
+        await self._runs().update_one({"_id": run_id}, {"$set": {"open": True}})
+
+    async def open_runs(self, limit: int) -> list[RunContext]:
+        cursor = self._runs().find({"ready": True, "open": True}, {"dequeued": 0, "emitted": 0})
+        found = await cursor.sort("start_ns", 1).limit(limit).to_list(None)
+        return [RunContext.from_document(doc) for doc in found]
+
+    async def run_states(self, run_ids: Sequence[str]) -> dict[str, list[StateRecord]]:
+        found = await self._states().find({"run_id": {"$in": list(run_ids)}}, _STATE_FIELDS).to_list(None)
+        by_run: dict[str, list[StateRecord]] = {run_id: [] for run_id in run_ids}
+        for document in found:
+            record = StateRecord.from_document(document)
+            by_run.setdefault(record.run_id, []).append(record)
+        return by_run
+
+    async def run_notes(self, states: dict[str, list[StateRecord]]) -> dict[str, RunNotes]:
+        run_of = {state.state_id: run_id for run_id, records in states.items() for state in records}
+        notes = {run_id: RunNotes() for run_id in states}
+        runs = (
+            await self._runs()
+            .find({"_id": {"$in": list(states)}}, {"dequeued": 1, "emitted": 1})
+            .to_list(None)
+        )
+        for doc in runs:
+            run_notes = notes.setdefault(str(doc["_id"]), RunNotes())
+            run_notes.dequeued_ns = {str(k): int(v) for k, v in (doc.get("dequeued") or {}).items()}
+            run_notes.emitted = {str(s) for s in doc.get("emitted") or ()}
+        now = time.time_ns()
+        for note in await self._notes().find({}).to_list(None):
+            _apply_note(note, run_of, notes, now)
+        return notes
+
+    async def claim_nodes(self, run_id: str, state_ids: Sequence[str]) -> list[str]:
+        ids = list(state_ids)
+        # Usually one process sweeps a run at a time: claim all at once; else one by one.
+        whole = await self._runs().update_one(
+            {"_id": run_id, "emitted": {"$nin": ids}}, {"$addToSet": {"emitted": {"$each": ids}}}
+        )
+        if whole.modified_count == 1:
+            return ids
+        won = []
+        for state_id in ids:
+            one = await self._runs().update_one(
+                {"_id": run_id, "emitted": {"$ne": state_id}}, {"$addToSet": {"emitted": state_id}}
+            )
+            if one.modified_count == 1:
+                won.append(state_id)
+        return won
+
+    async def claim_root(self, run_id: str) -> bool:
+        result = await self._runs().update_one(
+            {"_id": run_id, "root_emitted": False}, {"$set": {"root_emitted": True}}
+        )
+        return bool(result.modified_count == 1)
+
+    async def close_run(self, run_id: str, state_ids: Sequence[str]) -> None:
+        await self._runs().update_one({"_id": run_id}, {"$set": {"open": False}})
+        ids = list(state_ids)
+        await self._notes().delete_many({"$or": [{"state_ids.0": {"$in": ids}}, {"state_id": {"$in": ids}}]})
+
+
+def _apply_note(note: dict[str, Any], run_of: dict[str, str], notes: dict[str, RunNotes], now: int) -> None:
+    kind = note.get("kind")
+    if kind == "next":
+        ids = [str(s) for s in note.get("state_ids") or ()]
+        run_id = next((run_of[s] for s in ids if s in run_of), None)
+        if run_id is None:
+            return
+        run_notes = notes[run_id]
+        if not note.get("done"):
+            if now - int(note.get("t_start") or 0) < STALE_TOKEN_NS:
+                run_notes.next_states_pending = True
+            return
+        for copy in ids[1:]:
+            run_notes.copy_of[copy] = ids[0]
+            run_notes.final_ns[copy] = int(note.get("t_end") or now)
+    elif kind == "requeue":
+        state_id = str(note.get("state_id"))
+        if state_id in run_of:
+            notes[run_of[state_id]].requeues.setdefault(state_id, []).append(
+                (int(note.get("t") or now), int(note.get("delay_ms") or 0))
+            )
+    elif kind == "retry":
+        state_id = str(note.get("state_id"))
+        if state_id in run_of:
+            notes[run_of[state_id]].retry_of[state_id] = str(note.get("of"))
