@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 from collections.abc import Callable, Collection
 from typing import Any, Final
@@ -111,6 +112,11 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         )
 
     def _instrument(self, **kwargs: Any) -> None:
+        self._patched = False
+        if importlib.util.find_spec("exospherehost") is None:
+            # The launcher loads this entry point in a state manager too (see `instruments-any`).
+            _logger.debug("exo_otel: exospherehost is not installed; the SDK side is not loaded")
+            return
         tracer_provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
         meter_provider = kwargs.get("meter_provider") or metrics.get_meter_provider()
         settings = kwargs.get("settings")
@@ -131,11 +137,14 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         install_log_correlation()
         for module_name, attribute, factory in PATCHES:
             wrap_function_wrapper(module_name, attribute, factory(telemetry))
+        self._patched = True
 
     def _uninstrument(self, **kwargs: Any) -> None:
         telemetry = getattr(self, "_telemetry", None)
         if telemetry is not None:
             telemetry.enabled = False
+        if not getattr(self, "_patched", False):
+            return
         for module_name, attribute, _factory in PATCHES:
             owner_name, _, method = attribute.rpartition(".")
             owner = importlib.import_module(module_name)
