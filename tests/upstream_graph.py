@@ -3,6 +3,7 @@
 ::
 
     start ──► split (fans out 3) ──► work (#2 re-enqueues once, #3 prunes) ──► merge (unites start)
+                                                                    └──► flaky (fails once) ──► finish
 
 States per run: start, split + 2 fan-out copies, 3 work, merge, 2 flaky (a retry), finish = 11.
 Node behaviour is deterministic per run and per process as long as each run has its own ``topic``.

@@ -108,30 +108,31 @@ class MongoRunStore:
         found = await cursor.sort("start_ns", 1).limit(limit).to_list(None)
         return [RunContext.from_document(doc) for doc in found]
 
-    async def run_states(self, run_ids: Sequence[str]) -> dict[str, list[StateRecord]]:
-        found = await self._states().find({"run_id": {"$in": list(run_ids)}}, _STATE_FIELDS).to_list(None)
-        by_run: dict[str, list[StateRecord]] = {run_id: [] for run_id in run_ids}
-        for document in found:
-            record = StateRecord.from_document(document)
-            by_run.setdefault(record.run_id, []).append(record)
-        return by_run
-
-    async def run_notes(self, states: dict[str, list[StateRecord]]) -> dict[str, RunNotes]:
-        run_of = {state.state_id: run_id for run_id, records in states.items() for state in records}
-        notes = {run_id: RunNotes() for run_id in states}
+    async def run_records(
+        self, run_ids: Sequence[str]
+    ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
+        # Notes first, states after (see RunStore.run_records).
         runs = (
             await self._runs()
-            .find({"_id": {"$in": list(states)}}, {"dequeued": 1, "emitted": 1})
+            .find({"_id": {"$in": list(run_ids)}}, {"dequeued": 1, "emitted": 1})
             .to_list(None)
         )
+        raw_notes = await self._notes().find({}).to_list(None)
+        found = await self._states().find({"run_id": {"$in": list(run_ids)}}, _STATE_FIELDS).to_list(None)
+        states: dict[str, list[StateRecord]] = {run_id: [] for run_id in run_ids}
+        for document in found:
+            record = StateRecord.from_document(document)
+            states.setdefault(record.run_id, []).append(record)
+        run_of = {state.state_id: run_id for run_id, records in states.items() for state in records}
+        notes = {run_id: RunNotes() for run_id in states}
         for doc in runs:
             run_notes = notes.setdefault(str(doc["_id"]), RunNotes())
             run_notes.dequeued_ns = {str(k): int(v) for k, v in (doc.get("dequeued") or {}).items()}
             run_notes.emitted = {str(s) for s in doc.get("emitted") or ()}
         now = time.time_ns()
-        for note in await self._notes().find({}).to_list(None):
+        for note in raw_notes:
             _apply_note(note, run_of, notes, now)
-        return notes
+        return states, notes
 
     async def claim_nodes(self, run_id: str, state_ids: Sequence[str]) -> list[str]:
         ids = list(state_ids)

@@ -48,11 +48,15 @@ class RunStore(Protocol):
     async def open_runs(self, limit: int) -> list[RunContext]:
         """Runs whose spans are not all emitted yet, oldest first."""
 
-    async def run_states(self, run_ids: Sequence[str]) -> dict[str, list[StateRecord]]:
-        """Every state of these runs."""
+    async def run_records(
+        self, run_ids: Sequence[str]
+    ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
+        """Every state of these runs, and their notes.
 
-    async def run_notes(self, states: dict[str, list[StateRecord]]) -> dict[str, RunNotes]:
-        """The notes of these runs (``states`` maps each run to its states)."""
+        The notes must be read BEFORE the states: a next-states token seen done then guarantees
+        that the states it created are in the states read after (else a run could look settled
+        between upstream marking its parents SUCCESS and inserting a unites state).
+        """
 
     async def claim_nodes(self, run_id: str, state_ids: Sequence[str]) -> list[str]:
         """Atomically claim these states' node spans; returns those this caller won."""

@@ -93,8 +93,7 @@ class Sweeper:
         started = time.perf_counter()
         runs = await self.store.open_runs(self.max_runs_per_pass)
         if runs:
-            states = await self.store.run_states([run.run_id for run in runs])
-            notes = await self.store.run_notes(states)
+            states, notes = await self.store.run_records([run.run_id for run in runs])
             for run in runs:
                 run_states = states.get(run.run_id, [])
                 await self._sweep_run(run.run_id, run, run_states, notes.get(run.run_id))
