@@ -60,6 +60,12 @@ def target_problem(patch: Patch, module: ModuleType) -> str | None:
     return None
 
 
+def is_ours(value: object) -> bool:
+    """Whether a patch target currently is one of our wrappers."""
+    wrapper = getattr(value, "_self_wrapper", None) if isinstance(value, wrapt.BaseObjectProxy) else None
+    return getattr(wrapper, "__module__", None) == "exo_otel.server.upstream"
+
+
 def check_targets() -> list[str]:
     """Problems with every patch target whose module is imported (the drift test calls this)."""
     problems = []
@@ -122,7 +128,7 @@ class StateManagerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 )
                 return
             owner, name, current = _resolve(module, patch.attribute)
-            if isinstance(current, wrapt.ObjectProxy):
+            if is_ours(current):
                 return  # patched already
             wrapt.wrap_function_wrapper(owner, name, patch.factory(side))
             self._patched.append(patch)
