@@ -37,9 +37,8 @@ RETRY_POLICY = RetryPolicyModel(
     max_retries=3, strategy=RetryStrategyEnum.EXPONENTIAL, backoff_factor=40, exponent=2
 )
 ATTEMPTS: collections.Counter[tuple[str, str]] = collections.Counter()
-# Baggage each node saw, and the baggage header of an aiohttp call it made (when BAGGAGE_ECHO_URI is set).
-SEEN_BAGGAGE: list[dict[str, str]] = []
-SEEN_HEADERS: list[str] = []
+# Where node code reports the baggage it sees, with an aiohttp call (set for cross-process tests).
+BAGGAGE_ECHO_URI = "EXO_OTEL_BAGGAGE_ECHO_URI"
 
 
 def _attempt(node: str, key: str) -> int:
@@ -48,11 +47,12 @@ def _attempt(node: str, key: str) -> int:
 
 
 async def _observe() -> None:
-    SEEN_BAGGAGE.append({str(k): str(v) for k, v in baggage.get_all().items()})
-    echo = os.environ.get("BAGGAGE_ECHO_URI")
+    """POST the baggage this node sees to the echo server: its ``baggage`` header is the propagated one."""
+    echo = os.environ.get(BAGGAGE_ECHO_URI)
     if echo:
-        async with aiohttp.ClientSession() as session, session.get(echo) as answer:
-            SEEN_HEADERS.append(await answer.text())
+        seen = {str(k): str(v) for k, v in baggage.get_all().items()}
+        async with aiohttp.ClientSession() as session, session.post(echo, json=seen) as answer:
+            answer.raise_for_status()
 
 
 class Start(BaseNode):
@@ -160,9 +160,9 @@ def graph_nodes(namespace: str) -> list[GraphNodeModel]:
     ]
 
 
-async def upsert(client: StateManager, namespace: str) -> None:
+async def upsert(client: StateManager, namespace: str, graph: str = GRAPH) -> None:
     await client.upsert_graph(
-        GRAPH,
+        graph,
         graph_nodes(namespace),
         {},
         retry_policy=RETRY_POLICY,

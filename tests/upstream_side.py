@@ -70,14 +70,7 @@ async def graph_runtime(
         assert task is not None
         try:
             client = StateManager(namespace=namespace, state_manager_uri=uri, key=api_key)
-            for attempt in range(50):  # the runtime registers its nodes as it starts
-                try:
-                    await ug.upsert(client, namespace)
-                    break
-                except Exception:
-                    if attempt == 49:
-                        raise
-                    await asyncio.sleep(0.1)
+            await upsert_when_registered(client, namespace)
             yield proxy, client
         finally:
             task.cancel()
@@ -85,16 +78,37 @@ async def graph_runtime(
                 await task
 
 
+async def upsert_when_registered(client: StateManager, namespace: str, graph: str = ug.GRAPH) -> None:
+    """Upsert the graph once the runtime(s) starting meanwhile have registered its nodes."""
+    for attempt in range(100):
+        try:
+            await ug.upsert(client, namespace, graph)
+            return
+        except Exception:
+            if attempt == 99:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def run_signatures(histories: list[dict[str, Any]], run_ids: list[str]) -> list[tuple[tuple[str, ...], ...]]:
+    """Each run's states as (identifier, status, status, ...), sorted: equal for equal behaviour."""
+    by_run: dict[str, list[tuple[str, ...]]] = {run_id: [] for run_id in run_ids}
+    for state in histories:
+        if state.get("run_id") in by_run:
+            by_run[state["run_id"]].append((state["identifier"], *(h["status"] for h in state["history"])))
+    return sorted(tuple(sorted(states)) for states in by_run.values())
+
+
 async def trigger_runs(
-    client: StateManager, uri: str, api_key: str, namespace: str, n: int, sdk: bool
+    client: StateManager, uri: str, api_key: str, namespace: str, n: int, sdk: bool, graph: str = ug.GRAPH
 ) -> list[str]:
     """Start ``n`` runs at once, through the SDK or by plain HTTP POST."""
     if sdk:
         answers = await asyncio.gather(
-            *(client.trigger(ug.GRAPH, store={"topic": uuid.uuid4().hex}) for _ in range(n))
+            *(client.trigger(graph, store={"topic": uuid.uuid4().hex}) for _ in range(n))
         )
         return [str(a["run_id"]) for a in answers]
-    url = f"{uri}/v0/namespace/{namespace}/graph/{ug.GRAPH}/trigger"
+    url = f"{uri}/v0/namespace/{namespace}/graph/{graph}/trigger"
 
     async def post(session: aiohttp.ClientSession) -> str:
         async with session.post(
