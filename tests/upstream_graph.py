@@ -46,11 +46,17 @@ def _attempt(node: str, key: str) -> int:
     return ATTEMPTS[(node, key)]
 
 
+# The baggage each node saw, in this process.
+SEEN: list[dict[str, str]] = []
+
+
 async def _observe() -> None:
-    """POST the baggage this node sees to the echo server: its ``baggage`` header is the propagated one."""
+    """Note the baggage this node sees; POST it to the echo server (whose ``baggage`` header is the
+    propagated one) when one is set."""
+    seen = {str(k): str(v) for k, v in baggage.get_all().items()}
+    SEEN.append(seen)
     echo = os.environ.get(BAGGAGE_ECHO_URI)
     if echo:
-        seen = {str(k): str(v) for k, v in baggage.get_all().items()}
         async with aiohttp.ClientSession() as session, session.post(echo, json=seen) as answer:
             answer.raise_for_status()
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
 from exo_otel.embedded import bodies, operations, runs
 from exo_otel.embedded.errors import ApiError, BodyInvalid, Unauthorized
+from exo_otel.embedded.server_side import EmbeddedServerSide
 from exo_otel.embedded.store import Database
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ class Api:
         self.api_key = api_key
         self.expose_run_context = expose_run_context
         self.jobs: set[asyncio.Task[None]] = set()
+        self.side: EmbeddedServerSide | None = None  # exo_otel's state manager side, when asked for
 
     def _authorize(self, request: web.Request) -> str:
         given = request.headers.get("x-api-key", "")
@@ -78,7 +82,9 @@ class Api:
         async def run() -> None:
             await asyncio.sleep(0)
             try:
-                job()
+                done = cast(Callable[[], object], job)()  # the state manager side's jobs are async
+                if inspect.isawaitable(done):
+                    await done
             except Exception:
                 logger.exception("background job failed")
 
@@ -110,18 +116,30 @@ class Api:
     async def trigger(self, request: web.Request) -> web.Response:
         namespace = self._authorize(request)
         body = bodies.parse_trigger(await self._document(request))
-        return _json(operations.trigger(self.db, namespace, request.match_info["graph"], body))
+        start_ns = time.time_ns()
+        answer = operations.trigger(self.db, namespace, request.match_info["graph"], body)
+        if self.side is not None:
+            graph = request.match_info["graph"]
+            answer = await self.side.triggered(answer, namespace, graph, start_ns, request.headers)
+        return _json(answer)
 
     async def enqueue(self, request: web.Request) -> web.Response:
         namespace = self._authorize(request)
         body = bodies.parse_fields(await self._document(request), {"nodes": "str[]", "batch_size": "int"})
         expose = self.expose_run_context
-        return _json(operations.enqueue(self.db, namespace, body["nodes"], body["batch_size"], expose))
+        answer = operations.enqueue(self.db, namespace, body["nodes"], body["batch_size"], expose)
+        if self.side is not None:
+            answer = await self.side.enqueued(answer, namespace)
+        return _json(answer)
 
     async def executed(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body = bodies.parse_fields(await self._document(request), {"outputs": "dict[]"})
+        known = len(self.db.states)  # the states added by this call (no await in between) are its copies
         answer, job = operations.executed(self.db, request.match_info["state_id"], body["outputs"])
+        if self.side is not None:
+            copies = list(self.db.states)[known:]
+            job = self.side.next_states_job([request.match_info["state_id"], *copies], job)
         self._background(job)
         return _json(answer)
 
@@ -139,7 +157,10 @@ class Api:
         self._authorize(request)
         body = bodies.parse_fields(await self._document(request), {"enqueue_after": "int>0"})
         state_id = request.match_info["state_id"]
-        return _json(operations.re_enqueue_after(self.db, state_id, body["enqueue_after"]))
+        answer = operations.re_enqueue_after(self.db, state_id, body["enqueue_after"])
+        if self.side is not None:
+            await self.side.requeued(state_id, body["enqueue_after"], time.time_ns())
+        return _json(answer)
 
     async def secrets(self, request: web.Request) -> web.Response:
         namespace = self._authorize(request)
