@@ -1,4 +1,4 @@
-"""The deploy stack's state manager: the upstream image with exo_otel's state manager side, under the launcher."""
+"""The deploy stack's state manager: the upstream image plus exo_otel's state manager side, launched."""
 
 from __future__ import annotations
 
