@@ -33,7 +33,7 @@ def server(receiver: OtlpHttpReceiver) -> Iterator[UpstreamServer]:
         yield running
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(2400)
 @pytest.mark.parametrize("sdk", [True, False], ids=["sdk-trigger", "http-trigger"])
 @pytest.mark.parametrize("runs", [1, 10, 50, 200])
 async def test_every_state_in_its_runs_trace(

@@ -169,7 +169,7 @@ async def run_load(
         trigger_at = trigger_uri or server.uri
         client = StateManager(namespace=namespace, state_manager_uri=trigger_at, key=server.api_key)
         run_ids = await trigger_runs(client, trigger_at, server.api_key, namespace, n, sdk)
-        await wait_settled(server.uri, server.api_key, namespace, run_ids, timeout=60 + 2.0 * n)
+        await wait_settled(server.uri, server.api_key, namespace, run_ids, timeout=60 + 6.0 * n)
         settled = time.monotonic()
         roots = {format_trace_id(r) for r in run_ids}
 

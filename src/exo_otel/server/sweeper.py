@@ -25,6 +25,8 @@ from exo_otel.server.store import RunStore
 
 _logger = logging.getLogger(__name__)
 
+PAUSE_PER_PASS_TIME = 3.0
+
 
 @dataclass
 class SweepStats:
@@ -77,6 +79,7 @@ class Sweeper:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.busy_interval if open_runs else self.idle_interval)
             wake.clear()
+            started = time.perf_counter()
             try:
                 open_runs = await self.sweep_once()
             except asyncio.CancelledError:
@@ -85,8 +88,11 @@ class Sweeper:
                 self.stats.errors += 1
                 _logger.warning("exo_otel: a state manager sweep failed; the next one retries", exc_info=True)
             if open_runs:
-                # Several nudges in a row give one pass per busy interval at most.
-                await asyncio.sleep(self.busy_interval)
+                # Several nudges in a row give one pass per busy interval at most, and a slow pass
+                # (a big backlog, a slow database) spaces the next ones out: the sweep takes at most
+                # 1 / (1 + PAUSE_PER_PASS_TIME) of the process's time.
+                elapsed = time.perf_counter() - started
+                await asyncio.sleep(max(self.busy_interval, PAUSE_PER_PASS_TIME * elapsed))
 
     async def sweep_once(self) -> int:
         """One pass; returns how many runs were open at its start."""
