@@ -13,6 +13,11 @@ Usage::
 
 Under the ``opentelemetry-instrument`` launcher nothing is needed: the entry point ``exospherehost``
 loads the instrumentor.
+
+Parts: `exo_otel.core` (the tracing core both sides share), `exo_otel.sdk` (the SDK side:
+`ExosphereInstrumentor`), `exo_otel.server` (the state manager side: `StateManagerInstrumentor`,
+entry point ``exosphere_state_manager``), `exo_otel.embedded` (the embedded state manager) and
+`exo_otel.demo` (the demo and the ``exo-otel`` command).
 """
 
 from __future__ import annotations
