@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exo_otel.server.upstream import PATCHES
+from exo_otel.server.instrumentor import PATCHES
 from upstream_side import SIDE_PIP
 from upstream_sm import RUN_SH, require_upstream
 

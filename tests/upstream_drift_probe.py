@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from exo_otel.server.instrumentor import StateManagerInstrumentor, check_targets, is_ours
-from exo_otel.server.upstream import PATCHES
+from exo_otel.server.instrumentor import PATCHES, StateManagerInstrumentor, check_targets, is_ours
 
 
 def wrapped() -> list[bool]:

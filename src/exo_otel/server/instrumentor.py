@@ -12,7 +12,8 @@ import importlib
 import inspect
 import logging
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Final
 
@@ -22,17 +23,92 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 
 from exo_otel.core.providers import install_run_id_generator, remove_run_id_generator
+from exo_otel.core.wrapping import AsyncMethod
 from exo_otel.server.mongo_store import MongoRunStore
 from exo_otel.server.sampling import install_stored_decision
 from exo_otel.server.side import ServerSide
 from exo_otel.server.spans import ServerMetrics
-from exo_otel.server.upstream import PATCHES, SUPPORTED_VERSION, Patch
+from exo_otel.server.upstream import (
+    make_enqueue_wrapper,
+    make_find_state_wrapper,
+    make_manual_retry_wrapper,
+    make_next_states_wrapper,
+    make_request_wrapper,
+    make_requeue_wrapper,
+    make_run_insert_wrapper,
+    make_trigger_wrapper,
+)
 from exo_otel.version import __version__
 
 _logger = logging.getLogger(__name__)
 
 SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
 STATE_MODULE: Final = "app.models.db.state"
+SUPPORTED_VERSION: Final = "exospherehost state-manager 0.0.3"
+
+# (where a target is looked up, its name there, its wrapper, the parameters it must take). instrument
+# patches every row and uninstrument unpatches every row; the drift test checks every row upstream.
+Factory = Callable[[ServerSide], AsyncMethod]
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One patch target: where it is looked up, its name there, its wrapper, the parameters it must have."""
+
+    module: str
+    attribute: str
+    factory: Factory
+    parameters: tuple[str, ...]
+
+
+PATCHES: Final[tuple[Patch, ...]] = (
+    Patch(
+        "app.middlewares.request_id_middleware",
+        "RequestIdMiddleware.dispatch",
+        make_request_wrapper,
+        ("self", "request", "call_next"),
+    ),
+    Patch("app.models.db.run", "Run.insert", make_run_insert_wrapper, ("self",)),
+    Patch(
+        "app.routes",
+        "trigger_graph",
+        make_trigger_wrapper,
+        ("namespace_name", "graph_name", "body", "x_exosphere_request_id"),
+    ),
+    Patch(
+        "app.tasks.trigger_cron",
+        "trigger_graph",
+        make_trigger_wrapper,
+        ("namespace_name", "graph_name", "body", "x_exosphere_request_id"),
+    ),
+    Patch(
+        "app.controller.enqueue_states", "find_state", make_find_state_wrapper, ("namespace_name", "nodes")
+    ),
+    Patch(
+        "app.routes",
+        "enqueue_states",
+        make_enqueue_wrapper,
+        ("namespace_name", "body", "x_exosphere_request_id"),
+    ),
+    Patch(
+        "app.controller.executed_state",
+        "create_next_states",
+        make_next_states_wrapper,
+        ("state_ids", "identifier", "namespace", "graph_name", "parents_ids"),
+    ),
+    Patch(
+        "app.routes",
+        "re_queue_after_signal",
+        make_requeue_wrapper,
+        ("namespace_name", "state_id", "body", "x_exosphere_request_id"),
+    ),
+    Patch(
+        "app.routes",
+        "manual_retry_state",
+        make_manual_retry_wrapper,
+        ("namespace_name", "state_id", "body", "x_exosphere_request_id"),
+    ),
+)
 
 
 def _resolve(module: ModuleType, attribute: str) -> tuple[Any, str, Any]:

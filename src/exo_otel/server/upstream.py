@@ -1,7 +1,6 @@
-"""The upstream state manager adapter: wrappers of the unmodified app's functions, and the patch table.
-
-Rows name where a function is LOOKED UP at call time (``app.routes`` imports the controllers by
-name, so it is patched there), so patching works before and after the app is imported. Every
+"""The upstream state manager adapter: wrappers of the unmodified app's functions (the patch table,
+in `exo_otel.server.instrumentor`, names where each is LOOKED UP at call time: ``app.routes``
+imports the controllers by name, so it is patched there, before or after the app is imported). Every
 wrapper calls the upstream function exactly as it was called and returns what it returned, except
 that the enqueue and trigger answers gain the trace model's fields; a failure of ours is logged
 and the upstream answer goes out unchanged.
@@ -13,9 +12,9 @@ import contextvars
 import importlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from exo_otel.core.spans import guard
 from exo_otel.core.wrapping import AsyncMethod, call_argument
@@ -24,8 +23,6 @@ from exo_otel.server.records import epoch_ns
 from exo_otel.server.side import ServerSide, TakenState
 
 _logger = logging.getLogger(__name__)
-
-SUPPORTED_VERSION: Final = "exospherehost state-manager 0.0.3"
 
 # The trigger request's headers, for the trigger controller (set around each request).
 _request_headers: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
@@ -253,7 +250,7 @@ def make_manual_retry_wrapper(side: ServerSide) -> AsyncMethod:
                 new_id = str(getattr(result, "id", ""))
                 state_model = importlib.import_module("app.models.db.state").State
                 found = await state_model.get_pymongo_collection().find_one(
-                    {"_id": getattr(result, "id", None) and _object_id(new_id)}, {"run_id": 1}
+                    {"_id": _object_id(new_id)}, {"run_id": 1}
                 )
                 if found is not None:
                     await side.store.note_retry(new_id, retried, str(found["run_id"]))
@@ -266,66 +263,3 @@ def make_manual_retry_wrapper(side: ServerSide) -> AsyncMethod:
 def _object_id(value: str) -> Any:
     bson = importlib.import_module("bson")
     return bson.ObjectId(value) if bson.ObjectId.is_valid(value) else value
-
-
-Factory = Callable[[ServerSide], AsyncMethod]
-
-
-@dataclass(frozen=True)
-class Patch:
-    """One patch target: where it is looked up, its name there, its wrapper, the parameters it must have."""
-
-    module: str
-    attribute: str
-    factory: Factory
-    parameters: tuple[str, ...]
-
-
-PATCHES: Final[tuple[Patch, ...]] = (
-    Patch(
-        "app.middlewares.request_id_middleware",
-        "RequestIdMiddleware.dispatch",
-        make_request_wrapper,
-        ("self", "request", "call_next"),
-    ),
-    Patch("app.models.db.run", "Run.insert", make_run_insert_wrapper, ("self",)),
-    Patch(
-        "app.routes",
-        "trigger_graph",
-        make_trigger_wrapper,
-        ("namespace_name", "graph_name", "body", "x_exosphere_request_id"),
-    ),
-    Patch(
-        "app.tasks.trigger_cron",
-        "trigger_graph",
-        make_trigger_wrapper,
-        ("namespace_name", "graph_name", "body", "x_exosphere_request_id"),
-    ),
-    Patch(
-        "app.controller.enqueue_states", "find_state", make_find_state_wrapper, ("namespace_name", "nodes")
-    ),
-    Patch(
-        "app.routes",
-        "enqueue_states",
-        make_enqueue_wrapper,
-        ("namespace_name", "body", "x_exosphere_request_id"),
-    ),
-    Patch(
-        "app.controller.executed_state",
-        "create_next_states",
-        make_next_states_wrapper,
-        ("state_ids", "identifier", "namespace", "graph_name", "parents_ids"),
-    ),
-    Patch(
-        "app.routes",
-        "re_queue_after_signal",
-        make_requeue_wrapper,
-        ("namespace_name", "state_id", "body", "x_exosphere_request_id"),
-    ),
-    Patch(
-        "app.routes",
-        "manual_retry_state",
-        make_manual_retry_wrapper,
-        ("namespace_name", "state_id", "body", "x_exosphere_request_id"),
-    ),
-)
