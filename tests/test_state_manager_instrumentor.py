@@ -59,3 +59,30 @@ def test_an_app_module_that_does_not_match_is_left_alone_and_named(tmp_path: Pat
     assert "does not look like exospherehost state-manager 0.0.3" in done.stderr
     assert "app.routes.trigger_graph takes ('request',)" in done.stderr
     assert "app.routes.enqueue_states is missing" in done.stderr
+
+
+def test_the_launcher_loads_both_entry_points_in_a_runtime_process(tmp_path: Path) -> None:
+    launcher = Path(sys.executable).with_name("opentelemetry-instrument")
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "from exo_otel import ExosphereInstrumentor, StateManagerInstrumentor\n"
+        "print(ExosphereInstrumentor().is_instrumented_by_opentelemetry,"
+        " StateManagerInstrumentor().is_instrumented_by_opentelemetry)\n"
+    )
+    env = {
+        "PATH": str(launcher.parent),
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+    }
+    done = subprocess.run(
+        [str(launcher), sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # The SDK side and the (idle: no state manager here) state manager side are both loaded.
+    assert done.stdout.split() == ["True", "True"]
