@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from exospherehost import StateManager
+from exospherehost import CronTrigger, StateManager, StoreConfigModel
 from opentelemetry import baggage, context
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -239,3 +239,42 @@ async def test_a_broken_sampler_and_span_processor_fail_no_request(
         trigger, enqueue = await _raw_answers(server)
     assert trigger["status"] == "CREATED" and enqueue["count"] == 1
     assert broken == plain
+
+
+@pytest.mark.timeout(600)
+async def test_a_cron_triggered_run_has_its_root_and_every_node_span(
+    receiver: OtlpHttpReceiver, span_exporter: InMemorySpanExporter, instrumentor: ExosphereInstrumentor
+) -> None:
+    require_upstream()
+    namespace = f"i8-cron-{uuid.uuid4().hex[:8]}"
+    with side_server(receiver) as server:
+        async with graph_runtime(server.uri, server.api_key, namespace) as (_proxy, client):
+            await client.upsert_graph(
+                ug.GRAPH,
+                ug.graph_nodes(namespace),
+                {},
+                retry_policy=ug.RETRY_POLICY,
+                store_config=StoreConfigModel(required_keys=[], default_values={"topic": "cron"}),
+                triggers=[CronTrigger(expression="* * * * *")],
+                polling_interval=0.1,
+            )  # type: ignore[arg-type]
+            url = f"{server.uri}/v0/namespace/{namespace}/runs/1/10"
+            run_ids: list[str] = []
+            async with aiohttp.ClientSession() as session:
+                for _ in range(300):  # the scheduler looks for due triggers once a minute
+                    async with session.get(url, headers={"x-api-key": server.api_key}) as answer:
+                        run_ids = [r["run_id"] for r in (await answer.json())["runs"]]
+                    if run_ids:
+                        break
+                    await asyncio.sleep(0.5)
+            assert run_ids, "no cron-triggered run within 150 s"
+            run_ids = run_ids[:1]
+            await wait_settled(server.uri, server.api_key, namespace, run_ids, timeout=120)
+            await asyncio.sleep(2.0)
+        histories = await state_histories(server.uri, run_ids[0])
+    spans = spans_of(run_ids, receiver.spans(), flatten(span_exporter.get_finished_spans()))
+    report = check_runs(spans, {run_ids[0]: histories}, ug.GRAPH)
+    print(f"\n[cron] {report.summary()}")
+    assert report.problems[:5] == []
+    assert report.placed == report.states == ug.STATES_PER_RUN and report.roots_per_run == {1: 1}
+    assert report.duplicate_span_ids == report.dangling_parents == report.dangling_links == 0
