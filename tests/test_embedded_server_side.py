@@ -73,13 +73,16 @@ async def test_every_state_in_its_runs_trace_embedded(
             settled = time.monotonic() - started
             await wait_for_spans(span_exporter, run_ids)
             calls = dict(proxy.calls)
+        assert sm._api.side is not None
+        sweep = sm._api.side.side.sweeper.stats
     report = check_runs(
         spans_of(run_ids, flatten(span_exporter.get_finished_spans())), states_by_run(sm, run_ids), ug.GRAPH
     )
     print(
         f"\n[embedded side] runs={runs} trigger={'sdk' if sdk else 'http'} {report.summary()} "
         f"runtime run-API calls={calls.get('run_api', 0)} polls={calls.get('enqueue', 0)} "
-        f"settled in {settled:.1f}s"
+        f"settled in {settled:.1f}s; sweep: {sweep.passes} passes, {sweep.seconds:.2f}s in all, "
+        f"{1000 * sweep.seconds / max(sweep.passes, 1):.1f} ms/pass"
     )
     assert report.problems[:5] == []
     assert report.placed == report.states == runs * ug.STATES_PER_RUN
