@@ -55,6 +55,8 @@ class RunReport:
     dangling_links: int = 0
     executes_misplaced: int = 0
     executes: int = 0
+    # Per run: the root's end minus the last node span's end (how long after settling the root ended).
+    root_lag_ms: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -66,8 +68,15 @@ class RunReport:
             f"runs={self.runs} states={self.states} placed={self.placed_percent:.1f}% "
             f"roots/run={dict(self.roots_per_run)} duplicate_ids={self.duplicate_span_ids} "
             f"dangling_parents={self.dangling_parents} dangling_links={self.dangling_links} "
-            f"executes={self.executes} executes_misplaced={self.executes_misplaced}"
+            f"executes={self.executes} executes_misplaced={self.executes_misplaced} "
+            f"root_end_after_last_node_ms(p50/max)={self._lag()}"
         )
+
+    def _lag(self) -> str:
+        if not self.root_lag_ms:
+            return "-"
+        lags = sorted(self.root_lag_ms)
+        return f"{lags[len(lags) // 2]:.0f}/{lags[-1]:.0f}"
 
 
 def check_runs(
@@ -98,6 +107,8 @@ def check_runs(
             if root.parent_span_id is not None or "exosphere.run.status" not in root.attributes:
                 report.roots_without_status += 1
         node_ids = {s.span_id: s for s in trace if s.name.startswith("node ")}
+        if len(roots) == 1 and node_ids:
+            report.root_lag_ms.append((roots[0].end_ns - max(n.end_ns for n in node_ids.values())) / 1e6)
         for state in states:
             report.states += 1
             node = node_ids.get(f"{state_span_id(state['state_id']):016x}")
