@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from opentelemetry import baggage, context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -129,3 +131,37 @@ async def test_caller_baggage_reaches_every_node_and_a_graph_sampler_gives_whole
     assert spans_of(dropped, spans) == []
     assert len(ug.SEEN) == 6 * EXECUTES_PER_RUN
     assert all(seen.get("tenant") == "acme" for seen in ug.SEEN)
+
+
+@pytest.mark.timeout(120)
+async def test_the_server_measures_run_duration_and_queue_wait(
+    tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter, instrumentor: ExosphereInstrumentor
+) -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    try:
+        async with EmbeddedStateManager(
+            server_side=True, tracer_provider=tracer_provider, meter_provider=meters
+        ) as sm:
+            namespace = f"i8-emb-{uuid.uuid4().hex[:8]}"
+            async with graph_runtime(sm.uri, sm.api_key, namespace) as (_proxy, client):
+                run_ids = await trigger_runs(client, sm.uri, sm.api_key, namespace, 2, True)
+                await wait_settled(sm.uri, sm.api_key, namespace, run_ids, timeout=60)
+                await wait_for_spans(span_exporter, run_ids)
+        data = reader.get_metrics_data()
+    finally:
+        meters.shutdown()
+    points = {
+        metric.name: list(metric.data.data_points)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    (run_duration,) = points["exosphere.run.duration"]
+    assert run_duration.count == 2 and run_duration.sum > 0
+    assert dict(run_duration.attributes) == {
+        "exosphere.namespace": namespace,
+        "exosphere.graph.name": ug.GRAPH,
+        "exosphere.run.status": "SUCCESS",
+    }
+    assert sum(p.count for p in points["exosphere.state.queue_wait"]) >= 2 * EXECUTES_PER_RUN
