@@ -59,16 +59,10 @@ class MemoryRunStore:
         self.runs: dict[str, dict[str, Any]] = {}
         self.next_tokens: dict[str, dict[str, Any]] = {}
         self.requeues: dict[str, list[tuple[int, int]]] = {}
+        self.claims: set[str] = set()
 
     async def save_run(self, run: RunContext) -> None:
-        self.runs[run.run_id] = {
-            "run": run,
-            "ready": False,
-            "open": True,
-            "root": False,
-            "emitted": set(),
-            "dequeued": {},
-        }
+        self.runs[run.run_id] = {"run": run, "ready": False, "open": True, "dequeued": {}}
 
     async def mark_ready(self, run_id: str) -> None:
         self.runs[run_id]["ready"] = True
@@ -113,7 +107,7 @@ class MemoryRunStore:
         now = time.time_ns()
         for run_id in run_ids:
             entry = self.runs[run_id]
-            notes[run_id] = RunNotes(dequeued_ns=dict(entry["dequeued"]), emitted=set(entry["emitted"]))
+            notes[run_id] = RunNotes(dequeued_ns=dict(entry["dequeued"]))
         for token in tokens:
             owner = next((run_of[s] for s in token["ids"] if s in run_of), None)
             if owner is None:
@@ -129,20 +123,19 @@ class MemoryRunStore:
                 notes[run_of[state_id]].requeues[state_id] = list(events)
         return states, notes
 
-    async def claim_nodes(self, run_id: str, state_ids: Sequence[str]) -> list[str]:
-        emitted = self.runs[run_id]["emitted"]
-        won = [s for s in state_ids if s not in emitted]
-        emitted.update(won)
-        return won
+    async def claim_nodes(self, state_ids: Sequence[str]) -> set[str]:
+        won = {f"node:{s}" for s in state_ids} - self.claims
+        self.claims |= won
+        return {key.removeprefix("node:") for key in won}
 
-    async def claim_root(self, run_id: str) -> bool:
-        entry = self.runs[run_id]
-        won = not entry["root"]
-        entry["root"] = True
-        return won
+    async def claim_roots(self, run_ids: Sequence[str]) -> set[str]:
+        won = {f"root:{r}" for r in run_ids} - self.claims
+        self.claims |= won
+        return {key.removeprefix("root:") for key in won}
 
-    async def close_run(self, run_id: str, state_ids: Sequence[str]) -> None:
-        self.runs[run_id]["open"] = False
+    async def close_runs(self, run_ids: Sequence[str], state_ids: Sequence[str]) -> None:
+        for run_id in run_ids:
+            self.runs[run_id]["open"] = False
         ids = set(state_ids)
         for token, value in list(self.next_tokens.items()):
             if value["ids"] and value["ids"][0] in ids:

@@ -1,9 +1,11 @@
 """`RunStore` in the upstream state manager's MongoDB: two collections of exo_otel's own beside the app's.
 
-``exo_otel_runs``: one document per run (``_id`` = run id): its context, whether it is ready, open,
-its root emitted, which node spans are claimed, when each state was first taken.
-``exo_otel_notes``: next-states-in-progress tokens, requeues and manual retries.
-The app's ``State`` collection is only read. Every claim is one atomic single-document update.
+``exo_otel_runs``: one document per run (``_id`` = run id): its context, whether it is ready and
+open, when each state was first taken. ``exo_otel_notes``: next-states-in-progress tokens, requeues
+and manual retries. ``exo_otel_claims``: one document per emitted span (``_id`` = ``node:<state id>``
+or ``root:<run id>``); a claim is an insert, atomic by the unique ``_id``, and a sweep pass claims
+all it needs in one unordered ``insert_many``, whatever the number of runs.
+The app's ``State`` collection is only read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from exo_otel.server.records import RunNotes, StateRecord
 
 RUNS_COLLECTION: Final = "exo_otel_runs"
 NOTES_COLLECTION: Final = "exo_otel_notes"
+CLAIMS_COLLECTION: Final = "exo_otel_claims"
+_DUPLICATE_KEY: Final = 11000
 # A next-states token older than this is from a process that died mid-way: it no longer holds a run open.
 STALE_TOKEN_NS: Final = 120 * 1_000_000_000
 _STATE_FIELDS: Final = {
@@ -54,8 +58,6 @@ class MongoRunStore:
             **run.to_document(),
             "ready": False,
             "open": True,
-            "root_emitted": False,
-            "emitted": [],
             "dequeued": {},
         }
         await self._runs().insert_one(document)
@@ -70,7 +72,7 @@ class MongoRunStore:
         wanted = sorted(set(run_ids))
         if not wanted:
             return {}
-        found = await self._runs().find({"_id": {"$in": wanted}}, {"dequeued": 0, "emitted": 0}).to_list(None)
+        found = await self._runs().find({"_id": {"$in": wanted}}, {"dequeued": 0}).to_list(None)
         return {str(doc["_id"]): RunContext.from_document(doc) for doc in found}
 
     async def note_dequeued(self, taken: Sequence[tuple[str, str, int]]) -> None:
@@ -104,7 +106,7 @@ class MongoRunStore:
         await self._runs().update_one({"_id": run_id}, {"$set": {"open": True}})
 
     async def open_runs(self, limit: int) -> list[RunContext]:
-        cursor = self._runs().find({"ready": True, "open": True}, {"dequeued": 0, "emitted": 0})
+        cursor = self._runs().find({"ready": True, "open": True}, {"dequeued": 0})
         found = await cursor.sort("start_ns", 1).limit(limit).to_list(None)
         return [RunContext.from_document(doc) for doc in found]
 
@@ -112,11 +114,7 @@ class MongoRunStore:
         self, run_ids: Sequence[str]
     ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
         # Notes first, states after (see RunStore.run_records).
-        runs = (
-            await self._runs()
-            .find({"_id": {"$in": list(run_ids)}}, {"dequeued": 1, "emitted": 1})
-            .to_list(None)
-        )
+        runs = await self._runs().find({"_id": {"$in": list(run_ids)}}, {"dequeued": 1}).to_list(None)
         raw_notes = await self._notes().find({}).to_list(None)
         found = await self._states().find({"run_id": {"$in": list(run_ids)}}, _STATE_FIELDS).to_list(None)
         states: dict[str, list[StateRecord]] = {run_id: [] for run_id in run_ids}
@@ -128,37 +126,40 @@ class MongoRunStore:
         for doc in runs:
             run_notes = notes.setdefault(str(doc["_id"]), RunNotes())
             run_notes.dequeued_ns = {str(k): int(v) for k, v in (doc.get("dequeued") or {}).items()}
-            run_notes.emitted = {str(s) for s in doc.get("emitted") or ()}
         now = time.time_ns()
         for note in raw_notes:
             _apply_note(note, run_of, notes, now)
         return states, notes
 
-    async def claim_nodes(self, run_id: str, state_ids: Sequence[str]) -> list[str]:
-        ids = list(state_ids)
-        # Usually one process sweeps a run at a time: claim all at once; else one by one.
-        whole = await self._runs().update_one(
-            {"_id": run_id, "emitted": {"$nin": ids}}, {"$addToSet": {"emitted": {"$each": ids}}}
-        )
-        if whole.modified_count == 1:
-            return ids
-        won = []
-        for state_id in ids:
-            one = await self._runs().update_one(
-                {"_id": run_id, "emitted": {"$ne": state_id}}, {"$addToSet": {"emitted": state_id}}
-            )
-            if one.modified_count == 1:
-                won.append(state_id)
-        return won
+    def _claims(self) -> Any:
+        return self._states().database[CLAIMS_COLLECTION]
 
-    async def claim_root(self, run_id: str) -> bool:
-        result = await self._runs().update_one(
-            {"_id": run_id, "root_emitted": False}, {"$set": {"root_emitted": True}}
-        )
-        return bool(result.modified_count == 1)
+    async def _claim(self, keys: list[str]) -> set[str]:
+        if not keys:
+            return set()
+        try:
+            await self._claims().insert_many([{"_id": key} for key in keys], ordered=False)
+        except Exception as exc:  # pymongo's BulkWriteError (pymongo is the app's, not ours)
+            details = getattr(exc, "details", None)
+            if not isinstance(details, dict):
+                raise
+            errors = details.get("writeErrors", [])
+            if any(error.get("code") != _DUPLICATE_KEY for error in errors):
+                raise
+            lost = {int(error["index"]) for error in errors}
+            return {key for index, key in enumerate(keys) if index not in lost}
+        return set(keys)
 
-    async def close_run(self, run_id: str, state_ids: Sequence[str]) -> None:
-        await self._runs().update_one({"_id": run_id}, {"$set": {"open": False}})
+    async def claim_nodes(self, state_ids: Sequence[str]) -> set[str]:
+        won = await self._claim([f"node:{state_id}" for state_id in state_ids])
+        return {key.removeprefix("node:") for key in won}
+
+    async def claim_roots(self, run_ids: Sequence[str]) -> set[str]:
+        won = await self._claim([f"root:{run_id}" for run_id in run_ids])
+        return {key.removeprefix("root:") for key in won}
+
+    async def close_runs(self, run_ids: Sequence[str], state_ids: Sequence[str]) -> None:
+        await self._runs().update_many({"_id": {"$in": list(run_ids)}}, {"$set": {"open": False}})
         ids = list(state_ids)
         await self._notes().delete_many({"$or": [{"state_ids.0": {"$in": ids}}, {"state_id": {"$in": ids}}]})
 

@@ -87,7 +87,6 @@ class RunNotes:
     final_ns: dict[str, int] = field(default_factory=dict)  # fan-out copy: when it became final
     retry_of: dict[str, str] = field(default_factory=dict)  # manual retry: the state it retries
     next_states_pending: bool = False  # next states are being created for one of its states
-    emitted: set[str] = field(default_factory=set)  # node spans already claimed
 
 
 def run_outcome(states: list[StateRecord]) -> tuple[str, dict[str, int]]:

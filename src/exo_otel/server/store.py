@@ -58,11 +58,11 @@ class RunStore(Protocol):
         between upstream marking its parents SUCCESS and inserting a unites state).
         """
 
-    async def claim_nodes(self, run_id: str, state_ids: Sequence[str]) -> list[str]:
-        """Atomically claim these states' node spans; returns those this caller won."""
+    async def claim_nodes(self, state_ids: Sequence[str]) -> set[str]:
+        """Atomically claim these states' node spans (any runs, in one go); returns those this caller won."""
 
-    async def claim_root(self, run_id: str) -> bool:
-        """Atomically claim the run root (once ever) and close the run; True for the winner."""
+    async def claim_roots(self, run_ids: Sequence[str]) -> set[str]:
+        """Atomically claim these runs' roots (once ever each); returns those this caller won."""
 
-    async def close_run(self, run_id: str, state_ids: Sequence[str]) -> None:
-        """The run is settled and its spans emitted: stop sweeping it, drop its notes."""
+    async def close_runs(self, run_ids: Sequence[str], state_ids: Sequence[str]) -> None:
+        """These runs are settled and their spans emitted: stop sweeping them, drop their notes."""

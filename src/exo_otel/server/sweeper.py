@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from exo_otel.core.spans import guard
 from exo_otel.server.context import RunContext
-from exo_otel.server.records import RunNotes, StateRecord, is_settled
+from exo_otel.server.records import RunNotes, is_settled
 from exo_otel.server.spans import ServerMetrics, emit_node_span, emit_run_root
 from exo_otel.server.store import RunStore
 
@@ -53,6 +53,7 @@ class Sweeper:
     _task: asyncio.Task[None] | None = None
     _wake: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
+    _attempted: set[str] = field(default_factory=set)
 
     def nudge(self) -> None:
         """Start the loop in the running event loop if needed, and make it pass soon."""
@@ -96,33 +97,42 @@ class Sweeper:
                 await asyncio.sleep(max(self.busy_interval, PAUSE_PER_PASS_TIME * elapsed))
 
     async def sweep_once(self) -> int:
-        """One pass; returns how many runs were open at its start."""
+        """One pass; returns how many runs were open at its start.
+
+        A constant number of store calls whatever the number of runs: read, claim node spans, claim
+        roots, close the settled runs.
+        """
         started = time.perf_counter()
         runs = await self.store.open_runs(self.max_runs_per_pass)
         if runs:
-            states, notes = await self.store.run_records([run.run_id for run in runs])
-            for run in runs:
-                run_states = states.get(run.run_id, [])
-                await self._sweep_run(run.run_id, run, run_states, notes.get(run.run_id))
+            await self._sweep(runs)
         self.stats.passes += 1
         self.stats.seconds += time.perf_counter() - started
         return len(runs)
 
-    async def _sweep_run(
-        self, run_id: str, run: RunContext, states: list[StateRecord], notes: RunNotes | None
-    ) -> None:
-        run_notes = notes if notes is not None else RunNotes()
-        by_id = {state.state_id: state for state in states}
-        finished = [s.state_id for s in states if s.settled and s.state_id not in run_notes.emitted]
-        if finished:
-            for state_id in await self.store.claim_nodes(run_id, finished):
-                if run.sampled:
-                    with guard("emitting a node span"):
-                        emit_node_span(self.tracer, run, by_id[state_id], by_id, run_notes)
-                        self.stats.node_spans += 1
-        if is_settled(states, run_notes):
-            if await self.store.claim_root(run_id):
-                with guard("emitting a run root"):
-                    emit_run_root(self.tracer, self.metrics, run, states, time.time_ns())
-                    self.stats.roots += 1
-            await self.store.close_run(run_id, list(by_id))
+    async def _sweep(self, runs: list[RunContext]) -> None:
+        states, notes = await self.store.run_records([run.run_id for run in runs])
+        by_run = {run.run_id: run for run in runs}
+        by_id = {state.state_id: state for records in states.values() for state in records}
+        finished = [s.state_id for s in by_id.values() if s.settled and s.state_id not in self._attempted]
+        won = await self.store.claim_nodes(finished) if finished else set()
+        # Lost claims are another process's spans: not tried again while the run is open.
+        self._attempted.update(finished)
+        for state_id in won:
+            state = by_id[state_id]
+            run = by_run[state.run_id]
+            if run.sampled:
+                with guard("emitting a node span"):
+                    run_states = {s.state_id: s for s in states[state.run_id]}
+                    emit_node_span(self.tracer, run, state, run_states, notes.get(state.run_id) or RunNotes())
+                    self.stats.node_spans += 1
+        settled = [r for r in by_run if is_settled(states.get(r, []), notes.get(r) or RunNotes())]
+        if not settled:
+            return
+        for run_id in await self.store.claim_roots(settled):
+            with guard("emitting a run root"):
+                emit_run_root(self.tracer, self.metrics, by_run[run_id], states[run_id], time.time_ns())
+                self.stats.roots += 1
+        closed_states = [s.state_id for r in settled for s in states.get(r, [])]
+        await self.store.close_runs(settled, closed_states)
+        self._attempted.difference_update(closed_states)
