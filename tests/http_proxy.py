@@ -52,6 +52,8 @@ class CountingProxy:
             ) as answer,
         ):
             payload = await answer.read()
+            if answer.status >= 500:
+                self.calls["server_error"] += 1
             if kind == "enqueue" and b'"state_id"' in payload:
                 self.calls["enqueue_with_states"] += 1
             return web.Response(body=payload, status=answer.status, content_type=answer.content_type)

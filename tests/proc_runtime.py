@@ -26,6 +26,7 @@ from exospherehost import BaseNode, GraphNodeModel, Runtime, StoreConfigModel
 from pydantic import BaseModel
 
 import conformance_graph
+import upstream_graph
 
 PAIR_NAMESPACE = "exo-otel-pair"
 PAIR_GRAPH = "pair"
@@ -65,7 +66,8 @@ def pair_graph_nodes() -> list[GraphNodeModel]:
 
 
 KNOWN_NODES: dict[str, type[BaseNode]] = {
-    node.__name__: node for node in [*conformance_graph.NODES, PairFirstNode, PairSecondNode]
+    node.__name__: node
+    for node in [*conformance_graph.NODES, PairFirstNode, PairSecondNode, *upstream_graph.NODES]
 }
 
 

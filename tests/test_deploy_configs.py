@@ -153,7 +153,7 @@ def test_build_context_and_dockerfile_exist(services: dict[str, Any]) -> None:
 
 def test_dockerfile_installs_repo_and_uses_launcher(services: dict[str, Any]) -> None:
     dockerfile = (STACK_DIR / "Dockerfile").read_text()
-    assert re.search(r'pip install "?\.\[instruments\]', dockerfile)
+    assert re.search(r'pip install "?\.\[sdk\]', dockerfile)
     assert "opentelemetry-distro" in dockerfile
     for name in ("runtime", "trigger"):
         service = services[name]

@@ -40,14 +40,22 @@ def test_every_patch_target_exists_in_the_installed_sdk() -> None:
         assert callable(target), f"{module_name}.{attribute} is gone or not callable"
 
 
-def test_instruments_extra_equals_instrumentation_dependencies() -> None:
+def test_instruments_extras_match_instrumentation_dependencies() -> None:
     requires = importlib.metadata.requires("exo-otel") or []
-    extra = {
-        (r.name, r.specifier)
-        for r in map(Requirement, requires)
-        if r.marker is not None and r.marker.evaluate({"extra": "instruments"})
-    }
-    assert extra == {(r.name, r.specifier) for r in map(Requirement, _instruments)}
+
+    def extra(name: str) -> set[tuple[str, object]]:
+        return {
+            (r.name, r.specifier)
+            for r in map(Requirement, requires)
+            if r.marker is not None and r.marker.evaluate({"extra": name})
+        }
+
+    sdk = {(r.name, r.specifier) for r in map(Requirement, _instruments)}
+    assert extra("sdk") == sdk
+    # The launcher checks `instruments-any`: the SDK, or the state manager (beanie) for the server side.
+    assert extra("instruments-any") == sdk | {("beanie", Requirement("beanie >= 2.0").specifier)}
+    # An `instruments` extra would make the launcher skip both sides where the SDK is absent.
+    assert extra("instruments") == set()
     assert tuple(ExosphereInstrumentor().instrumentation_dependencies()) == _instruments
 
 

@@ -45,7 +45,7 @@ def upstream_unavailable() -> str | None:
         return f"the upstream state manager runner is not at {RUN_SH} (set EXO_OTEL_UPSTREAM_SM)"
     if not (os.environ.get("UPSTREAM_GIT_DIR") or os.environ.get("UPSTREAM_SRC")):
         return ("the upstream state manager source is not available: set UPSTREAM_GIT_DIR (a git directory "
-                "of exospherehost/exospherehost) or UPSTREAM_SRC; see README, 'The real state manager'")
+                "of exospherehost/exospherehost) or UPSTREAM_SRC; see README, 'The state manager side'")
     return None
 
 

@@ -13,6 +13,11 @@ Usage::
 
 Under the ``opentelemetry-instrument`` launcher nothing is needed: the entry point ``exospherehost``
 loads the instrumentor.
+
+Parts: `exo_otel.core` (the tracing core both sides share), `exo_otel.sdk` (the SDK side:
+`ExosphereInstrumentor`), `exo_otel.server` (the state manager side: `StateManagerInstrumentor`,
+entry point ``exosphere_state_manager``), `exo_otel.embedded` (the embedded state manager) and
+`exo_otel.demo` (the demo and the ``exo-otel`` command).
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from exo_otel.core.ids import (
     trace_id_for_state,
 )
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel.server.instrumentor import StateManagerInstrumentor
 from exo_otel.version import __version__
 
 __all__ = [
     "ExosphereInstrumentor",
     "RunIdGenerator",
+    "StateManagerInstrumentor",
     "__version__",
     "format_trace_id",
     "h64",

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import inspect
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -30,6 +32,7 @@ from exo_otel.embedded.errors import (
     InternalError,
     Unauthorized,
 )
+from exo_otel.embedded.server_side import EmbeddedServerSide
 from exo_otel.embedded.store import Database
 
 logger = logging.getLogger(__name__)
@@ -136,6 +139,7 @@ class Api:
         self.api_key = api_key
         self.expose_run_context = expose_run_context
         self.jobs: set[asyncio.Task[None]] = set()
+        self.side: EmbeddedServerSide | None = None  # exo_otel's state manager side, when asked for
 
     def _authorize(self, request: web.Request) -> str:
         given = request.headers.get("x-api-key")
@@ -167,10 +171,12 @@ class Api:
         async def run() -> None:
             await asyncio.sleep(0)
             try:
-                if large:
+                if large:  # on a worker thread (never one of the state manager side's: those are async)
                     await asyncio.to_thread(job)
                 else:
-                    job()
+                    done = cast(Callable[[], object], job)()  # the state manager side's jobs are async
+                    if inspect.isawaitable(done):
+                        await done
             except Exception:
                 logger.exception("background job failed")
 
@@ -199,22 +205,36 @@ class Api:
 
     async def trigger(self, request: web.Request) -> web.Response:
         namespace, body = await self._body(request, bodies.parse_trigger)
-        return respond(operations.trigger(self.db, namespace, request.match_info["graph"], body))
+        start_ns = time.time_ns()
+        graph = request.match_info["graph"]
+        answer = operations.trigger(self.db, namespace, graph, body)
+        if self.side is not None:
+            answer = await self.side.triggered(answer, namespace, graph, start_ns, request.headers)
+        return respond(answer)
 
     async def enqueue(self, request: web.Request) -> web.Response:
         parse = bodies.fields_parser({"nodes": "str[]", "batch_size": "int"})
         namespace, body = await self._body(request, parse)
         expose = self.expose_run_context
-        return respond(operations.enqueue(self.db, namespace, body["nodes"], body["batch_size"], expose))
+        answer = operations.enqueue(self.db, namespace, body["nodes"], body["batch_size"], expose)
+        if self.side is not None:
+            answer = await self.side.enqueued(answer, namespace)
+        return respond(answer)
 
     async def executed(self, request: web.Request) -> web.Response:
         _, body = await self._body(request, bodies.fields_parser({"outputs": "dict[]"}))
         state_id = request.match_info["state_id"]
-        large = len(body["outputs"]) > operations.COPIES_PER_STEP
+        # The state manager side needs the copies this call makes: those run inline (no await in
+        # between), so the states added after ``known`` are exactly them.
+        large = len(body["outputs"]) > operations.COPIES_PER_STEP and self.side is None
+        known = len(self.db.states)
         if large:
             answer, job = await asyncio.to_thread(operations.executed, self.db, state_id, body["outputs"])
         else:
             answer, job = operations.executed(self.db, state_id, body["outputs"])
+        if self.side is not None:
+            copies = list(self.db.states)[known:]
+            job = self.side.next_states_job([state_id, *copies], job)
         self._background(job, large)
         return respond(answer)
 
@@ -229,7 +249,10 @@ class Api:
     async def re_enqueue_after(self, request: web.Request) -> web.Response:
         _, body = await self._body(request, bodies.fields_parser({"enqueue_after": "int>0"}))
         state_id = request.match_info["state_id"]
-        return respond(signals.re_enqueue_after(self.db, state_id, body["enqueue_after"]))
+        answer = signals.re_enqueue_after(self.db, state_id, body["enqueue_after"])
+        if self.side is not None:
+            await self.side.requeued(state_id, body["enqueue_after"], time.time_ns())
+        return respond(answer)
 
     async def manual_retry(self, request: web.Request) -> web.Response:
         namespace, body = await self._body(request, bodies.fields_parser({"fanout_id": "str"}))

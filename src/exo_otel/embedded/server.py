@@ -8,9 +8,12 @@ import threading
 from types import TracebackType
 
 from aiohttp import web
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
 
 from exo_otel.embedded.app import Api, build_app
 from exo_otel.embedded.models import RunStatus
+from exo_otel.embedded.server_side import EmbeddedServerSide
 from exo_otel.embedded.store import Database, StateView
 
 
@@ -29,6 +32,9 @@ class EmbeddedStateManager:
         port: Port to bind; 0 picks a free one.
         expose_run_context: Add ``run_id``, ``graph_name`` and ``parents`` to each enqueued state
             (the extension exo_otel proposes); without it the answer has exactly the upstream fields.
+        server_side: Behave as the real state manager with exo_otel's state manager side loaded
+            (`exo_otel.server`): the run carrier in enqueue and trigger answers, the ``run`` and
+            ``node`` spans, emitted to ``tracer_provider`` (the global one when None).
     """
 
     def __init__(
@@ -37,6 +43,9 @@ class EmbeddedStateManager:
         host: str = "127.0.0.1",
         port: int = 0,
         expose_run_context: bool = False,
+        server_side: bool = False,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         if api_key is not None and not api_key.strip():
             # An empty key would let any client in: a request without the header would match it.
@@ -48,6 +57,8 @@ class EmbeddedStateManager:
         self._port: int | None = None
         self._db = Database()
         self._api = Api(self._db, self.api_key, expose_run_context)
+        if server_side:
+            self._api.side = EmbeddedServerSide(self._db, tracer_provider, meter_provider)
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
@@ -88,6 +99,8 @@ class EmbeddedStateManager:
         if runner is None:
             return
         await self._api.drain()
+        if self._api.side is not None:
+            await self._api.side.close()
         await runner.cleanup()
         self._port = None
 

@@ -27,10 +27,12 @@ from exo_otel.sdk import inflight
 from exo_otel.sdk.logs import with_log_context
 from exo_otel.sdk.state_context import (
     PolledState,
+    carried_context,
     link_to_state,
     parent_context,
     run_is_sampled,
     run_root_context,
+    server_node_context,
 )
 from exo_otel.sdk.telemetry import Telemetry
 
@@ -94,9 +96,15 @@ def begin(
     now = time.time_ns()
     run = state.run
     parent = None
+    carried = carried_context(run) if run is not None else None
     if run is not None:
-        sampled = run_is_sampled(telemetry.sampler, run)
-        parent = parent_context(run_root_context(run, sampled))
+        if carried is not None:
+            # The state manager side decided the run's sampling once and carries it.
+            sampled = trace.get_current_span(carried).get_span_context().trace_flags.sampled
+            parent = carried
+        else:
+            sampled = run_is_sampled(telemetry.sampler, run)
+            parent = parent_context(run_root_context(run, sampled))
     links = link_to_state(upstream, run.parent_state_id if run is not None else None)
     execution = Execution(
         telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now
@@ -106,16 +114,20 @@ def begin(
     created = timestamp_or(state.created_at_ns, now)
     # Only the run's context: never whatever was current where the runtime started.
     parent = parent if parent is not None else context.Context()
-    node_span = start_span(
-        telemetry.tracer,
-        f"node {state.identifier}",
-        context=parent,
-        trace_id=trace_id_for_state(state.state_id) if run is None and state.state_id else None,
-        span_id=state_span_id(state.state_id) if state.state_id else None,
-        start_time=created,
-        attributes=attributes,
-        links=links,
-    )
+    if carried is not None and run is not None and run.node_spans_by_server and state.state_id:
+        # The server emits the node span: execute spans go under its deterministic id.
+        node_span: trace.Span = trace.NonRecordingSpan(server_node_context(run, state.state_id, carried))
+    else:
+        node_span = start_span(
+            telemetry.tracer,
+            f"node {state.identifier}",
+            context=parent,
+            trace_id=trace_id_for_state(state.state_id) if run is None and state.state_id else None,
+            span_id=state_span_id(state.state_id) if state.state_id else None,
+            start_time=created,
+            attributes=attributes,
+            links=links,
+        )
     queue_wait_ns = max(0, now - created)
     execute_attributes = dict(attributes)
     execute_attributes[attr.STATE_QUEUE_WAIT_MS] = queue_wait_ns / 1e6

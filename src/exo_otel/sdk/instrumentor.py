@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Collection
@@ -16,8 +17,8 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from wrapt import wrap_function_wrapper
 
 from exo_otel.core import attributes as attr
-from exo_otel.core.ids import RunIdGenerator
 from exo_otel.core.metrics import ExosphereMetrics
+from exo_otel.core.providers import install_run_id_generator, remove_run_id_generator
 from exo_otel.core.spans import guard
 from exo_otel.sdk.config import RunAssociation, Settings
 from exo_otel.sdk.logs import install_log_correlation, remove_log_correlation
@@ -34,7 +35,7 @@ from exo_otel.sdk.runtime import (
 from exo_otel.sdk.secrets import make_secrets_wrapper
 from exo_otel.sdk.shutdown import SignalFlush
 from exo_otel.sdk.telemetry import Telemetry
-from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_wrapper
+from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_headers_wrapper, make_trigger_wrapper
 from exo_otel.sdk.worker import make_worker_wrapper
 from exo_otel.version import __version__
 
@@ -71,6 +72,8 @@ PATCHES: Final[tuple[tuple[str, str, WrapperFactory], ...]] = (
     ("exospherehost.runtime", "Runtime._worker", make_worker_wrapper),
     # The secrets a node receives, so that no telemetry shows them.
     ("exospherehost.runtime", "Runtime._get_secrets", make_secrets_wrapper),
+    # The SDK's trigger builds its request inside: the caller's W3C headers are added here.
+    ("aiohttp.client", "ClientSession._request", make_trigger_headers_wrapper),
 )
 
 
@@ -129,6 +132,11 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         )
 
     def _instrument(self, **kwargs: Any) -> None:
+        self._patched = False
+        if importlib.util.find_spec("exospherehost") is None:
+            # The launcher loads this entry point in a state manager too (see `instruments-any`).
+            _logger.debug("exo_otel: exospherehost is not installed; the SDK side is not loaded")
+            return
         tracer_provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
         meter_provider = kwargs.get("meter_provider") or metrics.get_meter_provider()
         settings = kwargs.get("settings")
@@ -136,7 +144,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             # Called by the launcher through BaseInstrumentor.instrument(**kwargs).
             settings = Settings.resolve()
         _warn_if_spans_go_nowhere(tracer_provider)
-        self._installed_generator = _install_run_id_generator(tracer_provider)
+        self._installed_generator = install_run_id_generator(tracer_provider)
         tracer = trace.get_tracer(__name__, __version__, tracer_provider, schema_url=SCHEMA_URL)
         meter = metrics.get_meter(__name__, __version__, meter_provider, schema_url=SCHEMA_URL)
         sampler = tracer_provider.sampler if isinstance(tracer_provider, SdkTracerProvider) else None
@@ -153,11 +161,14 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._signal_flush = SignalFlush(tracer_provider, meter_provider)
         with guard("installing the signal handlers"):
             self._signal_flush.install()
+        self._patched = True
 
     def _uninstrument(self, **kwargs: Any) -> None:
         telemetry = getattr(self, "_telemetry", None)
         if telemetry is not None:
             telemetry.enabled = False
+        if not getattr(self, "_patched", False):
+            return
         for module_name, attribute, _factory in PATCHES:
             owner_name, _, method = attribute.rpartition(".")
             owner = importlib.import_module(module_name)
@@ -169,7 +180,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if signal_flush is not None:
             with guard("restoring the signal handlers"):
                 signal_flush.uninstall()
-        _remove_run_id_generator(getattr(self, "_installed_generator", None))
+        remove_run_id_generator(getattr(self, "_installed_generator", None))
         self._installed_generator = None
 
 
@@ -190,28 +201,3 @@ def _warn_if_spans_go_nowhere(provider: object) -> None:
         "opentelemetry-instrument configure one from the OTEL_* variables, or set one in your program."
     )
 
-
-def _install_run_id_generator(provider: object) -> tuple[SdkTracerProvider, RunIdGenerator] | None:
-    """Make an SDK provider's id generator a `RunIdGenerator` (before any tracer is taken from it).
-
-    Returns what to undo, or None when there is nothing to undo (not an SDK provider, or the
-    generator was a RunIdGenerator already, e.g. from ``OTEL_PYTHON_ID_GENERATOR=exosphere``).
-    """
-    if not isinstance(provider, SdkTracerProvider):
-        _logger.debug("exo_otel: %r is not an SDK TracerProvider; run ids cannot pin trace ids", provider)
-        return None
-    if isinstance(provider.id_generator, RunIdGenerator):
-        return None
-    generator = RunIdGenerator(provider.id_generator)
-    # setattr: the SDK annotates the attribute with the type of its default generator.
-    setattr(provider, "id_generator", generator)  # noqa: B010
-    return provider, generator
-
-
-def _remove_run_id_generator(installed: tuple[SdkTracerProvider, RunIdGenerator] | None) -> None:
-    if installed is None:
-        return
-    provider, generator = installed
-    current: object = provider.id_generator
-    if current is generator:
-        setattr(provider, "id_generator", generator.delegate)  # noqa: B010

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
@@ -14,14 +14,24 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
 
+# The W3C fields of the run's carrier in an enqueued state, and the marker that the server emits
+# node spans (trace model, "Details both sides must agree on").
+CARRIER_FIELDS = ("traceparent", "tracestate", "baggage")
+
 
 @dataclass(frozen=True)
 class RunInfo:
-    """The run a state belongs to, as far as it is known."""
+    """The run a state belongs to, as far as it is known.
+
+    ``carrier`` holds the run's W3C fields when the state manager side sent them;
+    ``node_spans_by_server`` is true when it also emits the state's node span.
+    """
 
     run_id: str
     graph_name: str | None = None
     parent_state_id: str | None = None
+    carrier: tuple[tuple[str, str], ...] = ()
+    node_spans_by_server: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,7 @@ class PolledState:
     run_from_payload: bool = False
     """The run came with the state (the server's extension), so every runtime places its states alike."""
     server_node_spans: bool = False
-    """The server emits the state's node span (``node_spans: "server"``), fan-out copies' included."""
+    """The server emits the state's node span (its run's ``node_spans_by_server``), copies' included."""
 
     @classmethod
     def from_payload(
@@ -51,7 +61,7 @@ class PolledState:
             run=run,
             retry_count=_retry_count(state.get("retry_count")),
             run_from_payload=run_from_payload and run is not None,
-            server_node_spans=state.get("node_spans") == "server",
+            server_node_spans=run is not None and run.node_spans_by_server,
         )
 
 
@@ -71,7 +81,31 @@ def run_from_payload(state: dict[str, Any]) -> RunInfo | None:
     if isinstance(parents, dict) and parents:
         # Parents are in insertion order: the last entry is the direct parent.
         parent = str(list(parents.values())[-1])
-    return RunInfo(run_id, graph_name if isinstance(graph_name, str) else None, parent)
+    carrier = tuple(
+        (key, value) for key in CARRIER_FIELDS if isinstance(value := state.get(key), str) and value
+    )
+    return RunInfo(
+        run_id,
+        graph_name if isinstance(graph_name, str) else None,
+        parent,
+        carrier,
+        bool(carrier) and state.get("node_spans") == "server",
+    )
+
+
+def carried_context(run: RunInfo) -> Context | None:
+    """The run root's context from the state's carrier (configured propagators: sampled flag, baggage).
+
+    None when there is no carrier or its trace is not the run's: the run is then placed from its id.
+    Extracted into an empty context, so nothing current in the runtime leaks into the run.
+    """
+    if not run.carrier:
+        return None
+    extracted = propagate.extract(dict(run.carrier), context=Context())
+    root = trace.get_current_span(extracted).get_span_context()
+    if not root.is_valid or root.trace_id != trace_id_for_run(run.run_id):
+        return None
+    return extracted
 
 
 def parse_timestamp_ns(value: object) -> int | None:
@@ -129,6 +163,12 @@ def link_to_state(context: SpanContext | None, state_id: str | None) -> list[Lin
         return []
     remote = SpanContext(context.trace_id, context.span_id, is_remote=True, trace_flags=context.trace_flags)
     return [Link(remote, {attr.STATE_ID: state_id})]
+
+
+def server_node_context(run: RunInfo, state_id: str, carried: Context) -> SpanContext:
+    """The remote context of a state's node span, which the state manager side emits."""
+    root = trace.get_current_span(carried).get_span_context()
+    return SpanContext(root.trace_id, state_span_id(state_id), is_remote=True, trace_flags=root.trace_flags)
 
 
 def parent_context(root: SpanContext) -> Context:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from typing import Any
 
-from opentelemetry import trace
+from multidict import CIMultiDict
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Link, SpanKind
@@ -16,6 +18,11 @@ from exo_otel.core.sanitize import clean_text
 from exo_otel.core.spans import end_span, guard, record_failure, start_span
 from exo_otel.core.wrapping import AsyncMethod, Wrapper, call_argument
 from exo_otel.sdk.telemetry import Telemetry
+
+# The caller's W3C headers while its trigger request is being made (read by the aiohttp wrapper).
+_trigger_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "exo_otel_trigger_headers", default=None
+)
 
 
 def _namespace(instance: Any) -> str:
@@ -34,6 +41,11 @@ def make_trigger_wrapper(telemetry: Telemetry) -> Wrapper:
         # time now and create the span afterwards, backdated to it.
         start_ns = time.time_ns()
         caller = trace.get_current_span()
+        # The caller's W3C context (its span, its baggage) goes to the server on the trigger request.
+        outgoing: dict[str, str] = {}
+        with guard("taking the caller's context"):
+            propagate.inject(outgoing)
+        token = _trigger_headers.set(outgoing or None)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -42,6 +54,8 @@ def make_trigger_wrapper(telemetry: Telemetry) -> Wrapper:
                     telemetry, _trigger_attributes(instance, args, kwargs), start_ns, exc
                 )
             raise
+        finally:
+            _trigger_headers.reset(token)
         with guard("recording the trigger span"):
             _run_root_span(telemetry, _trigger_attributes(instance, args, kwargs), start_ns, caller, result)
         return result
@@ -71,15 +85,16 @@ def _run_root_span(
         return
     attributes[attr.RUN_ID] = run_id
     caller_context = caller.get_span_context()
-    # An empty context makes the span a root whatever is current: the run's trace never nests
-    # inside the caller's, so its trace id is always the run id's.
+    server_root = _server_run_root(result, run_id)
+    # Without a server-owned root, an empty context makes the span the root whatever is current:
+    # the run's trace never nests inside the caller's, so its trace id is always the run id's.
     span = start_span(
         telemetry.tracer,
         f"trigger {attributes[attr.GRAPH_NAME]}",
         kind=SpanKind.PRODUCER,
-        context=Context(),
-        trace_id=trace_id_for_run(run_id),
-        span_id=run_span_id(run_id),
+        context=server_root if server_root is not None else Context(),
+        trace_id=None if server_root is not None else trace_id_for_run(run_id),
+        span_id=None if server_root is not None else run_span_id(run_id),
         start_time=start_ns,
         attributes=attributes,
         links=[Link(caller_context)] if caller_context.is_valid else [],
@@ -87,6 +102,40 @@ def _run_root_span(
     if caller.is_recording():
         caller.add_link(span.get_span_context(), {attr.RUN_ID: clean_text(run_id)})
     end_span(span)
+
+
+def _server_run_root(result: dict[str, Any], run_id: str) -> Context | None:
+    """The run root the state manager side owns, from the trigger answer's ``traceparent``; else None."""
+    traceparent = result.get("traceparent")
+    if not isinstance(traceparent, str):
+        return None
+    extracted = propagate.extract({"traceparent": traceparent}, context=Context())
+    root = trace.get_current_span(extracted).get_span_context()
+    if not root.is_valid or root.trace_id != trace_id_for_run(run_id):
+        return None
+    return extracted
+
+
+def make_trigger_headers_wrapper(telemetry: Telemetry) -> Wrapper:
+    """Around ``aiohttp.ClientSession._request``: inside a trigger, add the caller's W3C headers.
+
+    Headers already there win (the aiohttp client instrumentation, when on, writes its own after).
+    """
+
+    async def with_trigger_headers(
+        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        carrier = _trigger_headers.get()
+        if carrier:
+            with guard("adding the caller's context to the trigger request"):
+                headers = CIMultiDict(kwargs.get("headers") or {})
+                for key, value in carrier.items():
+                    if key not in headers:
+                        headers[key] = value
+                kwargs = {**kwargs, "headers": headers}
+        return await wrapped(*args, **kwargs)
+
+    return with_trigger_headers
 
 
 def _span_where_the_caller_is(

@@ -1,0 +1,101 @@
+"""What the state manager side reads back about a run: its states and the notes the hooks left.
+
+Storage-agnostic: the upstream adapter fills these from MongoDB, the embedded one from its store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+# Upstream's state statuses: a run is settled when none of its states is pending.
+PENDING_STATUSES: Final = frozenset({"CREATED", "QUEUED", "EXECUTED"})
+ERRORED_STATUSES: Final = frozenset({"ERRORED", "NEXT_CREATED_ERROR"})
+OUTCOME_BY_STATUS: Final = {
+    "SUCCESS": "executed",
+    "PRUNED": "pruned",
+    "ERRORED": "errored",
+    "RETRY_CREATED": "errored",
+    "NEXT_CREATED_ERROR": "errored",
+}
+
+
+def epoch_ns(value: object) -> int | None:
+    """Epoch nanoseconds of a stored timestamp.
+
+    Upstream writes ``datetime.now()``: naive, the server's local time. This runs in the server, so a
+    naive value is read as local time (which is UTC in the usual container).
+    """
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp() * 1_000_000_000)
+    if isinstance(value, int | float):
+        return int(value)
+    return None
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """One state of a run as stored: enough to place, time and link its node span."""
+
+    state_id: str
+    run_id: str
+    identifier: str
+    node_name: str
+    status: str
+    created_ns: int
+    updated_ns: int
+    enqueue_after_ms: int | None = None
+    retry_count: int = 0
+    fanout_id: str = ""
+    parent_ids: tuple[str, ...] = ()
+
+    @property
+    def settled(self) -> bool:
+        return self.status not in PENDING_STATUSES
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> StateRecord:
+        created = epoch_ns(document.get("created_at")) or 0
+        parents = document.get("parents")
+        status = document.get("status")
+        return cls(
+            state_id=str(document.get("_id", document.get("id", ""))),
+            run_id=str(document.get("run_id", "")),
+            identifier=str(document.get("identifier", "")),
+            node_name=str(document.get("node_name", "")),
+            status=str(getattr(status, "value", status)),
+            created_ns=created,
+            updated_ns=epoch_ns(document.get("updated_at")) or created,
+            enqueue_after_ms=document.get("enqueue_after")
+            if isinstance(document.get("enqueue_after"), int)
+            else None,
+            retry_count=int(document.get("retry_count") or 0),
+            fanout_id=str(document.get("fanout_id") or ""),
+            parent_ids=tuple(str(v) for v in parents.values()) if isinstance(parents, dict) else (),
+        )
+
+
+@dataclass
+class RunNotes:
+    """What the hooks noted about a run's states, beyond the states themselves."""
+
+    dequeued_ns: dict[str, int] = field(default_factory=dict)
+    requeues: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # state: [(t_ns, delay_ms)]
+    copy_of: dict[str, str] = field(default_factory=dict)  # fan-out copy: its original
+    final_ns: dict[str, int] = field(default_factory=dict)  # fan-out copy: when it became final
+    retry_of: dict[str, str] = field(default_factory=dict)  # manual retry: the state it retries
+    next_states_pending: bool = False  # next states are being created for one of its states
+
+
+def run_outcome(states: list[StateRecord]) -> tuple[str, dict[str, int]]:
+    """The run's status (SUCCESS or FAILED, as upstream's run list says it) and its states by status."""
+    counts = Counter(state.status for state in states)
+    status = "FAILED" if any(counts[s] for s in ERRORED_STATUSES) else "SUCCESS"
+    return status, dict(counts)
+
+
+def is_settled(states: list[StateRecord], notes: RunNotes) -> bool:
+    """No state is pending and no next states are being created: the run is over (for now)."""
+    return bool(states) and not notes.next_states_pending and all(state.settled for state in states)

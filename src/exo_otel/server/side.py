@@ -1,0 +1,117 @@
+"""The state manager side's behaviour, independent of which state manager it is in.
+
+The adapters (the upstream patches, the embedded server) call these at the moments that matter:
+a run starts, a runtime takes states, next states are being created, a state is requeued or
+manually retried. Nothing here may fail a request: every entry point is guarded by its caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import Sampler
+
+from exo_otel.core import attributes as attr
+from exo_otel.server.context import RunContext, enqueue_extension, new_run_context
+from exo_otel.server.spans import ServerMetrics
+from exo_otel.server.store import RunStore
+from exo_otel.server.sweeper import Sweeper
+
+_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class TakenState:
+    """A state a runtime just took off the queue, with what the store knows of it."""
+
+    state_id: str
+    run_id: str
+    parents: Mapping[str, Any]
+    retry_count: int
+    created_ns: int | None = None
+
+
+@dataclass
+class ServerSide:
+    """One `instrument()` call's state manager side: its tracer, store, sweep and run context cache."""
+
+    tracer: trace.Tracer
+    store: RunStore
+    sampler: Sampler | None = None
+    metrics: ServerMetrics | None = None
+    node_spans_by_server: bool = True
+    enabled: bool = True
+    sweeper: Sweeper = field(init=False)
+    _contexts: OrderedDict[str, RunContext] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self.sweeper = Sweeper(self.store, self.tracer, self.metrics)
+
+    def _remember(self, run: RunContext) -> None:
+        # A run's context never changes once made: caching it is always right.
+        self._contexts[run.run_id] = run
+        self._contexts.move_to_end(run.run_id)
+        while len(self._contexts) > _CACHE_SIZE:
+            self._contexts.popitem(last=False)
+
+    async def run_starting(
+        self, run_id: str, namespace: str, graph_name: str, start_ns: int, headers: Mapping[str, str] | None
+    ) -> RunContext:
+        """A run was minted: decide its sampling once, take the caller's baggage, keep both with the run."""
+        run = new_run_context(run_id, namespace, graph_name, start_ns, self.sampler, headers)
+        await self.store.save_run(run)
+        self._remember(run)
+        return run
+
+    async def run_started(self, run: RunContext) -> None:
+        """The trigger completed: the run may settle from now on."""
+        await self.store.mark_ready(run.run_id)
+        self.sweeper.nudge()
+
+    async def run_failed_to_start(self, run_id: str) -> None:
+        self._contexts.pop(run_id, None)
+        await self.store.discard_run(run_id)
+
+    async def contexts(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
+        wanted = set(run_ids)
+        found = {run_id: self._contexts[run_id] for run_id in wanted if run_id in self._contexts}
+        missing = wanted - set(found)
+        if missing:
+            loaded = await self.store.load_runs(missing)
+            for run in loaded.values():
+                self._remember(run)
+            found.update(loaded)
+        return found
+
+    async def states_taken(self, taken: Sequence[TakenState], namespace: str) -> dict[str, dict[str, Any]]:
+        """Runtimes took these states: note when, and return each one's enqueue extension (by state id)."""
+        self.sweeper.nudge()
+        if not taken:
+            return {}
+        now = time.time_ns()
+        runs = await self.contexts(state.run_id for state in taken)
+        await self.store.note_dequeued([(s.run_id, s.state_id, now) for s in taken if s.run_id in runs])
+        extensions: dict[str, dict[str, Any]] = {}
+        for state in taken:
+            run = runs.get(state.run_id)
+            if run is None:
+                continue  # a run started before the side was loaded: runtimes fall back
+            extensions[state.state_id] = enqueue_extension(
+                run, state.parents, state.retry_count, self.node_spans_by_server
+            )
+            if self.metrics is not None and state.created_ns is not None:
+                self.metrics.state_queue_wait.record(
+                    max(0, now - state.created_ns) / 1e9,
+                    {attr.NAMESPACE: namespace, attr.GRAPH_NAME: run.graph_name},
+                )
+        return extensions
+
+    def trigger_answer_extension(self, run: RunContext) -> dict[str, str]:
+        """What the trigger answer gains: the run root's ``traceparent`` (the server owns the root)."""
+        carrier = run.carrier()
+        return {"traceparent": carrier["traceparent"]} if "traceparent" in carrier else {}

@@ -1,0 +1,201 @@
+"""The state manager side's spans: each state's ``node {identifier}`` and the run's ``run {graph_name}``.
+
+Both are made once the thing they describe is over (their start is backdated), with the decision the
+server's sampler made when the run started (`exo_otel.server.sampling`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import Histogram, Meter
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from exo_otel.core import attributes as attr
+from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
+from exo_otel.core.spans import start_span
+from exo_otel.server.context import RunContext, root_name
+from exo_otel.server.records import OUTCOME_BY_STATUS, RunNotes, StateRecord, run_outcome
+from exo_otel.server.sampling import stored_decision
+
+RUN_STATUS: Final = "exosphere.run.status"
+RUN_STATES_PREFIX: Final = "exosphere.run.states."
+STATE_STATUS: Final = "exosphere.state.status"
+# The queue wait split: waiting for the state's enqueue_after, then waiting for a runtime to take it.
+STATE_SCHEDULE_WAIT_MS: Final = "exosphere.state.schedule_wait_ms"
+STATE_RUNTIME_WAIT_MS: Final = "exosphere.state.runtime_wait_ms"
+EVENT_DEQUEUED: Final = "exosphere.dequeued"
+LINK_RETRY_OF: Final = "exosphere.link.retry_of"
+
+RUN_DURATION: Final = "exosphere.run.duration"
+STATE_QUEUE_WAIT: Final = "exosphere.state.queue_wait"
+_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+@dataclass(frozen=True)
+class ServerMetrics:
+    """The state manager side's instruments."""
+
+    run_duration: Histogram
+    state_queue_wait: Histogram
+
+    @classmethod
+    def create(cls, meter: Meter) -> ServerMetrics:
+        return cls(
+            run_duration=meter.create_histogram(
+                RUN_DURATION,
+                unit="s",
+                description="Duration of a graph run, trigger to settled, by outcome.",
+                explicit_bucket_boundaries_advisory=_BUCKETS,
+            ),
+            state_queue_wait=meter.create_histogram(
+                STATE_QUEUE_WAIT,
+                unit="s",
+                description="Time from a state's creation to a runtime taking it.",
+                explicit_bucket_boundaries_advisory=_BUCKETS,
+            ),
+        )
+
+
+def _remote(trace_id: int, span_id: int, sampled: bool) -> SpanContext:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+
+
+def _state_link(run: RunContext, state_id: str, **extra: Any) -> Link:
+    context = _remote(trace_id_for_run(run.run_id), state_span_id(state_id), run.sampled)
+    return Link(context, {attr.STATE_ID: state_id, **extra})
+
+
+def retried_state(state: StateRecord, by_id: Mapping[str, StateRecord], notes: RunNotes) -> str | None:
+    """The state ``state`` retries: noted for manual retries, else its fan-out's previous attempt."""
+    if state.state_id in notes.retry_of:
+        return notes.retry_of[state.state_id]
+    if state.retry_count <= 0:
+        return None
+    for other in by_id.values():
+        if (
+            other.identifier == state.identifier
+            and other.fanout_id == state.fanout_id
+            and other.retry_count == state.retry_count - 1
+        ):
+            return other.state_id
+    return None
+
+
+def emit_node_span(
+    tracer: trace.Tracer,
+    run: RunContext,
+    state: StateRecord,
+    by_id: Mapping[str, StateRecord],
+    notes: RunNotes,
+) -> None:
+    """The state's node span: child of the run root, links to its upstream state, its original, or the
+    state it retries (each only when that state is in the run, so its span is emitted too)."""
+    original_id = notes.copy_of.get(state.state_id)
+    original = by_id.get(original_id) if original_id else None
+    start = (original or state).created_ns
+    start = max(start, run.start_ns)
+    end = notes.final_ns.get(state.state_id) if original is not None else None
+    end = max(end or state.updated_ns, start)
+    outcome = OUTCOME_BY_STATUS.get(state.status, state.status.lower())
+    attributes: dict[str, Any] = {
+        attr.NAMESPACE: run.namespace,
+        attr.GRAPH_NAME: run.graph_name,
+        attr.RUN_ID: run.run_id,
+        attr.NODE_NAME: state.node_name,
+        attr.NODE_IDENTIFIER: state.identifier,
+        attr.STATE_ID: state.state_id,
+        attr.STATE_OUTCOME: outcome,
+        STATE_STATUS: state.status,
+        attr.STATE_RETRY_COUNT: state.retry_count,
+    }
+    links: list[Link] = []
+    if state.parent_ids and state.parent_ids[-1] in by_id:
+        links.append(_state_link(run, state.parent_ids[-1]))
+    if original is not None:
+        attributes[attr.STATE_FANOUT_OF] = original.state_id
+        links.append(_state_link(run, original.state_id))
+    retried = retried_state(state, by_id, notes)
+    if retried is not None and retried in by_id:
+        links.append(_state_link(run, retried, **{LINK_RETRY_OF: True}))
+    dequeued = notes.dequeued_ns.get(state.state_id)
+    if dequeued is not None:
+        ready = max(state.created_ns, (state.enqueue_after_ms or 0) * 1_000_000)
+        attributes[attr.STATE_QUEUE_WAIT_MS] = max(0, dequeued - state.created_ns) / 1e6
+        attributes[STATE_SCHEDULE_WAIT_MS] = max(0, ready - state.created_ns) / 1e6
+        attributes[STATE_RUNTIME_WAIT_MS] = max(0, dequeued - ready) / 1e6
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(run.root_span_context()), Context())
+    with stored_decision(run.sampled):
+        span = start_span(
+            tracer,
+            f"node {state.identifier}",
+            context=parent,
+            span_id=state_span_id(state.state_id),
+            start_time=start,
+            attributes=attributes,
+            links=links,
+        )
+    if dequeued is not None:
+        span.add_event(EVENT_DEQUEUED, timestamp=max(dequeued, start))
+    for when, delay_ms in notes.requeues.get(state.state_id, []):
+        span.add_event(
+            attr.EVENT_REQUEUED, {attr.EVENT_REQUEUE_DELAY_MS: delay_ms}, timestamp=max(when, start)
+        )
+    if outcome == attr.OUTCOME_PRUNED:
+        span.add_event(attr.EVENT_PRUNED, timestamp=end)
+    if outcome == attr.OUTCOME_ERRORED:
+        span.set_attribute(attr.ERROR_TYPE, "_OTHER")
+        span.set_status(Status(StatusCode.ERROR, f"state {state.status}"))
+    span.end(end)
+
+
+def emit_run_root(
+    tracer: trace.Tracer,
+    metrics: ServerMetrics | None,
+    run: RunContext,
+    states: list[StateRecord],
+    end_ns: int,
+) -> None:
+    """The run's root span, ``run {graph_name}``: from the trigger to now, status and state counts."""
+    status, counts = run_outcome(states)
+    attributes: dict[str, Any] = {
+        attr.NAMESPACE: run.namespace,
+        attr.GRAPH_NAME: run.graph_name,
+        attr.RUN_ID: run.run_id,
+        RUN_STATUS: status,
+        RUN_STATES_PREFIX + "total": len(states),
+    }
+    for name, count in counts.items():
+        attributes[RUN_STATES_PREFIX + name.lower()] = count
+    links = []
+    if run.caller_trace_id and run.caller_span_id:
+        links.append(Link(_remote(run.caller_trace_id, run.caller_span_id, True)))
+    end = max(end_ns, run.start_ns, *(s.updated_ns for s in states))
+    if metrics is not None:
+        metrics.run_duration.record(
+            (end - run.start_ns) / 1e9,
+            {attr.NAMESPACE: run.namespace, attr.GRAPH_NAME: run.graph_name, RUN_STATUS: status},
+        )
+    if not run.sampled:
+        return
+    with stored_decision(True):
+        span = start_span(
+            tracer,
+            root_name(run.graph_name),
+            kind=SpanKind.INTERNAL,
+            context=Context(),
+            trace_id=trace_id_for_run(run.run_id),
+            span_id=run_span_id(run.run_id),
+            start_time=run.start_ns,
+            attributes=attributes,
+            links=links,
+        )
+    if status == "FAILED":
+        span.set_attribute(attr.ERROR_TYPE, "_OTHER")
+        span.set_status(Status(StatusCode.ERROR, "run failed"))
+    span.end(end)

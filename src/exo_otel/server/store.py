@@ -1,0 +1,68 @@
+"""Where the state manager side keeps what it must share across requests and processes.
+
+Everything here lives with the run in the state manager's own storage (MongoDB for upstream), never
+only in process memory: a state manager runs several processes and restarts. Claims are atomic, so
+each span is emitted by exactly one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from exo_otel.server.context import RunContext
+from exo_otel.server.records import RunNotes, StateRecord
+
+
+class RunStore(Protocol):
+    """The state manager side's storage, as the hooks and the sweeper use it."""
+
+    async def save_run(self, run: RunContext) -> None:
+        """Keep a new run's context (not yet swept: `mark_ready` makes it so)."""
+
+    async def mark_ready(self, run_id: str) -> None:
+        """The trigger is complete: the run's states are in; the sweeper may settle it."""
+
+    async def discard_run(self, run_id: str) -> None:
+        """The trigger failed: forget the run's context."""
+
+    async def load_runs(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
+        """The contexts of these runs (those that have one)."""
+
+    async def note_dequeued(self, taken: Sequence[tuple[str, str, int]]) -> None:
+        """States a runtime took: (run_id, state_id, t_ns); the first time counts."""
+
+    async def begin_next_states(self, state_ids: Sequence[str]) -> object:
+        """Next states are being created after these states (the first is the original, the rest
+        its fan-out copies): their runs cannot settle until `end_next_states`. Returns a token."""
+
+    async def end_next_states(self, token: object, t_ns: int) -> None:
+        """Next states are created (or failed): the copies became final at ``t_ns``."""
+
+    async def note_requeue(self, state_id: str, t_ns: int, delay_ms: int) -> None:
+        """A state was put back in the queue for ``delay_ms``."""
+
+    async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> None:
+        """A manual retry: ``state_id`` retries ``retried_state_id``; its run is open again."""
+
+    async def open_runs(self, limit: int) -> list[RunContext]:
+        """Runs whose spans are not all emitted yet, oldest first."""
+
+    async def run_records(
+        self, run_ids: Sequence[str]
+    ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
+        """Every state of these runs, and their notes.
+
+        The notes must be read BEFORE the states: a next-states token seen done then guarantees
+        that the states it created are in the states read after (else a run could look settled
+        between upstream marking its parents SUCCESS and inserting a unites state).
+        """
+
+    async def claim_nodes(self, state_ids: Sequence[str]) -> set[str]:
+        """Atomically claim these states' node spans (any runs, in one go); returns those this caller won."""
+
+    async def claim_roots(self, run_ids: Sequence[str]) -> set[str]:
+        """Atomically claim these runs' roots (once ever each); returns those this caller won."""
+
+    async def close_runs(self, run_ids: Sequence[str], state_ids: Sequence[str]) -> None:
+        """These runs are settled and their spans emitted: stop sweeping them, drop their notes."""

@@ -1,0 +1,67 @@
+"""Drift: every patch target of the state manager side is in upstream 0.0.3, with the parameters expected."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from exo_otel.server.instrumentor import PATCHES
+from upstream_side import SIDE_PIP
+from upstream_sm import RUN_SH, require_upstream
+
+pytestmark = pytest.mark.upstream
+PROBE = Path(__file__).with_name("upstream_drift_probe.py")
+
+
+def _source_dir() -> Path:
+    if os.environ.get("UPSTREAM_SRC"):
+        return Path(os.environ["UPSTREAM_SRC"])
+    rev = os.environ.get("UPSTREAM_REV", "0.0.3")
+    commit = subprocess.run(
+        ["git", "-C", os.environ["UPSTREAM_GIT_DIR"], "rev-parse", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    base = Path(
+        os.environ.get("UPSTREAM_SM_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "upstream-state-manager")
+    )
+    return base / "src" / commit / "state-manager"
+
+
+@pytest.mark.timeout(900)
+def test_every_patch_target_is_in_upstream_and_patched_before_and_after_import() -> None:
+    require_upstream()
+    env = {**os.environ, "UPSTREAM_SM_PIP": SIDE_PIP}
+    python = (
+        subprocess.run(["bash", str(RUN_SH), "python"], capture_output=True, text=True, env=env, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    source = _source_dir()
+    assert (source / "app" / "main.py").is_file(), source
+    probe = subprocess.run(
+        [python, str(PROBE)],
+        capture_output=True,
+        text=True,
+        cwd=source,
+        timeout=120,
+        env={
+            **env,
+            "STATE_MANAGER_SECRET": "drift",
+            "PYTHONPATH": str(source),
+            "MONGO_URI": "mongodb://127.0.0.1:1",
+            "SECRETS_ENCRYPTION_KEY": "YTNhM2EzYTNhM2EzYTNhM2EzYTNhM2EzYTNhM2EzYTM=",
+        },
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    print(f"\n[drift] {len(PATCHES)} targets: {result}")
+    assert result["problems"] == []
+    assert result["hooked"] == [True] * len(PATCHES)
+    assert result["after_uninstrument"] == [False] * len(PATCHES)
+    assert result["in_place"] == [True] * len(PATCHES)

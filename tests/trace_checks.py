@@ -1,0 +1,124 @@
+"""Whole-trace checks of runs against the state manager's own record of their states.
+
+Spans from every process (the server's through OTLP, the test process's in memory) are flattened
+to `otlp_receiver.Span`; `check_runs` measures what the issue asks for and returns the numbers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from exo_otel.core.ids import format_trace_id, run_span_id, state_span_id
+from otlp_receiver import Span
+
+
+def flatten(spans: Iterable[ReadableSpan], service: str = "test-process") -> list[Span]:
+    rows = []
+    for s in spans:
+        assert s.context is not None
+        rows.append(
+            Span(
+                trace_id=f"{s.context.trace_id:032x}",
+                span_id=f"{s.context.span_id:016x}",
+                parent_span_id=f"{s.parent.span_id:016x}" if s.parent is not None else None,
+                name=s.name,
+                kind=s.kind.value + 1,  # API SpanKind starts at 0 (internal); proto at 1
+                attributes=dict(s.attributes or {}),
+                links=[(f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") for link in s.links],
+                status_code=s.status.status_code.value,
+                status_message=s.status.description or "",
+                start_ns=s.start_time or 0,
+                end_ns=s.end_time or 0,
+                service_name=service,
+                events=[e.name for e in s.events],
+            )
+        )
+    return rows
+
+
+@dataclass
+class RunReport:
+    """What the trace model promises, measured over a set of runs."""
+
+    runs: int = 0
+    states: int = 0
+    placed: int = 0  # node span in the run's trace, parent = the run root
+    roots_per_run: Counter[int] = field(default_factory=Counter)
+    roots_without_status: int = 0
+    duplicate_span_ids: int = 0
+    dangling_parents: int = 0
+    dangling_links: int = 0
+    executes_misplaced: int = 0
+    executes: int = 0
+    # Per run: the root's end minus the last node span's end (how long after settling the root ended).
+    root_lag_ms: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def placed_percent(self) -> float:
+        return 100.0 * self.placed / self.states if self.states else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"runs={self.runs} states={self.states} placed={self.placed_percent:.1f}% "
+            f"roots/run={dict(self.roots_per_run)} duplicate_ids={self.duplicate_span_ids} "
+            f"dangling_parents={self.dangling_parents} dangling_links={self.dangling_links} "
+            f"executes={self.executes} executes_misplaced={self.executes_misplaced} "
+            f"root_end_after_last_node_ms(p50/max)={self._lag()}"
+        )
+
+    def _lag(self) -> str:
+        if not self.root_lag_ms:
+            return "-"
+        lags = sorted(self.root_lag_ms)
+        return f"{lags[len(lags) // 2]:.0f}/{lags[-1]:.0f}"
+
+
+def check_runs(
+    spans: Sequence[Span], states_by_run: dict[str, list[dict[str, Any]]], graph_name: str
+) -> RunReport:
+    """``states_by_run``: each run's states as the debug route gives them (``state_id`` at least)."""
+    report = RunReport(runs=len(states_by_run))
+    ids = Counter((s.trace_id, s.span_id) for s in spans)
+    report.duplicate_span_ids = sum(count - 1 for count in ids.values() if count > 1)
+    emitted = set(ids)
+    for span in spans:
+        if span.parent_span_id is not None and (span.trace_id, span.parent_span_id) not in emitted:
+            report.dangling_parents += 1
+            report.problems.append(f"dangling parent: {span.name} {span.trace_id}/{span.parent_span_id}")
+        for link in span.links:
+            if link not in emitted:
+                report.dangling_links += 1
+                report.problems.append(f"dangling link: {span.name} -> {link}")
+    by_trace: dict[str, list[Span]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+    for run_id, states in states_by_run.items():
+        trace = by_trace.get(format_trace_id(run_id), [])
+        root_id = f"{run_span_id(run_id):016x}"
+        roots = [s for s in trace if s.name == f"run {graph_name}" and s.span_id == root_id]
+        report.roots_per_run[len(roots)] += 1
+        for root in roots:
+            if root.parent_span_id is not None or "exosphere.run.status" not in root.attributes:
+                report.roots_without_status += 1
+        node_ids = {s.span_id: s for s in trace if s.name.startswith("node ")}
+        if len(roots) == 1 and node_ids:
+            report.root_lag_ms.append((roots[0].end_ns - max(n.end_ns for n in node_ids.values())) / 1e6)
+        for state in states:
+            report.states += 1
+            node = node_ids.get(f"{state_span_id(state['state_id']):016x}")
+            if node is not None and node.parent_span_id == root_id:
+                report.placed += 1
+            else:
+                report.problems.append(f"state {state['state_id']} ({state.get('identifier')}) not placed")
+        for span in trace:
+            if span.name.startswith("execute "):
+                report.executes += 1
+                if span.parent_span_id not in node_ids:
+                    report.executes_misplaced += 1
+    return report
