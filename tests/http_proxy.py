@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 RunApiMode = Literal["pass", "error", "timeout", "slow"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RUN_API_MARKERS = ("/runs/", "/states/run/")
 
 
@@ -60,18 +61,24 @@ class CountingProxy:
 
 
 @asynccontextmanager
+async def serve_loopback(handler: Handler) -> AsyncIterator[str]:
+    """Serve ``handler`` for every method and path on a free port of 127.0.0.1; yield the base URI."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
 async def counting_proxy(
     target: str, run_api: RunApiMode = "pass", hang_s: float = 5.0
 ) -> AsyncIterator[CountingProxy]:
     proxy = CountingProxy(target, run_api, hang_s)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    proxy.uri = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve_loopback(proxy.handle) as uri:
+        proxy.uri = uri
         yield proxy
-    finally:
-        await runner.cleanup()

@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from http_proxy import serve_loopback
+
 Mutation = Callable[[dict[str, Any]], None]
 
 
@@ -46,16 +48,10 @@ class MutatingProxy:
 @asynccontextmanager
 async def mutating_proxy(target: str) -> AsyncIterator[MutatingProxy]:
     proxy = MutatingProxy(target)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    proxy.uri = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield proxy
-    finally:
-        await runner.cleanup()
-        if proxy.session is not None:
-            await proxy.session.close()
+    async with serve_loopback(proxy.handle) as uri:
+        proxy.uri = uri
+        try:
+            yield proxy
+        finally:
+            if proxy.session is not None:
+                await proxy.session.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from conformance_graph import GRAPH, NAMESPACE, NODES, upsert
 from exo_otel.embedded import EmbeddedStateManager, StateView
 from exo_otel.sdk.run_index import GraphNodes, RunIndex
 from exo_otel.sdk.run_lookup import RunInfo, RunLookup
+from http_proxy import serve_loopback
 from sm_fixtures import free_port, running_runtime, sdk_state_manager, wait_for_run
 
 API_KEY = "lookup-key"
@@ -197,22 +199,12 @@ def test_index_is_bounded() -> None:
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     """Serve one handler for every path on 127.0.0.1; gives the base uri."""
-    runners: list[web.AppRunner] = []
+    async with contextlib.AsyncExitStack() as servers:
 
-    async def start(handler: Handler) -> str:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}"
+        async def start(handler: Handler) -> str:
+            return await servers.enter_async_context(serve_loopback(handler))
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+        yield start
 
 
 async def test_unreachable_port_gives_nothing_quickly() -> None:

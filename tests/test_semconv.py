@@ -29,6 +29,7 @@ from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.execution import begin, finish
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel.sdk.state_context import PolledState
+from http_proxy import serve_loopback
 from sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until
 
 NAMESPACE = "exo-otel-semconv"
@@ -92,16 +93,8 @@ async def retry_count_proxy(sm: EmbeddedStateManager) -> AsyncIterator[str]:
             body = json.dumps(payload).encode()
         return web.Response(body=body, status=answer.status, content_type=answer.content_type)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_loopback(handle) as uri:
+        yield uri
 
 
 class _Proxied:
