@@ -84,7 +84,7 @@ def upstream_state_manager(
     require_upstream()
     key = secrets.token_hex(12)
     server_env = {**os.environ, "STATE_MANAGER_SECRET": key, "UPSTREAM_SM_INSTANCES": str(instances),
-                  "UPSTREAM_SM_MAX_SECONDS": "1800", **env}
+                  "UPSTREAM_SM_MAX_SECONDS": "3600", **env}
     if pip is not None:
         server_env["UPSTREAM_SM_PIP"] = pip
     if preload is not None:
