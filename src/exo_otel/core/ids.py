@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,8 +79,8 @@ def trace_id_for_run(run_id: str) -> int:
     A run id that is not a UUID maps to the first 16 bytes of SHA-256 over
     ``"exosphere.run-id:" + run_id`` (never 0).
     """
-    parsed = _parse_uuid(run_id)
-    if parsed is None:
+    raw = _uuid_bytes(run_id)
+    if raw is None:
         text = (_NON_UUID_PREFIX + str(run_id)).encode("utf-8", "surrogatepass")
         digest = bytearray(hashlib.sha256(text).digest()[:16])
         # The byte a swap would move to byte 8 of the UUID this maps back to (byte 0, or byte 7 when
@@ -88,21 +89,22 @@ def trace_id_for_run(run_id: str) -> int:
         # Sampling reads the low 64 bits, which stay intact.
         digest[7 if digest[6] >> 4 == 7 else 0] &= 0x7F
         return int.from_bytes(digest, "big") or 1
-    return int.from_bytes(_swap_random_byte(parsed.bytes), "big") or 1
+    return int.from_bytes(_swap_random_byte(raw), "big") or 1
 
 
-def _parse_uuid(run_id: str) -> uuid.UUID | None:
-    # Only the canonical 8-4-4-4-12 form (any case) with the RFC 4122 variant counts as a UUID
-    # run id: it is what Exosphere issues, and the only form run_id_for_trace can give back.
-    if not isinstance(run_id, str) or len(run_id) != 36:
+# Only the canonical 8-4-4-4-12 form (any case) with the RFC 4122 variant (10xx: the first digit
+# of the fourth group is 8, 9, a or b) counts as a UUID run id: it is what Exosphere issues, and
+# the only form run_id_for_trace can give back.
+_CANONICAL_UUID: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
+)
+
+
+def _uuid_bytes(run_id: str) -> bytes | None:
+    """The 16 bytes of a canonical RFC 4122 UUID run id; None for any other run id."""
+    if not isinstance(run_id, str) or len(run_id) != 36 or _CANONICAL_UUID.fullmatch(run_id) is None:
         return None
-    try:
-        parsed = uuid.UUID(run_id)
-    except ValueError:
-        return None
-    if parsed.variant != uuid.RFC_4122 or str(parsed) != run_id.lower():
-        return None
-    return parsed
+    return bytes.fromhex(run_id.replace("-", ""))
 
 
 def run_id_for_trace(trace_id: int | str) -> str | None:
@@ -134,17 +136,29 @@ _pinned: contextvars.ContextVar[tuple[int | None, int | None] | None] = contextv
 )
 
 
+PinToken = contextvars.Token[tuple[int | None, int | None] | None]
+
+
+def pin_ids(trace_id: int | None, span_id: int | None) -> PinToken:
+    """Until `unpin_ids`, a `RunIdGenerator` hands out these ids instead of random ones."""
+    return _pinned.set((trace_id, span_id))
+
+
+def unpin_ids(token: PinToken) -> None:
+    _pinned.reset(token)
+
+
 @contextmanager
 def pinned_ids(trace_id: int | None = None, span_id: int | None = None) -> Iterator[None]:
     """Within the block, a `RunIdGenerator` hands out these ids instead of random ones.
 
     Hold it around one ``start_span`` call only: every span started inside would get them.
     """
-    token = _pinned.set((trace_id, span_id))
+    token = pin_ids(trace_id, span_id)
     try:
         yield
     finally:
-        _pinned.reset(token)
+        unpin_ids(token)
 
 
 class RunIdGenerator(IdGenerator):

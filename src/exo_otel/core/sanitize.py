@@ -43,7 +43,15 @@ def clean_value(value: Any) -> Any:
 
 def clean_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     """Attributes with keys and values cleaned."""
-    return {clean_text(key): clean_value(value) for key, value in attributes.items()}
+    cleaned: dict[str, Any] = {}
+    for key, value in attributes.items():
+        # ASCII strings and numbers, nearly every attribute, need no work.
+        if type(key) is not str or not key.isascii():
+            key = clean_text(key)
+        if not ((type(value) is str and value.isascii()) or isinstance(value, bool | int | float)):
+            value = clean_value(value)
+        cleaned[key] = value
+    return cleaned
 
 
 def log_safe(value: object) -> str:

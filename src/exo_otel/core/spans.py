@@ -18,7 +18,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes
 
 from exo_otel.core.attributes import ERROR_TYPE
-from exo_otel.core.ids import pinned_ids
+from exo_otel.core.ids import pin_ids, unpin_ids
 from exo_otel.core.sanitize import clean_attributes, clean_text
 
 _logger = logging.getLogger("exo_otel")
@@ -42,24 +42,33 @@ def start_span(
     start_time: int | None = None,
     attributes: Attributes = None,
     links: Sequence[Link] = (),
+    attributes_clean: bool = False,
 ) -> Span:
     """Start (not activate) a span, pinning its trace id (roots only) and span id when given.
 
     The ids take effect with an SDK tracer whose id generator is a `RunIdGenerator`; elsewhere the
-    span gets ordinary ids and the caller's attributes still name the run.
+    span gets ordinary ids and the caller's attributes still name the run. ``attributes_clean``
+    says the attributes and the links' attributes went through `clean_attributes` already.
     """
+    if not attributes_clean:
+        attributes = clean_attributes(attributes) if attributes else attributes
+        links = [Link(link.context, clean_attributes(link.attributes or {})) for link in links]
     try:
-        with pinned_ids(trace_id, span_id):
+        token = pin_ids(trace_id, span_id) if trace_id is not None or span_id is not None else None
+        try:
             return tracer.start_span(
                 clean_text(name),
                 context=context,
                 kind=kind,
-                attributes=clean_attributes(attributes) if attributes else attributes,
-                links=[Link(link.context, clean_attributes(link.attributes or {})) for link in links],
+                attributes=attributes,
+                links=links,
                 start_time=start_time,
                 record_exception=False,
                 set_status_on_exception=False,
             )
+        finally:
+            if token is not None:
+                unpin_ids(token)
     except Exception:
         _logger.warning("exo_otel: starting span %r failed (a span processor?)", name, exc_info=True)
         return trace.INVALID_SPAN

@@ -6,7 +6,7 @@ import contextvars
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry import baggage, context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id, trace_id_for_state
 from exo_otel.core.redaction import Redactor
-from exo_otel.core.sanitize import clean_attributes, timestamp_or
+from exo_otel.core.sanitize import clean_text, timestamp_or
 from exo_otel.core.spans import (
     end_span,
     error_type,
@@ -24,18 +24,18 @@ from exo_otel.core.spans import (
     start_span,
 )
 from exo_otel.sdk import inflight
-from exo_otel.sdk.logs import with_log_context
-from exo_otel.sdk.state_context import (
-    PolledState,
-    carried_context,
-    link_to_state,
-    parent_context,
-    run_is_sampled,
-    run_root_context,
-    server_node_context,
-)
+from exo_otel.sdk.logs import LogFields, with_log_fields
+from exo_otel.sdk.run_traces import RunTraces
+from exo_otel.sdk.state_context import PolledState, link_to_state
 from exo_otel.sdk.telemetry import Telemetry
 
+_OK: Final = Status(StatusCode.OK)
+# The execute span's messaging attributes that are the same for every state.
+_EXECUTE_MESSAGING: Final = {
+    key: value
+    for key, value in attr.execute_messaging("", "").items()
+    if key not in (attr.MESSAGING_DESTINATION_NAME, attr.MESSAGING_MESSAGE_ID)
+}
 FINAL_OUTCOMES = frozenset(
     {attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED, attr.OUTCOME_PRUNED, attr.OUTCOME_INTERRUPTED}
 )
@@ -56,26 +56,33 @@ class Execution:
     outcome: str | None = None
     error: BaseException | None = None
     requeue_delay_ms: int | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    """Both spans' attributes at the start (cleaned); shared, never changed."""
     metric_attributes: dict[str, str] = field(default_factory=dict)
     end_claim: inflight.EndClaim = field(default_factory=inflight.EndClaim, repr=False)
     # The values of the secrets the node received: never written to telemetry.
     secrets: Redactor = field(default_factory=Redactor, repr=False)
 
     def common_attributes(self) -> dict[str, Any]:
-        state = self.state
-        attributes: dict[str, Any] = {
-            attr.NAMESPACE: self.namespace,
-            attr.NODE_NAME: state.node_name,
-            attr.NODE_IDENTIFIER: state.identifier,
-            attr.STATE_ID: state.state_id,
-        }
-        if state.retry_count is not None:
-            attributes[attr.STATE_RETRY_COUNT] = state.retry_count
-        if state.run is not None:
-            attributes[attr.RUN_ID] = state.run.run_id
-            if state.run.graph_name:
-                attributes[attr.GRAPH_NAME] = state.run.graph_name
-        return clean_attributes(attributes)
+        """The attributes both of the state's spans carry (cleaned), a copy."""
+        return dict(self.attributes)
+
+
+def state_attributes(state: PolledState, namespace: str) -> dict[str, Any]:
+    """The attributes of a state's node and execute spans (trace model), cleaned."""
+    attributes: dict[str, Any] = {
+        attr.NAMESPACE: clean_text(namespace),
+        attr.NODE_NAME: clean_text(state.node_name),
+        attr.NODE_IDENTIFIER: clean_text(state.identifier),
+        attr.STATE_ID: clean_text(state.state_id),
+    }
+    if state.retry_count is not None:
+        attributes[attr.STATE_RETRY_COUNT] = state.retry_count
+    if state.run is not None:
+        attributes[attr.RUN_ID] = clean_text(state.run.run_id)
+        if state.run.graph_name:
+            attributes[attr.GRAPH_NAME] = clean_text(state.run.graph_name)
+    return attributes
 
 
 def begin(
@@ -85,39 +92,35 @@ def begin(
     namespace: str,
     runtime_name: str,
     upstream: trace.SpanContext | None = None,
+    traces: RunTraces | None = None,
 ) -> Execution:
     """Start the node and execute spans of a state and make the execute span current.
 
     The node span starts at the state's creation (backdated: its gap before the execute span is
     the queue wait) and is ended only at the state's final outcome. With no run, the node span is
     the root of the state's own trace (trace id from the state id, shared by all its attempts).
-    ``upstream`` is where the direct upstream state's node span is, when that is known.
+    ``upstream`` is where the direct upstream state's node span is, when that is known; ``traces``
+    holds what the runtime derived of runs already (a fresh one is made when not given).
     """
     now = time.time_ns()
     run = state.run
-    parent = None
-    carried = carried_context(run) if run is not None else None
-    if run is not None:
-        if carried is not None:
-            # The state manager side decided the run's sampling once and carries it.
-            sampled = trace.get_current_span(carried).get_span_context().trace_flags.sampled
-            parent = carried
-        else:
-            sampled = run_is_sampled(telemetry.sampler, run)
-            parent = parent_context(run_root_context(run, sampled))
-    links = link_to_state(upstream, run.parent_state_id if run is not None else None)
+    if traces is None:
+        traces = RunTraces(namespace, telemetry.sampler)
+    run_trace = traces.of(run) if run is not None else None
+    attributes = state_attributes(state, namespace)
     execution = Execution(
-        telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now
+        telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now,
+        attributes=attributes,
     )
-    attributes = execution.common_attributes()
     # Before 1970 or after now is no creation time: the span starts now, with no queue wait.
     created = timestamp_or(state.created_at_ns, now)
     # Only the run's context: never whatever was current where the runtime started.
-    parent = parent if parent is not None else context.Context()
-    if carried is not None and run is not None and run.node_spans_by_server and state.state_id:
+    parent = run_trace.node_parent if run_trace is not None else context.Context()
+    if run_trace is not None and run_trace.node_spans_by_server and state.state_id:
         # The server emits the node span: execute spans go under its deterministic id.
-        node_span: trace.Span = trace.NonRecordingSpan(server_node_context(run, state.state_id, carried))
+        node_span: trace.Span = trace.NonRecordingSpan(run_trace.state_context(state.state_id))
     else:
+        parent_state_id = run.parent_state_id if run is not None else None
         node_span = start_span(
             telemetry.tracer,
             f"node {state.identifier}",
@@ -126,37 +129,37 @@ def begin(
             span_id=state_span_id(state.state_id) if state.state_id else None,
             start_time=created,
             attributes=attributes,
-            links=links,
+            links=link_to_state(upstream, clean_text(parent_state_id) if parent_state_id else None),
+            attributes_clean=True,
         )
     queue_wait_ns = max(0, now - created)
     execute_attributes = dict(attributes)
     execute_attributes[attr.STATE_QUEUE_WAIT_MS] = queue_wait_ns / 1e6
-    execute_attributes[attr.RUNTIME_NAME] = runtime_name
-    execute_attributes.update(attr.execute_messaging(state.node_name, state.state_id))
+    execute_attributes[attr.RUNTIME_NAME] = clean_text(runtime_name)
+    execute_attributes.update(_EXECUTE_MESSAGING)
+    execute_attributes[attr.MESSAGING_DESTINATION_NAME] = attributes[attr.NODE_NAME]
+    execute_attributes[attr.MESSAGING_MESSAGE_ID] = attributes[attr.STATE_ID]
     if telemetry.settings.capture_io:
-        execute_attributes[attr.NODE_INPUTS] = _truncated(payload.get("inputs"), telemetry)
-    node_context = trace.set_span_in_context(node_span, parent)
+        execute_attributes[attr.NODE_INPUTS] = clean_text(_truncated(payload.get("inputs"), telemetry))
     execute_span = start_span(
         telemetry.tracer,
         f"execute {state.node_name}",
-        context=node_context,
+        context=trace.set_span_in_context(node_span, parent),
         kind=SpanKind.CONSUMER,
         attributes=execute_attributes,
         start_time=now,
+        attributes_clean=True,
     )
-    current = trace.set_span_in_context(execute_span, node_context)
-    for key, value in attributes.items():
-        if key in attr.BAGGAGE_KEYS:
-            current = baggage.set_baggage(key, str(value), current)
-    run_id = attributes.get(attr.RUN_ID)
-    current = with_log_context(current, None if run_id is None else str(run_id), execution.secrets)
+    # The run's baggage entries are in the run's base context already; the state's are added here.
+    base = run_trace.execution_base if run_trace is not None else traces.outside_any_run()
+    current = trace.set_span_in_context(execute_span, base)
+    current = baggage.set_baggage(attr.NODE_IDENTIFIER, attributes[attr.NODE_IDENTIFIER], current)
+    current = baggage.set_baggage(attr.STATE_ID, attributes[attr.STATE_ID], current)
+    safe_run_id = run_trace.run_id_for_logs if run_trace is not None else ""
+    current = with_log_fields(current, LogFields(execute_span, safe_run_id, execution.secrets))
     execution.node_span = node_span
     execution.execute_span = execute_span
-    execution.metric_attributes = {
-        key: value
-        for key, value in attributes.items()
-        if key in (attr.NAMESPACE, attr.GRAPH_NAME, attr.NODE_NAME)
-    }
+    execution.metric_attributes = metric_attributes(attributes)
     # In the execute span's context, so a sampled run gives the histogram an exemplar.
     telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, execution.metric_attributes, context=current)
     telemetry.metrics.inflight.add(1, execution.metric_attributes)
@@ -166,10 +169,34 @@ def begin(
     return execution
 
 
+_METRIC_ATTRIBUTE_KEYS: Final = (attr.NAMESPACE, attr.GRAPH_NAME, attr.NODE_NAME)
+# Few distinct sets (namespaces x graphs x nodes x outcomes): one dict each, shared by all states.
+_metric_attribute_sets: dict[tuple[Any, ...], dict[str, str]] = {}
+_MAX_METRIC_ATTRIBUTE_SETS: Final = 4096
+
+
+def metric_attributes(attributes: dict[str, Any], outcome: str | None = None) -> dict[str, str]:
+    """The metric attributes of a state (trace model: namespace, graph, node name; never ids), and
+    its outcome when given. The same dict for the same values: callers must not change it."""
+    get = attributes.get
+    key = (get(attr.NAMESPACE), get(attr.GRAPH_NAME), get(attr.NODE_NAME), outcome)
+    found = _metric_attribute_sets.get(key)
+    if found is None:
+        found = {k: attributes[k] for k in _METRIC_ATTRIBUTE_KEYS if k in attributes}
+        if outcome is not None:
+            found[attr.STATE_OUTCOME] = outcome
+        if len(_metric_attribute_sets) >= _MAX_METRIC_ATTRIBUTE_SETS:
+            _metric_attribute_sets.clear()
+        _metric_attribute_sets[key] = found
+    return found
+
+
 def record_outputs(execution: Execution, outputs: object) -> None:
     """Record node outputs on the execute span, when the user opted in."""
     if execution.telemetry.settings.capture_io and execution.execute_span.is_recording():
-        execution.execute_span.set_attribute(attr.NODE_OUTPUTS, _truncated(outputs, execution.telemetry))
+        execution.execute_span.set_attribute(
+            attr.NODE_OUTPUTS, clean_text(_truncated(outputs, execution.telemetry))
+        )
 
 
 def finish(execution: Execution) -> None:
@@ -212,7 +239,7 @@ def _end_spans(execution: Execution) -> None:
             # Started before the secrets were known: a payload value may equal one of them.
             redact_recorded(span, execution.secrets)
     if outcome == attr.OUTCOME_EXECUTED:
-        execute_span.set_status(Status(StatusCode.OK))
+        execute_span.set_status(_OK)
     elif outcome == attr.OUTCOME_PRUNED:
         execute_span.add_event(attr.EVENT_PRUNED)
     elif outcome == attr.OUTCOME_REQUEUED:
@@ -231,11 +258,11 @@ def _end_spans(execution: Execution) -> None:
         for span in (execute_span, node_span):
             span.set_attribute(attr.ERROR_TYPE, attr.ERROR_TYPE_OTHER)
             span.set_status(Status(StatusCode.ERROR, "state errored"))
-    metric_attributes = {**execution.metric_attributes, attr.STATE_OUTCOME: outcome}
     metrics = execution.telemetry.metrics
+    outcome_attributes = metric_attributes(execution.attributes, outcome)
     # Recorded while the execute span is current, so sampled runs give the histogram exemplars.
-    metrics.node_duration.record((end - execution.started_ns) / 1e9, metric_attributes)
-    metrics.executions.add(1, metric_attributes)
+    metrics.node_duration.record((end - execution.started_ns) / 1e9, outcome_attributes)
+    metrics.executions.add(1, outcome_attributes)
     metrics.inflight.add(-1, execution.metric_attributes)
     end_span(execute_span, end)
     if outcome in FINAL_OUTCOMES:

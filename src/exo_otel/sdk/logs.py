@@ -9,6 +9,7 @@ from typing import Any, Final
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from exo_otel.core.redaction import Redactor
 from exo_otel.core.sanitize import log_safe
 
 TRACE_ID_FIELD: Final = "otelTraceID"
@@ -22,20 +23,43 @@ hold ``0``, and the run id is empty outside a run, so a format string never fail
 
 RecordFactory = Callable[..., logging.LogRecord]
 
-# Set by exo_otel where it places a state in its run; never read from incoming baggage, which
-# anyone upstream can forge.
-_RUN_ID_KEY: Final = otel_context.create_key("exo_otel.log_run_id")
-# The execution's secret redactor: records made while a node runs lose its secrets' values.
-_REDACT_KEY: Final = otel_context.create_key("exo_otel.log_redact")
+
+class LogFields:
+    """What records made inside one execution carry, worked out once when the execution starts.
+
+    The run id is set by exo_otel where it places a state in its run, never read from incoming
+    baggage (which anyone upstream can forge); ``redact`` takes the execution's secrets out.
+    """
+
+    __slots__ = ("redact", "run_id", "span", "span_id", "trace_id")
+
+    def __init__(self, span: trace.Span, safe_run_id: str, redact: Callable[[str], str]) -> None:
+        """``safe_run_id`` went through `log_safe` (a run id with a newline must not forge a log line)."""
+        context = span.get_span_context()
+        self.span = span
+        self.trace_id = f"{context.trace_id:032x}" if context.is_valid else "0"
+        self.span_id = f"{context.span_id:016x}" if context.is_valid else "0"
+        self.run_id = safe_run_id
+        self.redact = redact
+
+
+_FIELDS_KEY: Final = otel_context.create_key("exo_otel.log_fields")
+
+
+def with_log_fields(context: otel_context.Context, fields: LogFields) -> otel_context.Context:
+    """``context`` with what its log records carry."""
+    return otel_context.set_value(_FIELDS_KEY, fields, context)
 
 
 def with_log_context(
     context: otel_context.Context, run_id: str | None, redact: Callable[[str], str]
 ) -> otel_context.Context:
-    """``context`` with the run id its log records carry and the redaction they go through."""
-    if run_id is not None:
-        context = otel_context.set_value(_RUN_ID_KEY, run_id, context)
-    return otel_context.set_value(_REDACT_KEY, redact, context)
+    """``context`` with the run id its log records carry and the redaction they go through.
+
+    The trace and span ids are those of the span current in ``context``, formatted once here.
+    """
+    safe_run_id = log_safe(run_id) if run_id is not None else ""
+    return with_log_fields(context, LogFields(trace.get_current_span(context), safe_run_id, redact))
 
 
 def _redact_record(record: logging.LogRecord, redact: Callable[[str], str]) -> None:
@@ -58,16 +82,27 @@ class _CorrelatingFactory:
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record = self.previous(*args, **kwargs)
         try:
-            context = trace.get_current_span().get_span_context()
+            current = otel_context.get_current()
+            fields = current.get(_FIELDS_KEY)
+            if type(fields) is not LogFields:
+                fields = None
             if not hasattr(record, TRACE_ID_FIELD):
-                setattr(record, TRACE_ID_FIELD, f"{context.trace_id:032x}" if context.is_valid else "0")
-                setattr(record, SPAN_ID_FIELD, f"{context.span_id:016x}" if context.is_valid else "0")
-            redact = otel_context.get_value(_REDACT_KEY)
-            if redact and callable(redact):
-                _redact_record(record, redact)
-            run_id = otel_context.get_value(_RUN_ID_KEY)
-            # Escaped: a run id with a newline must not forge a log line.
-            setattr(record, RUN_ID_FIELD, log_safe(run_id) if run_id is not None else "")
+                span = trace.get_current_span(current)
+                if fields is not None and span is fields.span:
+                    trace_id, span_id = fields.trace_id, fields.span_id
+                else:  # outside an execution, or inside a span the node code started
+                    context = span.get_span_context()
+                    trace_id = f"{context.trace_id:032x}" if context.is_valid else "0"
+                    span_id = f"{context.span_id:016x}" if context.is_valid else "0"
+                setattr(record, TRACE_ID_FIELD, trace_id)
+                setattr(record, SPAN_ID_FIELD, span_id)
+            if fields is None:
+                setattr(record, RUN_ID_FIELD, "")
+            else:
+                redact = fields.redact
+                if not isinstance(redact, Redactor) or redact:  # an empty Redactor has nothing to take out
+                    _redact_record(record, redact)
+                setattr(record, RUN_ID_FIELD, fields.run_id)
         except Exception:  # a log call must never fail because of us
             pass
         return record

@@ -21,7 +21,8 @@ from exo_otel.sdk.execution import Execution, begin, finish, record_outputs
 from exo_otel.sdk.fanout import FanOut, FanOutsUnderWay
 from exo_otel.sdk.placement import PlacementMemory, UnplacedReporter
 from exo_otel.sdk.run_lookup import RunLookup
-from exo_otel.sdk.state_context import PolledState, run_from_payload, run_is_sampled, upstream_context
+from exo_otel.sdk.run_traces import RunTraces
+from exo_otel.sdk.state_context import PolledState, run_from_payload
 from exo_otel.sdk.telemetry import Telemetry
 
 TRACING_ATTRIBUTE = "_exo_otel_tracing"
@@ -45,6 +46,14 @@ class RuntimeTracing:
         self.unplaced = UnplacedReporter(telemetry.metrics)
         self._fanouts = FanOutsUnderWay(RunLookup.WATCH_TTL_S)
         self._lookup: RunLookup | None = None
+        self._traces: RunTraces | None = None
+
+    @property
+    def traces(self) -> RunTraces:
+        """What this runtime derived of each run (made on first use: the runtime's settings are final)."""
+        if self._traces is None:
+            self._traces = RunTraces(self.namespace, self.telemetry.sampler)
+        return self._traces
 
     @property
     def namespace(self) -> str:
@@ -100,14 +109,14 @@ class RuntimeTracing:
         state_id = str(state.get("state_id"))
         polled = self.polled.pop(state_id, None) or PolledState.from_payload(state, None)
         # One bound for all the waiting a worker does for one state.
-        deadline = time.monotonic() + self._wait_s()
+        deadline = _Deadline(self._wait_s)
         polled = await self._place(polled, deadline)
         upstream = await self._upstream_of(polled, deadline)
-        execution = begin(self.telemetry, polled, state, self.namespace, self.name, upstream)
+        execution = begin(self.telemetry, polled, state, self.namespace, self.name, upstream, self.traces)
         self.memory.remember(state_id, polled.run, execution.node_span.get_span_context())
         _current_execution.set(execution)
 
-    async def _place(self, polled: PolledState, deadline: float) -> PolledState:
+    async def _place(self, polled: PolledState, deadline: _Deadline) -> PolledState:
         earlier = self.memory.get(polled.state_id)
         if earlier is not None:
             # A requeued state: every attempt keeps the trace of the first, so none names a missing span.
@@ -116,8 +125,8 @@ class RuntimeTracing:
         if polled.run is None and settings.run_association.uses_run_api and settings.run_api_budget > 0:
             lookup = self.lookup()
             run = lookup.known(polled.state_id)
-            if run is None and deadline > time.monotonic():
-                run = await lookup.wait(polled.state_id, deadline - time.monotonic())
+            if run is None and deadline.left() > 0:
+                run = await lookup.wait(polled.state_id, deadline.left())
             lookup.taken(polled.state_id)
             polled = replace(polled, run=run)
         if polled.run is None and settings.run_association is not RunAssociation.NONE:
@@ -129,7 +138,7 @@ class RuntimeTracing:
         wait_s = self.telemetry.settings.placement_wait_ms / 1000
         return wait_s if self.lookup().can_place_within(wait_s) else 0.0
 
-    async def _upstream_of(self, polled: PolledState, deadline: float) -> SpanContext | None:
+    async def _upstream_of(self, polled: PolledState, deadline: _Deadline) -> SpanContext | None:
         """Where the direct upstream state's node span is, when this runtime can be sure of it."""
         run = polled.run
         if run is None or run.parent_state_id is None:
@@ -137,19 +146,21 @@ class RuntimeTracing:
         known = self.memory.get(run.parent_state_id)
         if known is None and self._fanouts.under_way(run.run_id):
             # The upstream state may be a fan-out copy whose span is about to be emitted here.
-            await self._fanouts.wait(run.run_id, deadline - time.monotonic())
+            await self._fanouts.wait(run.run_id, deadline.left())
             known = self.memory.get(run.parent_state_id)
         if known is not None:
             return known.context
         if polled.run_from_payload and not self._fanouts.under_way(run.run_id):
             # The server gives every runtime the run: the upstream state's span is in the run's trace.
-            return upstream_context(run, run_is_sampled(self.telemetry.sampler, run))
+            return self.traces.of(run).state_context(run.parent_state_id)
         # Found through the run APIs, upstream executed elsewhere: its runtime may have placed it in no run.
         return None
 
     def on_finished(self, execution: Execution) -> None:
         """A state's attempt is over: if it made next states (or a retry), its run is about to grow."""
         run = execution.state.run
+        if execution.state.run_from_payload:
+            return  # the run's next states come with their run too: nothing to look up
         if run is not None and execution.outcome in (attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED):
             settings = self.telemetry.settings
             if settings.run_association.uses_run_api and settings.run_api_budget > 0:
@@ -168,6 +179,21 @@ class RuntimeTracing:
             return
         fan_out = FanOut.of(execution, self.memory, self._fanouts)
         self.lookup().watch(fan_out.emit, execution.state.state_id, run_id)
+
+
+class _Deadline:
+    """When a worker stops waiting for one state's placement; worked out only if something waits."""
+
+    __slots__ = ("_at", "_wait_s")
+
+    def __init__(self, wait_s: Callable[[], float]) -> None:
+        self._wait_s = wait_s
+        self._at: float | None = None
+
+    def left(self) -> float:
+        if self._at is None:
+            self._at = time.monotonic() + self._wait_s()
+        return self._at - time.monotonic()
 
 
 class TracedStateQueue(asyncio.Queue[Any]):

@@ -93,17 +93,19 @@ def run_from_payload(state: dict[str, Any]) -> RunInfo | None:
     )
 
 
-def carried_context(run: RunInfo) -> Context | None:
+def carried_context(run: RunInfo, trace_id: int | None = None) -> Context | None:
     """The run root's context from the state's carrier (configured propagators: sampled flag, baggage).
 
     None when there is no carrier or its trace is not the run's: the run is then placed from its id.
     Extracted into an empty context, so nothing current in the runtime leaks into the run.
+    ``trace_id`` is the run's, when the caller has it already.
     """
     if not run.carrier:
         return None
     extracted = propagate.extract(dict(run.carrier), context=Context())
     root = trace.get_current_span(extracted).get_span_context()
-    if not root.is_valid or root.trace_id != trace_id_for_run(run.run_id):
+    expected = trace_id if trace_id is not None else trace_id_for_run(run.run_id)
+    if not root.is_valid or root.trace_id != expected:
         return None
     return extracted
 
@@ -121,15 +123,20 @@ def parse_timestamp_ns(value: object) -> int | None:
     return int(moment.timestamp() * 1_000_000_000)
 
 
-def run_is_sampled(sampler: Sampler | None, run: RunInfo) -> bool:
+def run_is_sampled(sampler: Sampler | None, run: RunInfo, trace_id: int | None = None) -> bool:
     """What the trigger side decided: the sampler's decision for the run's root span.
 
     Exact for samplers that decide on the trace id alone (always on/off, ratio, parent-based forms).
+    Asked with an empty parent context: the root has no parent, whatever is current here.
+    ``trace_id`` is the run's, when the caller has it already.
     """
     if sampler is None:
         return True
     result = sampler.should_sample(
-        None, trace_id_for_run(run.run_id), f"trigger {run.graph_name or ''}".rstrip(), SpanKind.PRODUCER
+        Context(),
+        trace_id if trace_id is not None else trace_id_for_run(run.run_id),
+        f"trigger {run.graph_name or ''}".rstrip(),
+        SpanKind.PRODUCER,
     )
     return result.decision is Decision.RECORD_AND_SAMPLE
 

@@ -1,0 +1,112 @@
+"""The trace a runtime puts a run's states in: derived once per run, reused by every state of the run.
+
+Everything here depends on the run alone (its id, graph name and carrier) and on the sampler, so a
+runtime computes it for the first state of a run and looks it up for the others: no UUID parsing,
+hashing, carrier extraction or sampler call per state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from opentelemetry import baggage, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import Sampler
+from opentelemetry.trace import SpanContext, TraceFlags
+
+from exo_otel.core import attributes as attr
+from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
+from exo_otel.core.sanitize import clean_text, log_safe
+from exo_otel.sdk.state_context import RunInfo, carried_context, parent_context, run_is_sampled
+
+_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
+
+
+@dataclass(frozen=True, slots=True)
+class RunTrace:
+    """A run as its states' spans need it."""
+
+    trace_id: int
+    flags: TraceFlags
+    """The run's sampling decision (the carrier's flag, or the sampler's for the run's root)."""
+    node_parent: Context
+    """Where the run's node spans start: the run root as current span (and the carried baggage)."""
+    execution_base: Context
+    """``node_parent`` with the run's baggage entries: what an execution's context starts from."""
+    node_spans_by_server: bool
+    """The state manager side emits the run's node spans: executions go under their derived ids."""
+    run_id_for_logs: str
+    """The run id as log records carry it (cleaned, control characters escaped)."""
+
+    def state_context(self, state_id: str) -> SpanContext:
+        """The remote context of a state's node span in this run."""
+        return SpanContext(self.trace_id, state_span_id(state_id), is_remote=True, trace_flags=self.flags)
+
+
+def run_trace(run: RunInfo, namespace: str, sampler: Sampler | None) -> RunTrace:
+    """Derive the run's trace: from the state manager side's carrier when it sent a valid one, else
+    from the run id and the sampler (what the trigger side decided)."""
+    trace_id = trace_id_for_run(run.run_id)
+    carried = carried_context(run, trace_id)
+    if carried is not None:
+        sampled = trace.get_current_span(carried).get_span_context().trace_flags.sampled
+        node_parent = carried
+    else:
+        sampled = run_is_sampled(sampler, run, trace_id)
+        flags = _SAMPLED if sampled else _NOT_SAMPLED
+        root = SpanContext(trace_id, run_span_id(run.run_id), is_remote=True, trace_flags=flags)
+        node_parent = parent_context(root)
+    base = node_parent
+    entries = run_baggage(run, namespace)
+    for key, value in entries.items():
+        base = baggage.set_baggage(key, value, base)
+    return RunTrace(
+        trace_id,
+        _SAMPLED if sampled else _NOT_SAMPLED,
+        node_parent,
+        base,
+        carried is not None and run.node_spans_by_server,
+        log_safe(entries[attr.RUN_ID]),
+    )
+
+
+def run_baggage(run: RunInfo | None, namespace: str) -> dict[str, str]:
+    """The run-wide baggage entries an execution carries (the trace model's keys that are not per state)."""
+    entries = {attr.NAMESPACE: clean_text(namespace)}
+    if run is not None:
+        entries[attr.RUN_ID] = clean_text(run.run_id)
+        if run.graph_name:
+            entries[attr.GRAPH_NAME] = clean_text(run.graph_name)
+    return entries
+
+
+class RunTraces:
+    """A runtime's runs, each derived once; the oldest are forgotten first beyond ``max_runs``.
+
+    Forgetting costs nothing but a recomputation: a run's trace is a function of the run.
+    """
+
+    def __init__(self, namespace: str, sampler: Sampler | None, max_runs: int = 4096) -> None:
+        self._namespace = namespace
+        self._sampler = sampler
+        self._max = max(1, max_runs)
+        self._traces: dict[tuple[str, str | None, tuple[tuple[str, str], ...], bool], RunTrace] = {}
+        self._outside: Context | None = None
+
+    def of(self, run: RunInfo) -> RunTrace:
+        # Keyed by all the trace depends on: a state with another carrier or graph name gets its own.
+        key = (run.run_id, run.graph_name, run.carrier, run.node_spans_by_server)
+        found = self._traces.get(key)
+        if found is None:
+            found = self._traces[key] = run_trace(run, self._namespace, self._sampler)
+            if len(self._traces) > self._max:
+                del self._traces[next(iter(self._traces))]
+        return found
+
+    def outside_any_run(self) -> Context:
+        """The base context of an execution placed in no run: the namespace entry, nothing else."""
+        if self._outside is None:
+            self._outside = baggage.set_baggage(attr.NAMESPACE, clean_text(self._namespace), Context())
+        return self._outside
