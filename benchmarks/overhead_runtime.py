@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from exospherehost import BaseNode, Runtime
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import NoOpMeterProvider
@@ -117,6 +118,7 @@ def floor(
                          if k in ("exosphere.namespace", "exosphere.graph.name", "exosphere.node.name")}
     outcome_attributes = {**metric_attributes, "exosphere.state.outcome": "executed"}
     links = list(node.links)
+    no_span = Context()  # exo_otel adds to the counter outside any span: no exemplar
     events = [(e.name, dict(e.attributes or {})) for e in execute.events]
     start = _cpu()
     for _ in range(count):
@@ -127,14 +129,12 @@ def floor(
         current = trace.set_span_in_context(execute_span, node_context)
         if metrics is not None:
             metrics.queue_wait.record(0.01, metric_attributes, context=current)
-            metrics.inflight.add(1, metric_attributes)
         for name, event_attributes in events:
             execute_span.add_event(name, event_attributes)
         execute_span.set_status(Status(StatusCode.OK))
         if metrics is not None:
             metrics.node_duration.record(0.001, outcome_attributes, context=current)
-            metrics.executions.add(1, outcome_attributes)
-            metrics.inflight.add(-1, metric_attributes)
+            metrics.executions.add(1, outcome_attributes, context=no_span)
         execute_span.end()
         node_span.end()
     return start

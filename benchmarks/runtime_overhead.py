@@ -14,9 +14,11 @@ chain at once, from this process.
 Measured: the runtime process's own CPU time (``time.process_time``) from GO until its telemetry is flushed,
 per node execution, median and spread over rounds; the added CPU against ``plain``; the SDK floor, measured
 in the same runtime process right after its round: the spans (names, kinds, attributes, links, events,
-status) exo_otel made for one state, replayed with the SDK alone, plus the trace model's metric records per
-state (2 histogram records, 1 counter add, 2 up-down counter adds) in ``metrics`` mode; their ratio; and the
-throughput ratio (states per second) against ``plain``. ``--work-ms 1`` makes every node busy the CPU 1 ms.
+status) exo_otel made for one state, replayed with the SDK alone, plus the metric records exo_otel makes per
+state in ``metrics`` mode (2 histogram records with the execute span current, so exemplars in a sampled
+run; 1 counter add outside any span; the in-flight gauge is observed at collection, not per state); their
+ratio; and the throughput ratio (states per second) against ``plain``. ``--work-ms 1`` makes every node
+busy the CPU 1 ms.
 """
 
 from __future__ import annotations

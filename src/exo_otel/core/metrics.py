@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from opentelemetry.metrics import Counter, Histogram, Meter, UpDownCounter
+from opentelemetry.metrics import CallbackT, Counter, Histogram, Meter, ObservableUpDownCounter
 
 TRIGGER_COUNT: Final = "exosphere.trigger.count"
 NODE_DURATION: Final = "exosphere.node.duration"
@@ -44,12 +45,13 @@ class ExosphereMetrics:
     node_duration: Histogram
     queue_wait: Histogram
     executions: Counter
-    inflight: UpDownCounter
+    inflight: ObservableUpDownCounter
     poll_duration: Histogram
     unplaced: Counter
 
     @classmethod
-    def create(cls, meter: Meter) -> ExosphereMetrics:
+    def create(cls, meter: Meter, inflight: Sequence[CallbackT] = ()) -> ExosphereMetrics:
+        """The instruments; ``inflight`` observes the states in flight (asked at each collection)."""
         return cls(
             triggers=meter.create_counter(TRIGGER_COUNT, unit="{run}", description="Graph runs triggered."),
             node_duration=meter.create_histogram(
@@ -67,8 +69,12 @@ class ExosphereMetrics:
             executions=meter.create_counter(
                 NODE_EXECUTIONS, unit="{execution}", description="Node execution attempts, by outcome."
             ),
-            inflight=meter.create_up_down_counter(
-                RUNTIME_INFLIGHT, unit="{state}", description="States a runtime is executing now."
+            # Observed, not counted: nothing to record per state.
+            inflight=meter.create_observable_up_down_counter(
+                RUNTIME_INFLIGHT,
+                callbacks=list(inflight),
+                unit="{state}",
+                description="States a runtime is executing now.",
             ),
             poll_duration=meter.create_histogram(
                 RUNTIME_POLL_DURATION,

@@ -16,8 +16,10 @@ class Redactor:
     better than a secret in a trace.
     """
 
+    __slots__ = ("_values",)
+
     def __init__(self) -> None:
-        self._values: list[str] = []
+        self._values: tuple[str, ...] = ()  # one per execution: nothing allocated until a secret comes
 
     def add(self, values: Iterable[object]) -> None:
         """Remember these values (strings only; the SDK gives secrets as strings)."""
@@ -29,7 +31,7 @@ class Redactor:
                     # pydantic shows a long input value cut: its first 24 and last 23 characters.
                     known.update((value[:24], value[-23:]))
         # Longest first: a secret containing another is redacted whole.
-        self._values = sorted(known, key=len, reverse=True)
+        self._values = tuple(sorted(known, key=len, reverse=True))
 
     def __bool__(self) -> bool:
         return bool(self._values)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from types import TracebackType
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -176,10 +176,24 @@ def record_failure(span: Span, exc: BaseException, redact: Redact | None = None)
     span.set_status(Status(StatusCode.ERROR, failure_description(exc, redact)))
 
 
-@contextmanager
-def guard(what: str) -> Iterator[None]:
-    """Run instrumentation code so that a bug in it is logged and the user's program goes on."""
-    try:
-        yield
-    except Exception:
-        _logger.warning("exo_otel: %s failed; the instrumented code continues", what, exc_info=True)
+class guard:
+    """Run instrumentation code so that a bug in it is logged and the user's program goes on.
+
+    A class, not a generator: it is entered several times per state on the runtime's hot path.
+    """
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if not isinstance(exc, Exception):
+            return False  # nothing raised, or a BaseException (cancellation, exit): it goes on
+        _logger.warning("exo_otel: %s failed; the instrumented code continues", self._what, exc_info=exc)
+        return True

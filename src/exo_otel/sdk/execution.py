@@ -30,6 +30,7 @@ from exo_otel.sdk.state_context import PolledState, link_to_state
 from exo_otel.sdk.telemetry import Telemetry
 
 _OK: Final = Status(StatusCode.OK)
+_NO_SPAN: Final = context.Context()
 # The execute span's messaging attributes that are the same for every state.
 _EXECUTE_MESSAGING: Final = {
     key: value
@@ -41,7 +42,7 @@ FINAL_OUTCOMES = frozenset(
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Execution:
     """One attempt at one state, from the worker taking it off the queue to the task being done."""
 
@@ -59,7 +60,6 @@ class Execution:
     attributes: dict[str, Any] = field(default_factory=dict)
     """Both spans' attributes at the start (cleaned); shared, never changed."""
     metric_attributes: dict[str, str] = field(default_factory=dict)
-    end_claim: inflight.EndClaim = field(default_factory=inflight.EndClaim, repr=False)
     # The values of the secrets the node received: never written to telemetry.
     secrets: Redactor = field(default_factory=Redactor, repr=False)
 
@@ -162,7 +162,6 @@ def begin(
     execution.metric_attributes = metric_attributes(attributes)
     # In the execute span's context, so a sampled run gives the histogram an exemplar.
     telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, execution.metric_attributes, context=current)
-    telemetry.metrics.inflight.add(1, execution.metric_attributes)
     inflight.add(execution)
     # Last: nothing after it can fail, so the context is detached by `finish` whatever happens.
     execution.token = context.attach(current)
@@ -175,16 +174,23 @@ _metric_attribute_sets: dict[tuple[Any, ...], dict[str, str]] = {}
 _MAX_METRIC_ATTRIBUTE_SETS: Final = 4096
 
 
-def metric_attributes(attributes: dict[str, Any], outcome: str | None = None) -> dict[str, str]:
+def metric_attributes(
+    attributes: dict[str, Any], outcome: str | None = None, failure: str | None = None
+) -> dict[str, str]:
     """The metric attributes of a state (trace model: namespace, graph, node name; never ids), and
-    its outcome when given. The same dict for the same values: callers must not change it."""
+    its outcome and ``error.type`` when given. The same dict for the same values: callers must
+    not change it."""
     get = attributes.get
-    key = (get(attr.NAMESPACE), get(attr.GRAPH_NAME), get(attr.NODE_NAME), outcome)
+    key = (get(attr.NAMESPACE), get(attr.GRAPH_NAME), get(attr.NODE_NAME), outcome, failure)
     found = _metric_attribute_sets.get(key)
     if found is None:
         found = {k: attributes[k] for k in _METRIC_ATTRIBUTE_KEYS if k in attributes}
         if outcome is not None:
             found[attr.STATE_OUTCOME] = outcome
+        else:
+            inflight.note_attribute_set(found)
+        if failure is not None:
+            found[attr.ERROR_TYPE] = clean_text(failure)
         if len(_metric_attribute_sets) >= _MAX_METRIC_ATTRIBUTE_SETS:
             _metric_attribute_sets.clear()
         _metric_attribute_sets[key] = found
@@ -215,9 +221,8 @@ def end_once(execution: Execution, interrupted_by: BaseException | None = None) 
     ``interrupted_by``, a state that reported no outcome yet ends ``interrupted`` (ERROR, that
     exception's type); one that did keeps it (the state manager may know it already).
     """
-    if not execution.end_claim.claim():
+    if not inflight.claim(execution):
         return
-    inflight.discard(execution)
     if interrupted_by is not None and execution.outcome is None:
         execution.outcome = attr.OUTCOME_INTERRUPTED
         execution.error = interrupted_by
@@ -260,10 +265,15 @@ def _end_spans(execution: Execution) -> None:
             span.set_status(Status(StatusCode.ERROR, "state errored"))
     metrics = execution.telemetry.metrics
     outcome_attributes = metric_attributes(execution.attributes, outcome)
+    duration_attributes = outcome_attributes
+    if outcome in (attr.OUTCOME_ERRORED, attr.OUTCOME_INTERRUPTED):
+        # The trace model's error.type on the duration of failed executions.
+        failure = error_type(execution.error) if execution.error is not None else attr.ERROR_TYPE_OTHER
+        duration_attributes = metric_attributes(execution.attributes, outcome, failure)
     # Recorded while the execute span is current, so sampled runs give the histogram exemplars.
-    metrics.node_duration.record((end - execution.started_ns) / 1e9, outcome_attributes)
-    metrics.executions.add(1, outcome_attributes)
-    metrics.inflight.add(-1, execution.metric_attributes)
+    metrics.node_duration.record((end - execution.started_ns) / 1e9, duration_attributes)
+    # Exemplars are for histograms (trace model): the counter gets none, whatever is current.
+    metrics.executions.add(1, outcome_attributes, context=_NO_SPAN)
     end_span(execute_span, end)
     if outcome in FINAL_OUTCOMES:
         end_span(node_span, end)

@@ -2,13 +2,16 @@
 
 A worker cancelled or killed by a BaseException never marks its state done, and a signal stops
 the process between two bytecodes: both end the states in flight here, with outcome
-``interrupted``. Ending is claimed once per execution, so whichever comes first ends the spans.
+``interrupted``. Ending is claimed once per execution (taking it out of the registry), so whichever
+comes first ends the spans.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+from opentelemetry.metrics import CallbackOptions, Observation
 
 if TYPE_CHECKING:
     from exo_otel.sdk.execution import Execution
@@ -22,8 +25,12 @@ def add(execution: Execution) -> None:
     _executions[id(execution)] = execution
 
 
-def discard(execution: Execution) -> None:
-    _executions.pop(id(execution), None)
+def claim(execution: Execution) -> bool:
+    """Take the execution out of the registry: true for the first caller only, so its spans end once.
+
+    Safe across threads and from a signal handler: one dict operation, atomic under the GIL.
+    """
+    return _executions.pop(id(execution), None) is not None
 
 
 def snapshot() -> list[Execution]:
@@ -31,15 +38,27 @@ def snapshot() -> list[Execution]:
     return list(_executions.copy().values())
 
 
-class EndClaim:
-    """A once-only flag, safe across threads and from a signal handler (it never blocks)."""
+# Every metric attribute set that has had a state in flight: observed at 0 when none is, so a
+# series drops to 0 rather than vanishing. Few sets (namespaces x graphs x nodes); bounded anyway.
+_known_sets: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+_MAX_KNOWN_SETS: Final = 4096
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
 
-    def claim(self) -> bool:
-        """True for the first caller only."""
-        return self._lock.acquire(blocking=False)
+def note_attribute_set(attributes: dict[str, str]) -> None:
+    """A state with these metric attributes may be in flight from now on (once per distinct set)."""
+    key = tuple(attributes.items())
+    if key not in _known_sets and len(_known_sets) < _MAX_KNOWN_SETS:
+        _known_sets[key] = attributes
+
+
+def observe(options: CallbackOptions) -> Iterator[Observation]:
+    """``exosphere.runtime.inflight``: the states in flight now, by metric attribute set."""
+    counts = dict.fromkeys(_known_sets.copy(), 0)
+    for execution in snapshot():
+        key = tuple(execution.metric_attributes.items())
+        counts[key] = counts.get(key, 0) + 1
+    for key, count in counts.items():
+        yield Observation(count, dict(key))
 
 
 class SignalReceived(BaseException):

@@ -20,6 +20,7 @@ from exo_otel.core import attributes as attr
 from exo_otel.core.metrics import ExosphereMetrics
 from exo_otel.core.providers import install_run_id_generator, remove_run_id_generator
 from exo_otel.core.spans import guard
+from exo_otel.sdk import inflight
 from exo_otel.sdk.config import RunAssociation, Settings
 from exo_otel.sdk.logs import install_log_correlation, remove_log_correlation
 from exo_otel.sdk.package import _instruments
@@ -150,7 +151,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         sampler = tracer_provider.sampler if isinstance(tracer_provider, SdkTracerProvider) else None
         telemetry = Telemetry(
             tracer=tracer,
-            metrics=ExosphereMetrics.create(meter),
+            metrics=ExosphereMetrics.create(meter, inflight=[inflight.observe]),
             settings=settings,
             sampler=sampler if isinstance(sampler, Sampler) else None,
         )

@@ -31,14 +31,16 @@ class LogFields:
     baggage (which anyone upstream can forge); ``redact`` takes the execution's secrets out.
     """
 
-    __slots__ = ("redact", "run_id", "span", "span_id", "trace_id")
+    __slots__ = ("ids", "redact", "run_id", "span")
 
     def __init__(self, span: trace.Span, safe_run_id: str, redact: Callable[[str], str]) -> None:
         """``safe_run_id`` went through `log_safe` (a run id with a newline must not forge a log line)."""
         context = span.get_span_context()
         self.span = span
-        self.trace_id = f"{context.trace_id:032x}" if context.is_valid else "0"
-        self.span_id = f"{context.span_id:016x}" if context.is_valid else "0"
+        self.ids = {
+            TRACE_ID_FIELD: f"{context.trace_id:032x}" if context.is_valid else "0",
+            SPAN_ID_FIELD: f"{context.span_id:016x}" if context.is_valid else "0",
+        }
         self.run_id = safe_run_id
         self.redact = redact
 
@@ -86,16 +88,15 @@ class _CorrelatingFactory:
             fields = current.get(_FIELDS_KEY)
             if type(fields) is not LogFields:
                 fields = None
-            if not hasattr(record, TRACE_ID_FIELD):
+            if TRACE_ID_FIELD not in record.__dict__:
                 span = trace.get_current_span(current)
                 if fields is not None and span is fields.span:
-                    trace_id, span_id = fields.trace_id, fields.span_id
+                    record.__dict__.update(fields.ids)
                 else:  # outside an execution, or inside a span the node code started
                     context = span.get_span_context()
-                    trace_id = f"{context.trace_id:032x}" if context.is_valid else "0"
-                    span_id = f"{context.span_id:016x}" if context.is_valid else "0"
-                setattr(record, TRACE_ID_FIELD, trace_id)
-                setattr(record, SPAN_ID_FIELD, span_id)
+                    valid = context.is_valid
+                    setattr(record, TRACE_ID_FIELD, f"{context.trace_id:032x}" if valid else "0")
+                    setattr(record, SPAN_ID_FIELD, f"{context.span_id:016x}" if valid else "0")
             if fields is None:
                 setattr(record, RUN_ID_FIELD, "")
             else:

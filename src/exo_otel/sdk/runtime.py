@@ -22,7 +22,7 @@ from exo_otel.sdk.fanout import FanOut, FanOutsUnderWay
 from exo_otel.sdk.placement import PlacementMemory, UnplacedReporter
 from exo_otel.sdk.run_lookup import RunLookup
 from exo_otel.sdk.run_traces import RunTraces
-from exo_otel.sdk.state_context import PolledState, run_from_payload
+from exo_otel.sdk.state_context import PolledState, RunInfo, has_payload_run, run_from_payload
 from exo_otel.sdk.telemetry import Telemetry
 
 TRACING_ATTRIBUTE = "_exo_otel_tracing"
@@ -73,16 +73,22 @@ class RuntimeTracing:
         for state in states:
             if not isinstance(state, dict) or not isinstance(state.get("state_id"), str):
                 continue
+            if association.uses_payload and has_payload_run(state):
+                continue  # placed from its payload when a worker takes it: nothing to do now
             state_id = state["state_id"]
-            run = run_from_payload(state) if association.uses_payload else None
-            from_payload = run is not None
-            if run is None and association.uses_run_api and self.memory.get(state_id) is None:
+            run = None
+            if association.uses_run_api and self.memory.get(state_id) is None:
                 run = self.lookup().known(state_id)
                 if run is None:
                     unknown.append(state_id)
-            self.polled[state_id] = PolledState.from_payload(state, run, from_payload)
+            self.polled[state_id] = PolledState.from_payload(state, run)
         if unknown:
             self.lookup().want(unknown)
+
+    def _from_payload(self, state: dict[str, Any]) -> PolledState:
+        """A state the poll left to its worker: its run is the payload's (when that is used), if any."""
+        run = run_from_payload(state) if self.telemetry.settings.run_association.uses_payload else None
+        return PolledState.from_payload(state, run, run_from_payload=run is not None)
 
     def lookup(self) -> RunLookup:
         """The run API client, made on first use (the runtime's settings are final by then)."""
@@ -107,22 +113,27 @@ class RuntimeTracing:
         if not isinstance(state, dict) or not self.telemetry.enabled or not is_instrumentation_enabled():
             return
         state_id = str(state.get("state_id"))
-        polled = self.polled.pop(state_id, None) or PolledState.from_payload(state, None)
+        polled = self.polled.pop(state_id, None) or self._from_payload(state)
         # One bound for all the waiting a worker does for one state.
         deadline = _Deadline(self._wait_s)
-        polled = await self._place(polled, deadline)
-        upstream = await self._upstream_of(polled, deadline)
-        execution = begin(self.telemetry, polled, state, self.namespace, self.name, upstream, self.traces)
-        self.memory.remember(state_id, polled.run, execution.node_span.get_span_context())
-        _current_execution.set(execution)
-
-    async def _place(self, polled: PolledState, deadline: _Deadline) -> PolledState:
-        earlier = self.memory.get(polled.state_id)
+        earlier = self.memory.get(state_id)
         if earlier is not None:
             # A requeued state: every attempt keeps the trace of the first, so none names a missing span.
-            return replace(polled, run=earlier.run)
+            polled = replace(polled, run=earlier.run)
+        elif polled.run is None:
+            polled = await self._find_run(polled, deadline)
+        run = polled.run
+        upstream = None
+        if run is not None and run.parent_state_id is not None:
+            upstream = await self._upstream_of(polled, run, run.parent_state_id, deadline)
+        execution = begin(self.telemetry, polled, state, self.namespace, self.name, upstream, self.traces)
+        self.memory.remember(state_id, run, execution.node_span.get_span_context())
+        _current_execution.set(execution)
+
+    async def _find_run(self, polled: PolledState, deadline: _Deadline) -> PolledState:
+        """A state the poll brought with no run: the background lookup's answer, waited for briefly."""
         settings = self.telemetry.settings
-        if polled.run is None and settings.run_association.uses_run_api and settings.run_api_budget > 0:
+        if settings.run_association.uses_run_api and settings.run_api_budget > 0:
             lookup = self.lookup()
             run = lookup.known(polled.state_id)
             if run is None and deadline.left() > 0:
@@ -138,21 +149,20 @@ class RuntimeTracing:
         wait_s = self.telemetry.settings.placement_wait_ms / 1000
         return wait_s if self.lookup().can_place_within(wait_s) else 0.0
 
-    async def _upstream_of(self, polled: PolledState, deadline: _Deadline) -> SpanContext | None:
+    async def _upstream_of(
+        self, polled: PolledState, run: RunInfo, parent_state_id: str, deadline: _Deadline
+    ) -> SpanContext | None:
         """Where the direct upstream state's node span is, when this runtime can be sure of it."""
-        run = polled.run
-        if run is None or run.parent_state_id is None:
-            return None
-        known = self.memory.get(run.parent_state_id)
+        known = self.memory.get(parent_state_id)
         if known is None and self._fanouts.under_way(run.run_id):
             # The upstream state may be a fan-out copy whose span is about to be emitted here.
             await self._fanouts.wait(run.run_id, deadline.left())
-            known = self.memory.get(run.parent_state_id)
+            known = self.memory.get(parent_state_id)
         if known is not None:
             return known.context
         if polled.run_from_payload and not self._fanouts.under_way(run.run_id):
             # The server gives every runtime the run: the upstream state's span is in the run's trace.
-            return self.traces.of(run).state_context(run.parent_state_id)
+            return self.traces.of(run).state_context(parent_state_id)
         # Found through the run APIs, upstream executed elsewhere: its runtime may have placed it in no run.
         return None
 
@@ -283,24 +293,22 @@ def make_poll_wrapper(telemetry: Telemetry) -> AsyncMethod:
 
 def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
     """Around ``Runtime._notify_executed``: note the outcome; after a fan-out, give its copies spans."""
-    note = _outcome_wrapper(attr.OUTCOME_EXECUTED)(telemetry)
 
     async def traced_executed(
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        result = await note(wrapped, instance, args, kwargs)
         execution = _current_execution.get()
-        tracing = getattr(instance, TRACING_ATTRIBUTE, None)
-        outputs = call_argument(args, kwargs, 1, "outputs", None)
-        if (
-            execution is not None
-            and isinstance(tracing, RuntimeTracing)
-            and isinstance(outputs, list)
-            and len(outputs) > 1
-        ):
-            with guard("tracing fan-out copies"):
-                # The executed answer does not name the copies; a later run graph does (in the background).
-                tracing.on_fanned_out(execution)
+        if execution is not None:
+            with guard("noting outcome executed"):
+                _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
+        result = await wrapped(*args, **kwargs)
+        if execution is not None:
+            outputs = call_argument(args, kwargs, 1, "outputs", None)
+            tracing = getattr(instance, TRACING_ATTRIBUTE, None)
+            if isinstance(outputs, list) and len(outputs) > 1 and isinstance(tracing, RuntimeTracing):
+                with guard("tracing fan-out copies"):
+                    # The executed answer does not name the copies; a later run graph does (background).
+                    tracing.on_fanned_out(execution)
         return result
 
     return traced_executed
@@ -335,9 +343,9 @@ def _note_outcome(
         delay = getattr(instance, "delay", None)
         if delay is not None and hasattr(delay, "total_seconds"):
             execution.requeue_delay_ms = int(delay.total_seconds() * 1000)
-    elif outcome == attr.OUTCOME_EXECUTED:
+    elif outcome == attr.OUTCOME_EXECUTED and execution.telemetry.settings.capture_io:
         outputs = call_argument(args, kwargs, 1, "outputs", None)
-        if outputs is not None and execution.telemetry.settings.capture_io:
+        if outputs is not None:
             record_outputs(execution, [o.model_dump() if hasattr(o, "model_dump") else o for o in outputs])
 
 

@@ -19,9 +19,9 @@ from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
 CARRIER_FIELDS = ("traceparent", "tracestate", "baggage")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RunInfo:
-    """The run a state belongs to, as far as it is known.
+    """The run a state belongs to, as far as it is known (a value: never changed once made).
 
     ``carrier`` holds the run's W3C fields when the state manager side sent them;
     ``node_spans_by_server`` is true when it also emits the state's node span.
@@ -34,9 +34,10 @@ class RunInfo:
     node_spans_by_server: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PolledState:
-    """A state as the enqueue answer gave it, with its run when one was found."""
+    """A state as the enqueue answer gave it, with its run when one was found (a value: never changed
+    once made; `dataclasses.replace` makes another). Not frozen: one is made per state, on the hot path."""
 
     state_id: str
     node_name: str
@@ -70,17 +71,23 @@ def _retry_count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def has_payload_run(state: dict[str, Any]) -> bool:
+    """Whether the state carries its run (`run_from_payload` gives a run for it)."""
+    run_id = state.get("run_id")
+    return isinstance(run_id, str) and bool(run_id)
+
+
 def run_from_payload(state: dict[str, Any]) -> RunInfo | None:
     """The run context the proposed enqueue extension carries (``run_id``, ``graph_name``, ``parents``)."""
-    run_id = state.get("run_id")
-    if not isinstance(run_id, str) or not run_id:
+    if not has_payload_run(state):
         return None
+    run_id = state["run_id"]
     graph_name = state.get("graph_name")
     parents = state.get("parents")
     parent = None
     if isinstance(parents, dict) and parents:
         # Parents are in insertion order: the last entry is the direct parent.
-        parent = str(list(parents.values())[-1])
+        parent = str(next(reversed(parents.values())))
     carrier = tuple(
         (key, value) for key in CARRIER_FIELDS if isinstance(value := state.get(key), str) and value
     )
