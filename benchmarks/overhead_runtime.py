@@ -7,7 +7,9 @@ then measures the SDK floor in the same process, with the same providers: the sp
 exo_otel made for one state, replayed without exo_otel, and prints a second JSON line.
 
 Modes: ``plain`` (no exo_otel), ``spans`` (exo_otel, SDK tracer provider, no SDK meter provider) and
-``metrics`` (exo_otel, SDK tracer and meter providers, default exemplar filter).
+``metrics`` (exo_otel, SDK tracer and meter providers, default exemplar filter); ``sdk-spans`` and
+``sdk-metrics`` use the same providers with no exo_otel: `minimal_tracing` makes the same SDK calls in
+place (the in-place floor), and no replay follows.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from collections.abc import Sequence
 
 from exospherehost import BaseNode, Runtime
+from minimal_tracing import MinimalTracingQueue
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -145,18 +148,25 @@ async def serve(args: argparse.Namespace) -> None:
     meter_provider: MeterProvider | None = None
     first = FirstSpans()
     instrumentor = ExosphereInstrumentor()
+    minimal = args.mode.startswith("sdk-")
     if args.mode != "plain":
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(first)
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{args.sink}/v1/traces")))
-        if args.mode == "metrics":
+        if args.mode.endswith("metrics"):
             reader = PeriodicExportingMetricReader(OTLPMetricExporter(f"{args.sink}/v1/metrics"),
                                                    export_interval_millis=1000)
             meter_provider = MeterProvider(metric_readers=[reader])
-        instrumentor.instrument(tracer_provider=tracer_provider,
-                                meter_provider=meter_provider or NoOpMeterProvider())
+        if not minimal:
+            instrumentor.instrument(tracer_provider=tracer_provider,
+                                    meter_provider=meter_provider or NoOpMeterProvider())
     runtime = Runtime(namespace=NAMESPACE, name=f"bench-{args.mode}", nodes=NODES, state_manager_uri=args.uri,
                       key=args.key, workers=args.workers, batch_size=64, poll_interval=0.05)
+    if minimal and tracer_provider is not None:
+        metrics = ExosphereMetrics.create(meter_provider.get_meter("minimal")) if meter_provider else None
+        runtime._state_queue = MinimalTracingQueue(runtime._state_queue.maxsize,
+                                                   tracer_provider.get_tracer("minimal"), metrics,
+                                                   NAMESPACE, f"bench-{args.mode}")
     await runtime._register()
     task = runtime.start()
     print("READY", flush=True)
@@ -171,7 +181,7 @@ async def serve(args: argparse.Namespace) -> None:
     cpu = _cpu() - cpu_start
     print(json.dumps({"mode": args.mode, "cpu_s": cpu, "wall_s": wall}), flush=True)
     task.cancel()
-    if tracer_provider is not None:
+    if tracer_provider is not None and not minimal:
         tracer = tracer_provider.get_tracer("exo_otel.benchmark.floor")
         metrics = ExosphereMetrics.create(meter_provider.get_meter("exo_otel.benchmark.floor")) \
             if meter_provider is not None else None
@@ -194,7 +204,8 @@ async def _expect(loop: asyncio.AbstractEventLoop, word: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["plain", "spans", "metrics"], required=True)
+    parser.add_argument("--mode", choices=["plain", "spans", "metrics", "sdk-spans", "sdk-metrics"],
+                        required=True)
     parser.add_argument("--uri", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--sink", required=True, help="base URL of the OTLP/HTTP sink")

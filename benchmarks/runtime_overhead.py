@@ -43,7 +43,7 @@ from exospherehost import GraphNodeModel, StateManager, StoreConfigModel
 HERE = Path(__file__).resolve().parent
 NAMESPACE = "exo-otel-bench"
 GRAPH = "chain"
-MODES = ("plain", "spans", "metrics")
+MODES = ("plain", "spans", "metrics", "sdk-spans", "sdk-metrics")
 STATES_PER_RUN = 3
 
 
@@ -118,7 +118,7 @@ async def one_round(mode: str, args: argparse.Namespace, uri: str, key: str, sin
         proc.stdin.write(b"STOP\n")
         await proc.stdin.drain()
         result = json.loads(await asyncio.wait_for(proc.stdout.readline(), 120))
-        if mode != "plain":
+        if mode in ("spans", "metrics"):  # the replayed floor follows
             result.update(json.loads(await asyncio.wait_for(proc.stdout.readline(), 300)))
         result["elapsed_s"] = elapsed
         return dict(result)
@@ -157,7 +157,7 @@ async def main(args: argparse.Namespace) -> None:
         client = StateManager(namespace=NAMESPACE, state_manager_uri=uri, key=key)
         first = True
         for index in range(args.rounds + 1):  # round 0 warms up (imports, caches) and is not counted
-            order = MODES[index % 3:] + MODES[:index % 3]
+            order = MODES[index % len(MODES):] + MODES[:index % len(MODES)]
             for mode in order:
                 result = await one_round(mode, args, uri, key, sink, client, first)
                 first = False
@@ -185,19 +185,27 @@ def report(args: argparse.Namespace, samples: dict[str, Samples]) -> None:
     plain = statistics.median(samples["plain"].cpu_per_state)
     plain_rate = statistics.median(samples["plain"].states_per_s)
     print(f"plain    runtime CPU per execution (us): {spread(samples['plain'].cpu_per_state, us)}")
-    for mode in MODES[1:]:
+    for mode in ("spans", "metrics"):
         s = samples[mode]
         added = statistics.median(s.cpu_per_state) - plain
         floor = statistics.median(s.floor_per_state)
         added_by_round = [c - p for c, p in zip(s.cpu_per_state, samples["plain"].cpu_per_state, strict=True)]
+        sdk = samples[f"sdk-{mode}"]
+        in_place = [c - p for c, p in zip(sdk.cpu_per_state, samples["plain"].cpu_per_state, strict=True)]
+        in_place_floor = statistics.median(sdk.cpu_per_state) - plain
         print(f"{mode:8} runtime CPU per execution (us): {spread(s.cpu_per_state, us)}")
         print(f"{mode:8}   added CPU per execution (us): {added * us:8.1f}  (by round: "
               f"{', '.join(f'{a * us:.1f}' for a in added_by_round)})")
-        print(f"{mode:8}   SDK floor per execution (us): {spread(s.floor_per_state, us)}")
+        print(f"{mode:8}   SDK floor per execution (us): {spread(s.floor_per_state, us)}  (replayed)")
         print(f"{mode:8}   added / floor: {added / floor:.2f}   (by round: "
               f"{', '.join(f'{a / f:.2f}' for a, f in zip(added_by_round, s.floor_per_state, strict=True))})")
+        print(f"{mode:8}   in-place SDK floor per execution (us): {in_place_floor * us:8.1f}  (by round: "
+              f"{', '.join(f'{f * us:.1f}' for f in in_place)})")
+        print(f"{mode:8}   added / in-place floor: {added / in_place_floor:.2f}   (by round: "
+              f"{', '.join(f'{a / f:.2f}' for a, f in zip(added_by_round, in_place, strict=True))})")
         print(f"{mode:8}   throughput ratio to plain: {statistics.median(s.states_per_s) / plain_rate:.3f}  "
-              f"(states/s: plain {plain_rate:.0f}, {mode} {statistics.median(s.states_per_s):.0f})")
+              f"(states/s: plain {plain_rate:.0f}, {mode} {statistics.median(s.states_per_s):.0f}, "
+              f"sdk-{mode} {statistics.median(sdk.states_per_s):.0f})")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from opentelemetry import baggage, context, trace
+from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from exo_otel.core import attributes as attr
@@ -24,7 +24,8 @@ from exo_otel.core.spans import (
     start_span,
 )
 from exo_otel.sdk import inflight
-from exo_otel.sdk.logs import LogFields, with_log_fields
+from exo_otel.sdk.execution_context import execution_context
+from exo_otel.sdk.logs import LogFields
 from exo_otel.sdk.run_traces import RunTraces
 from exo_otel.sdk.state_context import PolledState, link_to_state
 from exo_otel.sdk.telemetry import Telemetry
@@ -68,20 +69,19 @@ class Execution:
         return dict(self.attributes)
 
 
-def state_attributes(state: PolledState, namespace: str) -> dict[str, Any]:
-    """The attributes of a state's node and execute spans (trace model), cleaned."""
+def state_attributes(state: PolledState, run_attributes: dict[str, Any]) -> dict[str, Any]:
+    """The attributes of a state's node and execute spans (trace model), cleaned.
+
+    ``run_attributes`` holds the cleaned namespace, run id and graph name (`RunTrace.attributes`).
+    """
     attributes: dict[str, Any] = {
-        attr.NAMESPACE: clean_text(namespace),
+        **run_attributes,
         attr.NODE_NAME: clean_text(state.node_name),
         attr.NODE_IDENTIFIER: clean_text(state.identifier),
         attr.STATE_ID: clean_text(state.state_id),
     }
     if state.retry_count is not None:
         attributes[attr.STATE_RETRY_COUNT] = state.retry_count
-    if state.run is not None:
-        attributes[attr.RUN_ID] = clean_text(state.run.run_id)
-        if state.run.graph_name:
-            attributes[attr.GRAPH_NAME] = clean_text(state.run.graph_name)
     return attributes
 
 
@@ -107,7 +107,7 @@ def begin(
     if traces is None:
         traces = RunTraces(namespace, telemetry.sampler)
     run_trace = traces.of(run) if run is not None else None
-    attributes = state_attributes(state, namespace)
+    attributes = state_attributes(state, run_trace.attributes if run_trace is not None else traces.no_run)
     execution = Execution(
         telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now,
         attributes=attributes,
@@ -133,12 +133,14 @@ def begin(
             attributes_clean=True,
         )
     queue_wait_ns = max(0, now - created)
-    execute_attributes = dict(attributes)
-    execute_attributes[attr.STATE_QUEUE_WAIT_MS] = queue_wait_ns / 1e6
-    execute_attributes[attr.RUNTIME_NAME] = clean_text(runtime_name)
-    execute_attributes.update(_EXECUTE_MESSAGING)
-    execute_attributes[attr.MESSAGING_DESTINATION_NAME] = attributes[attr.NODE_NAME]
-    execute_attributes[attr.MESSAGING_MESSAGE_ID] = attributes[attr.STATE_ID]
+    execute_attributes = {
+        **attributes,
+        attr.STATE_QUEUE_WAIT_MS: queue_wait_ns / 1e6,
+        attr.RUNTIME_NAME: clean_text(runtime_name),
+        **_EXECUTE_MESSAGING,
+        attr.MESSAGING_DESTINATION_NAME: attributes[attr.NODE_NAME],
+        attr.MESSAGING_MESSAGE_ID: attributes[attr.STATE_ID],
+    }
     if telemetry.settings.capture_io:
         execute_attributes[attr.NODE_INPUTS] = clean_text(_truncated(payload.get("inputs"), telemetry))
     execute_span = start_span(
@@ -152,11 +154,13 @@ def begin(
     )
     # The run's baggage entries are in the run's base context already; the state's are added here.
     base = run_trace.execution_base if run_trace is not None else traces.outside_any_run()
-    current = trace.set_span_in_context(execute_span, base)
-    current = baggage.set_baggage(attr.NODE_IDENTIFIER, attributes[attr.NODE_IDENTIFIER], current)
-    current = baggage.set_baggage(attr.STATE_ID, attributes[attr.STATE_ID], current)
     safe_run_id = run_trace.run_id_for_logs if run_trace is not None else ""
-    current = with_log_fields(current, LogFields(execute_span, safe_run_id, execution.secrets))
+    current = execution_context(
+        base,
+        execute_span,
+        {attr.NODE_IDENTIFIER: attributes[attr.NODE_IDENTIFIER], attr.STATE_ID: attributes[attr.STATE_ID]},
+        LogFields(execute_span, safe_run_id, execution.secrets),
+    )
     execution.node_span = node_span
     execution.execute_span = execute_span
     execution.metric_attributes = metric_attributes(attributes)

@@ -39,6 +39,8 @@ class RunTrace:
     """The state manager side emits the run's node spans: executions go under their derived ids."""
     run_id_for_logs: str
     """The run id as log records carry it (cleaned, control characters escaped)."""
+    attributes: dict[str, str]
+    """The run's span attributes (namespace, run id, graph name), cleaned; shared, never changed."""
 
     def state_context(self, state_id: str) -> SpanContext:
         """The remote context of a state's node span in this run."""
@@ -69,11 +71,13 @@ def run_trace(run: RunInfo, namespace: str, sampler: Sampler | None) -> RunTrace
         base,
         carried is not None and run.node_spans_by_server,
         log_safe(entries[attr.RUN_ID]),
+        entries,
     )
 
 
 def run_baggage(run: RunInfo | None, namespace: str) -> dict[str, str]:
-    """The run-wide baggage entries an execution carries (the trace model's keys that are not per state)."""
+    """The run-wide baggage entries an execution carries (the trace model's keys that are not per
+    state); the same as the run-wide span attributes."""
     entries = {attr.NAMESPACE: clean_text(namespace)}
     if run is not None:
         entries[attr.RUN_ID] = clean_text(run.run_id)
@@ -94,6 +98,8 @@ class RunTraces:
         self._max = max(1, max_runs)
         self._traces: dict[tuple[str, str | None, tuple[tuple[str, str], ...], bool], RunTrace] = {}
         self._outside: Context | None = None
+        self.no_run: dict[str, str] = run_baggage(None, namespace)
+        """The run-wide attributes of a state placed in no run: the namespace alone."""
 
     def of(self, run: RunInfo) -> RunTrace:
         # Keyed by all the trace depends on: a state with another carrier or graph name gets its own.

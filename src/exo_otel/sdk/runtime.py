@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, suppress_http_instrumentation
 from opentelemetry.trace import SpanContext
@@ -125,7 +125,11 @@ class RuntimeTracing:
         run = polled.run
         upstream = None
         if run is not None and run.parent_state_id is not None:
-            upstream = await self._upstream_of(polled, run, run.parent_state_id, deadline)
+            now = self._upstream_now(polled, run, run.parent_state_id)
+            if isinstance(now, _AfterFanOuts):
+                upstream = await self._upstream_after_fanouts(polled, run, run.parent_state_id, deadline)
+            else:
+                upstream = now
         execution = begin(self.telemetry, polled, state, self.namespace, self.name, upstream, self.traces)
         self.memory.remember(state_id, run, execution.node_span.get_span_context())
         _current_execution.set(execution)
@@ -149,22 +153,31 @@ class RuntimeTracing:
         wait_s = self.telemetry.settings.placement_wait_ms / 1000
         return wait_s if self.lookup().can_place_within(wait_s) else 0.0
 
-    async def _upstream_of(
-        self, polled: PolledState, run: RunInfo, parent_state_id: str, deadline: _Deadline
-    ) -> SpanContext | None:
-        """Where the direct upstream state's node span is, when this runtime can be sure of it."""
+    def _upstream_now(
+        self, polled: PolledState, run: RunInfo, parent_state_id: str
+    ) -> SpanContext | _AfterFanOuts | None:
+        """Where the direct upstream state's node span is, when this runtime can be sure of it now;
+        `_AFTER_FANOUTS` when a fan-out of the run is under way here (the upstream state may be a copy
+        whose span is about to be emitted)."""
         known = self.memory.get(parent_state_id)
-        if known is None and self._fanouts.under_way(run.run_id):
-            # The upstream state may be a fan-out copy whose span is about to be emitted here.
-            await self._fanouts.wait(run.run_id, deadline.left())
-            known = self.memory.get(parent_state_id)
         if known is not None:
             return known.context
-        if polled.run_from_payload and not self._fanouts.under_way(run.run_id):
+        if self._fanouts.under_way(run.run_id):
+            return _AFTER_FANOUTS
+        if polled.run_from_payload:
             # The server gives every runtime the run: the upstream state's span is in the run's trace.
             return self.traces.of(run).state_context(parent_state_id)
         # Found through the run APIs, upstream executed elsewhere: its runtime may have placed it in no run.
         return None
+
+    async def _upstream_after_fanouts(
+        self, polled: PolledState, run: RunInfo, parent_state_id: str, deadline: _Deadline
+    ) -> SpanContext | None:
+        """The upstream state's node span once this runtime's fan-outs of the run have their spans, or
+        the wait is over (then only a span known to be emitted is named)."""
+        await self._fanouts.wait(run.run_id, deadline.left())
+        answer = self._upstream_now(polled, run, parent_state_id)
+        return None if isinstance(answer, _AfterFanOuts) else answer
 
     def on_finished(self, execution: Execution) -> None:
         """A state's attempt is over: if it made next states (or a retry), its run is about to grow."""
@@ -189,6 +202,13 @@ class RuntimeTracing:
             return
         fan_out = FanOut.of(execution, self.memory, self._fanouts)
         self.lookup().watch(fan_out.emit, execution.state.state_id, run_id)
+
+
+class _AfterFanOuts:
+    """`_upstream_now`'s answer when it must wait for this runtime's fan-outs of the run."""
+
+
+_AFTER_FANOUTS: Final = _AfterFanOuts()
 
 
 class _Deadline:
