@@ -91,7 +91,7 @@ def test_the_log_format_example_shows_the_trace_and_run_inside_a_run() -> None:
         ExosphereInstrumentor().instrument(tracer_provider=provider)
         span = provider.get_tracer("readme").start_span("execute Node")
         # What the runtime does where it places a state in its run (baggage alone is not trusted).
-        context.attach(with_log_context(trace.set_span_in_context(span), "run-7", lambda text: text))
+        context.attach(with_log_context(trace.set_span_in_context(span), "run-7"))
         print(f"{span.get_span_context().trace_id:032x}")
         """
     )

@@ -16,14 +16,15 @@ class Redactor:
     better than a secret in a trace.
     """
 
-    __slots__ = ("_values",)
+    __slots__ = ("values",)
 
     def __init__(self) -> None:
-        self._values: tuple[str, ...] = ()  # one per execution: nothing allocated until a secret comes
+        self.values: tuple[str, ...] = ()
+        """The known values, longest first (empty: nothing to redact; one Redactor per execution)."""
 
     def add(self, values: Iterable[object]) -> None:
         """Remember these values (strings only; the SDK gives secrets as strings)."""
-        known = set(self._values)
+        known = set(self.values)
         for value in values:
             if isinstance(value, str) and value:
                 known.add(value)
@@ -31,13 +32,13 @@ class Redactor:
                     # pydantic shows a long input value cut: its first 24 and last 23 characters.
                     known.update((value[:24], value[-23:]))
         # Longest first: a secret containing another is redacted whole.
-        self._values = tuple(sorted(known, key=len, reverse=True))
+        self.values = tuple(sorted(known, key=len, reverse=True))
 
     def __bool__(self) -> bool:
-        return bool(self._values)
+        return bool(self.values)
 
     def __call__(self, text: str) -> str:
-        for value in self._values:
+        for value in self.values:
             if value in text:
                 text = text.replace(value, REDACTED)
         return text

@@ -24,7 +24,7 @@ def _only_key(context: Context) -> str | None:
 
 _SPAN_KEY = _only_key(trace.set_span_in_context(trace.INVALID_SPAN, Context()))
 _BAGGAGE_KEY = _only_key(baggage.set_baggage("exo_otel.probe", "1", Context()))
-_LOG_FIELDS_KEY = _only_key(with_log_fields(Context(), LogFields(trace.INVALID_SPAN, "", str)))
+_LOG_FIELDS_KEY = _only_key(with_log_fields(Context(), LogFields(trace.INVALID_SPAN, "")))
 
 
 def execution_context(

@@ -31,18 +31,20 @@ class LogFields:
     baggage (which anyone upstream can forge); ``redact`` takes the execution's secrets out.
     """
 
-    __slots__ = ("ids", "redact", "run_id", "span")
+    __slots__ = ("fields", "redactor", "run_only", "span")
 
-    def __init__(self, span: trace.Span, safe_run_id: str, redact: Callable[[str], str]) -> None:
+    def __init__(self, span: trace.Span, safe_run_id: str, redactor: Redactor | None = None) -> None:
         """``safe_run_id`` went through `log_safe` (a run id with a newline must not forge a log line)."""
         context = span.get_span_context()
         self.span = span
-        self.ids = {
+        self.run_only = {RUN_ID_FIELD: safe_run_id}
+        """For records made inside a span the node code started: its ids are worked out per record."""
+        self.fields = {
             TRACE_ID_FIELD: f"{context.trace_id:032x}" if context.is_valid else "0",
             SPAN_ID_FIELD: f"{context.span_id:016x}" if context.is_valid else "0",
+            RUN_ID_FIELD: safe_run_id,
         }
-        self.run_id = safe_run_id
-        self.redact = redact
+        self.redactor = redactor
 
 
 _FIELDS_KEY: Final = otel_context.create_key("exo_otel.log_fields")
@@ -54,14 +56,14 @@ def with_log_fields(context: otel_context.Context, fields: LogFields) -> otel_co
 
 
 def with_log_context(
-    context: otel_context.Context, run_id: str | None, redact: Callable[[str], str]
+    context: otel_context.Context, run_id: str | None, redactor: Redactor | None = None
 ) -> otel_context.Context:
     """``context`` with the run id its log records carry and the redaction they go through.
 
     The trace and span ids are those of the span current in ``context``, formatted once here.
     """
     safe_run_id = log_safe(run_id) if run_id is not None else ""
-    return with_log_fields(context, LogFields(trace.get_current_span(context), safe_run_id, redact))
+    return with_log_fields(context, LogFields(trace.get_current_span(context), safe_run_id, redactor))
 
 
 def _redact_record(record: logging.LogRecord, redact: Callable[[str], str]) -> None:
@@ -86,27 +88,32 @@ class _CorrelatingFactory:
         try:
             current = otel_context.get_current()
             fields = current.get(_FIELDS_KEY)
+            values = record.__dict__
             if type(fields) is not LogFields:
-                fields = None
-            if TRACE_ID_FIELD not in record.__dict__:
-                span = trace.get_current_span(current)
-                if fields is not None and span is fields.span:
-                    record.__dict__.update(fields.ids)
-                else:  # outside an execution, or inside a span the node code started
-                    context = span.get_span_context()
-                    valid = context.is_valid
-                    setattr(record, TRACE_ID_FIELD, f"{context.trace_id:032x}" if valid else "0")
-                    setattr(record, SPAN_ID_FIELD, f"{context.span_id:016x}" if valid else "0")
-            if fields is None:
-                setattr(record, RUN_ID_FIELD, "")
-            else:
-                redact = fields.redact
-                if not isinstance(redact, Redactor) or redact:  # an empty Redactor has nothing to take out
-                    _redact_record(record, redact)
-                setattr(record, RUN_ID_FIELD, fields.run_id)
+                if TRACE_ID_FIELD not in values:
+                    _set_span_ids(record, trace.get_current_span(current))
+                values[RUN_ID_FIELD] = ""
+                return record
+            if TRACE_ID_FIELD in values:  # set already (the OpenTelemetry logging instrumentation)
+                values.update(fields.run_only)
+            elif trace.get_current_span(current) is fields.span:
+                values.update(fields.fields)
+            else:  # inside a span the node code started
+                _set_span_ids(record, trace.get_current_span(current))
+                values.update(fields.run_only)
+            redactor = fields.redactor
+            if redactor is not None and redactor.values:
+                _redact_record(record, redactor)
         except Exception:  # a log call must never fail because of us
             pass
         return record
+
+
+def _set_span_ids(record: logging.LogRecord, span: trace.Span) -> None:
+    context = span.get_span_context()
+    valid = context.is_valid
+    setattr(record, TRACE_ID_FIELD, f"{context.trace_id:032x}" if valid else "0")
+    setattr(record, SPAN_ID_FIELD, f"{context.span_id:016x}" if valid else "0")
 
 
 def install_log_correlation() -> None:

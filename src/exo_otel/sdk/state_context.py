@@ -175,8 +175,9 @@ def link_to_state(context: SpanContext | None, state_id: str | None) -> list[Lin
     """A link to a state's node span at ``context``; none when where that span is is not known."""
     if context is None or state_id is None or not context.is_valid:
         return []
-    remote = SpanContext(context.trace_id, context.span_id, is_remote=True, trace_flags=context.trace_flags)
-    return [Link(remote, {attr.STATE_ID: state_id})]
+    if not context.is_remote:
+        context = SpanContext(context.trace_id, context.span_id, True, context.trace_flags)
+    return [Link(context, {attr.STATE_ID: state_id})]
 
 
 def server_node_context(run: RunInfo, state_id: str, carried: Context) -> SpanContext:
