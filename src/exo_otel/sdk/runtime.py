@@ -131,7 +131,10 @@ class RuntimeTracing:
             else:
                 upstream = now
         execution = begin(self.telemetry, polled, state, self.namespace, self.name, upstream, self.traces)
-        self.memory.remember(state_id, run, execution.node_span.get_span_context())
+        if not polled.run_from_payload:
+            # A state placed from its payload is placed alike by every attempt and every runtime, and
+            # its upstream span's place follows from the run: nothing to remember (and nothing kept alive).
+            self.memory.remember(state_id, run, execution.node_span.get_span_context())
         _current_execution.set(execution)
 
     async def _find_run(self, polled: PolledState, deadline: _Deadline) -> PolledState:
@@ -193,10 +196,14 @@ class RuntimeTracing:
         """A state reported several outputs: emit its copies' spans once a run graph names them."""
         if execution.state.server_node_spans:
             return  # the server emits every state's node span, copies included
-        run_id = execution.state.run.run_id if execution.state.run is not None else None
+        state = execution.state
+        run_id = state.run.run_id if state.run is not None else None
         if run_id is not None:
             # Until the copies have spans, no state of the run links to a state this runtime does not know.
             self._fanouts.start(run_id)
+        if state.run_from_payload:
+            # Its next states may wait for the copies' spans: then they link only to spans known here.
+            self.memory.remember(state.state_id, state.run, execution.node_span.get_span_context())
         settings = self.telemetry.settings
         if settings.run_api_budget <= 0 or settings.run_association is RunAssociation.NONE:
             return
