@@ -31,6 +31,7 @@ from exo_otel.sdk.state_context import PolledState, link_to_state
 from exo_otel.sdk.telemetry import Telemetry
 
 _OK: Final = Status(StatusCode.OK)
+_UNKNOWN_FAILURE: Final = Status(StatusCode.ERROR, "state errored")
 _NO_SPAN: Final = context.Context()
 # The execute span's messaging attributes that are the same for every state.
 _EXECUTE_MESSAGING: Final = {
@@ -242,11 +243,12 @@ def _end_spans(execution: Execution) -> None:
     end = time.time_ns()
     outcome = execution.outcome or attr.OUTCOME_ERRORED
     execute_span, node_span = execution.execute_span, execution.node_span
+    secrets = execution.secrets
     for span in (execute_span, node_span):
         span.set_attribute(attr.STATE_OUTCOME, outcome)
-        if execution.secrets:
+        if secrets.values:
             # Started before the secrets were known: a payload value may equal one of them.
-            redact_recorded(span, execution.secrets)
+            redact_recorded(span, secrets)
     if outcome == attr.OUTCOME_EXECUTED:
         execute_span.set_status(_OK)
     elif outcome == attr.OUTCOME_PRUNED:
@@ -266,7 +268,7 @@ def _end_spans(execution: Execution) -> None:
     else:  # errored, or no outcome reported at all: the exception is unknown
         for span in (execute_span, node_span):
             span.set_attribute(attr.ERROR_TYPE, attr.ERROR_TYPE_OTHER)
-            span.set_status(Status(StatusCode.ERROR, "state errored"))
+            span.set_status(_UNKNOWN_FAILURE)
     metrics = execution.telemetry.metrics
     outcome_attributes = metric_attributes(execution.attributes, outcome)
     duration_attributes = outcome_attributes

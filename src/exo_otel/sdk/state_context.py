@@ -88,9 +88,11 @@ def run_from_payload(state: dict[str, Any]) -> RunInfo | None:
     if isinstance(parents, dict) and parents:
         # Parents are in insertion order: the last entry is the direct parent.
         parent = str(next(reversed(parents.values())))
-    carrier = tuple(
-        (key, value) for key in CARRIER_FIELDS if isinstance(value := state.get(key), str) and value
-    )
+    carrier: tuple[tuple[str, str], ...] = ()
+    if "traceparent" in state:  # without it there is no run root to extract, whatever else is sent
+        carrier = tuple(
+            (key, value) for key in CARRIER_FIELDS if isinstance(value := state.get(key), str) and value
+        )
     return RunInfo(
         run_id,
         graph_name if isinstance(graph_name, str) else None,
