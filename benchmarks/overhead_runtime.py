@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import overhead_breakdown
 from exospherehost import BaseNode, Runtime
 from minimal_tracing import MinimalTracingQueue
 from opentelemetry import trace
@@ -144,6 +145,9 @@ def floor(
 
 
 async def serve(args: argparse.Namespace) -> None:
+    breakdown = os.environ.get("EXO_OTEL_BENCH_BREAKDOWN") == "1"
+    if breakdown:
+        overhead_breakdown.install(with_exo_otel=args.mode in ("spans", "metrics"))
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
     first = FirstSpans()
@@ -172,6 +176,8 @@ async def serve(args: argparse.Namespace) -> None:
     print("READY", flush=True)
     loop = asyncio.get_running_loop()
     await _expect(loop, "GO")
+    if breakdown:
+        overhead_breakdown.start()
     cpu_start, wall_start = _cpu(), time.perf_counter()
     await _expect(loop, "STOP")
     wall = time.perf_counter() - wall_start
@@ -179,6 +185,8 @@ async def serve(args: argparse.Namespace) -> None:
         if provider is not None:
             provider.force_flush()
     cpu = _cpu() - cpu_start
+    if breakdown:
+        overhead_breakdown.report(args.mode, args.floor_states)
     print(json.dumps({"mode": args.mode, "cpu_s": cpu, "wall_s": wall}), flush=True)
     task.cancel()
     if tracer_provider is not None and not minimal:

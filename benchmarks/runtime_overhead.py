@@ -92,7 +92,8 @@ def start_state_manager(key: str) -> tuple[subprocess.Popen[str], str]:
 
 async def one_round(mode: str, args: argparse.Namespace, uri: str, key: str, sink: str,
                     client: StateManager, first: bool) -> dict[str, float]:
-    env = {**os.environ, "EXO_OTEL_BENCH_WORK_MS": str(args.work_ms)}
+    env = {**os.environ, "EXO_OTEL_BENCH_WORK_MS": str(args.work_ms),
+           "EXO_OTEL_BENCH_BREAKDOWN": "1" if args.breakdown else "0"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(HERE / "overhead_runtime.py"), f"--mode={mode}", f"--uri={uri}", f"--key={key}",
         f"--sink={sink}", f"--workers={args.workers}", f"--floor-states={args.runs * STATES_PER_RUN}",
@@ -214,4 +215,6 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per mode")
     parser.add_argument("--work-ms", type=float, default=0.0, help="CPU time each node spends, in ms")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="time the parts in the runtime (overhead_breakdown.py; the timers cost CPU)")
     asyncio.run(main(parser.parse_args()))
