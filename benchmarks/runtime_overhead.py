@@ -91,7 +91,7 @@ def start_state_manager(key: str) -> tuple[subprocess.Popen[str], str]:
 
 
 async def one_round(mode: str, args: argparse.Namespace, uri: str, key: str, sink: str,
-                    client: StateManager, first: bool) -> dict[str, float]:
+                    client: StateManager) -> dict[str, float]:
     env = {**os.environ, "EXO_OTEL_BENCH_WORK_MS": str(args.work_ms),
            "EXO_OTEL_BENCH_BREAKDOWN": "1" if args.breakdown else "0"}
     proc = await asyncio.create_subprocess_exec(
@@ -101,9 +101,9 @@ async def one_round(mode: str, args: argparse.Namespace, uri: str, key: str, sin
     assert proc.stdin is not None and proc.stdout is not None
     try:
         assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"READY"
-        if first:  # the nodes are registered now: the graph validates
-            store_config = StoreConfigModel(required_keys=["value"])
-            await client.upsert_graph(GRAPH, chain(), {}, store_config=store_config, polling_interval=0.05)
+        # The nodes are registered now: the graph validates.
+        store_config = StoreConfigModel(required_keys=["value"])
+        await client.upsert_graph(GRAPH, chain(), {}, store_config=store_config, polling_interval=0.05)
         proc.stdin.write(b"GO\n")
         await proc.stdin.drain()
         started = time.perf_counter()
@@ -152,16 +152,20 @@ async def main(args: argparse.Namespace) -> None:
     sink_server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink_server.serve_forever, daemon=True).start()
     sink = f"http://127.0.0.1:{sink_server.server_address[1]}"
-    sm_proc, uri = start_state_manager(key)
     samples = {mode: Samples() for mode in MODES}
     try:
-        client = StateManager(namespace=NAMESPACE, state_manager_uri=uri, key=key)
-        first = True
         for index in range(args.rounds + 1):  # round 0 warms up (imports, caches) and is not counted
             order = MODES[index % len(MODES):] + MODES[:index % len(MODES)]
             for mode in order:
-                result = await one_round(mode, args, uri, key, sink, client, first)
-                first = False
+                # A fresh state manager for every round: one that kept every earlier round's states
+                # would answer ever more slowly, and the modes would not see the same server.
+                sm_proc, uri = start_state_manager(key)
+                try:
+                    client = StateManager(namespace=NAMESPACE, state_manager_uri=uri, key=key)
+                    result = await one_round(mode, args, uri, key, sink, client)
+                finally:
+                    sm_proc.terminate()
+                    sm_proc.wait(10)
                 if index == 0:
                     continue
                 states = args.runs * STATES_PER_RUN
@@ -170,8 +174,6 @@ async def main(args: argparse.Namespace) -> None:
                 if "floor_cpu_s" in result:
                     samples[mode].floor_per_state.append(result["floor_cpu_s"] / result["floor_states"])
     finally:
-        sm_proc.terminate()
-        sm_proc.wait(10)
         sink_server.shutdown()
     report(args, samples)
 
