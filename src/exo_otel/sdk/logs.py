@@ -48,6 +48,9 @@ class LogFields:
 
 
 _FIELDS_KEY: Final = otel_context.create_key("exo_otel.log_fields")
+# The key under which the API keeps the current span, found through the API (see `execution_context`).
+# ("" if not found: then no record takes the precomputed ids, and each works its ids out.)
+_SPAN_KEY: Final = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())), "")
 
 
 def with_log_fields(context: otel_context.Context, fields: LogFields) -> otel_context.Context:
@@ -96,7 +99,7 @@ class _CorrelatingFactory:
                 return record
             if TRACE_ID_FIELD in values:  # set already (the OpenTelemetry logging instrumentation)
                 values.update(fields.run_only)
-            elif trace.get_current_span(current) is fields.span:
+            elif current.get(_SPAN_KEY) is fields.span:
                 values.update(fields.fields)
             else:  # inside a span the node code started
                 _set_span_ids(record, trace.get_current_span(current))
