@@ -31,7 +31,7 @@ _ROOT = trace.set_span_in_context(
 _UPSTREAM = SpanContext(0x0123_4567_89AB_CDEF_0123_4567_89AB_CDEF, 0x5555_6666_7777_8888, is_remote=True,
                         trace_flags=TraceFlags(TraceFlags.SAMPLED))
 _OK = Status(StatusCode.OK)
-_NO_SPAN = Context()
+_NO_SPAN = context.set_value(context.create_key("no_exemplar"), True, Context())  # empty would mean current
 _current: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar("minimal", default=None)
 
 

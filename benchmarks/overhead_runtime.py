@@ -27,7 +27,7 @@ import overhead_breakdown
 from exospherehost import BaseNode, Runtime
 from minimal_tracing import MinimalTracingQueue
 from opentelemetry import trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, create_key, set_value
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import NoOpMeterProvider
@@ -122,7 +122,8 @@ def floor(
                          if k in ("exosphere.namespace", "exosphere.graph.name", "exosphere.node.name")}
     outcome_attributes = {**metric_attributes, "exosphere.state.outcome": "executed"}
     links = list(node.links)
-    no_span = Context()  # exo_otel adds to the counter outside any span: no exemplar
+    # exo_otel adds to the counter outside any span (no exemplar); an empty context would mean the current one
+    no_span = set_value(create_key("no_exemplar"), True, Context())
     events = [(e.name, dict(e.attributes or {})) for e in execute.events]
     start = _cpu()
     for _ in range(count):

@@ -32,7 +32,9 @@ from exo_otel.sdk.telemetry import Telemetry
 
 _OK: Final = Status(StatusCode.OK)
 _UNKNOWN_FAILURE: Final = Status(StatusCode.ERROR, "state errored")
-_NO_SPAN: Final = context.Context()
+# A context with no span, for records that must carry no exemplar. Not empty: the SDK takes an empty
+# context (falsy) for "none given" and uses the current one.
+_NO_SPAN: Final = context.set_value(context.create_key("exo_otel.no_exemplar"), True, context.Context())
 # The execute span's messaging attributes that are the same for every state.
 _EXECUTE_MESSAGING: Final = {
     key: value
