@@ -78,18 +78,24 @@ class StepThree(StepOne):
 NODES: list[type[BaseNode]] = [StepOne, StepTwo, StepThree]
 
 
-class FirstSpans(SpanProcessor):
-    """Keeps the first finished node and execute spans exo_otel made: the floor replays exactly them."""
+class RecordedSpans(SpanProcessor):
+    """Keeps the node and execute spans exo_otel made for its first states: the floor replays exactly
+    those, in turn (first nodes of a chain have no link, the others one: a run's mix)."""
+
+    LIMIT = 30
 
     def __init__(self) -> None:
-        self.node: ReadableSpan | None = None
-        self.execute: ReadableSpan | None = None
+        self.nodes: dict[object, ReadableSpan] = {}
+        self.executes: dict[object, ReadableSpan] = {}
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self.node is None and span.name.startswith("node "):
-            self.node = span
-        elif self.execute is None and span.name.startswith("execute "):
-            self.execute = span
+        state_id = (span.attributes or {}).get("exosphere.state.id")
+        kept = self.nodes if span.name.startswith("node ") else self.executes
+        if len(kept) < self.LIMIT and span.name.startswith(("node ", "execute ")):
+            kept.setdefault(state_id, span)
+
+    def pairs(self) -> list[tuple[ReadableSpan, ReadableSpan]]:
+        return [(node, self.executes[state]) for state, node in self.nodes.items() if state in self.executes]
 
 
 def _configure_logging() -> None:
@@ -107,36 +113,42 @@ def _cpu() -> float:
 
 
 def floor(
-    tracer: trace.Tracer, metrics: ExosphereMetrics | None, first: FirstSpans, count: int
+    tracer: trace.Tracer, metrics: ExosphereMetrics | None, recorded: RecordedSpans, count: int
 ) -> float:
     """CPU seconds per state for the SDK alone: the same two spans (names, kinds, attributes, links,
     events, status) and the same metric records per state as exo_otel made, with no exo_otel code."""
-    node, execute = first.node, first.execute
-    if node is None or execute is None:
-        raise RuntimeError("no node or execute span was recorded to replay")
     root = SpanContext(0x1234_5678_9ABC_DEF0_1234_5678_9ABC_DEF0, 0x1111_2222_3333_4444, is_remote=True,
                        trace_flags=TraceFlags(TraceFlags.SAMPLED))
     parent = trace.set_span_in_context(NonRecordingSpan(root))
-    node_attributes, execute_attributes = dict(node.attributes or {}), dict(execute.attributes or {})
-    metric_attributes = {k: v for k, v in node_attributes.items()
-                         if k in ("exosphere.namespace", "exosphere.graph.name", "exosphere.node.name")}
-    outcome_attributes = {**metric_attributes, "exosphere.state.outcome": "executed"}
-    links = list(node.links)
+    keys = ("exosphere.namespace", "exosphere.graph.name", "exosphere.node.name")
+    replays = []
+    for node, execute in recorded.pairs():
+        node_attributes = dict(node.attributes or {})
+        metric_attributes = {k: v for k, v in node_attributes.items() if k in keys}
+        replays.append((
+            node.name, node_attributes, list(node.links), execute.name, dict(execute.attributes or {}),
+            [(e.name, dict(e.attributes or {})) for e in execute.events],
+            metric_attributes, {**metric_attributes, "exosphere.state.outcome": "executed"},
+        ))
+    if not replays:
+        raise RuntimeError("no node and execute spans were recorded to replay")
     # exo_otel adds to the counter outside any span (no exemplar); an empty context would mean the current one
     no_span = set_value(create_key("no_exemplar"), True, Context())
-    events = [(e.name, dict(e.attributes or {})) for e in execute.events]
+    ok = Status(StatusCode.OK)
     start = _cpu()
-    for _ in range(count):
-        node_span = tracer.start_span(node.name, context=parent, attributes=node_attributes, links=links)
+    for index in range(count):
+        (node_name, node_attributes, links, execute_name, execute_attributes, events, metric_attributes,
+         outcome_attributes) = replays[index % len(replays)]
+        node_span = tracer.start_span(node_name, context=parent, attributes=node_attributes, links=links)
         node_context = trace.set_span_in_context(node_span, parent)
-        execute_span = tracer.start_span(execute.name, context=node_context, kind=SpanKind.CONSUMER,
+        execute_span = tracer.start_span(execute_name, context=node_context, kind=SpanKind.CONSUMER,
                                          attributes=execute_attributes)
         current = trace.set_span_in_context(execute_span, node_context)
         if metrics is not None:
             metrics.queue_wait.record(0.01, metric_attributes, context=current)
         for name, event_attributes in events:
             execute_span.add_event(name, event_attributes)
-        execute_span.set_status(Status(StatusCode.OK))
+        execute_span.set_status(ok)
         if metrics is not None:
             metrics.node_duration.record(0.001, outcome_attributes, context=current)
             metrics.executions.add(1, outcome_attributes, context=no_span)
@@ -151,12 +163,12 @@ async def serve(args: argparse.Namespace) -> None:
         overhead_breakdown.install(with_exo_otel=args.mode in ("spans", "metrics"))
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
-    first = FirstSpans()
+    recorded = RecordedSpans()
     instrumentor = ExosphereInstrumentor()
     minimal = args.mode.startswith("sdk-")
     if args.mode != "plain":
         tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(first)
+        tracer_provider.add_span_processor(recorded)
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{args.sink}/v1/traces")))
         if args.mode.endswith("metrics"):
             reader = PeriodicExportingMetricReader(OTLPMetricExporter(f"{args.sink}/v1/metrics"),
@@ -194,7 +206,7 @@ async def serve(args: argparse.Namespace) -> None:
         tracer = tracer_provider.get_tracer("exo_otel.benchmark.floor")
         metrics = ExosphereMetrics.create(meter_provider.get_meter("exo_otel.benchmark.floor")) \
             if meter_provider is not None else None
-        start = floor(tracer, metrics, first, args.floor_states)
+        start = floor(tracer, metrics, recorded, args.floor_states)
         for provider in (tracer_provider, meter_provider):
             if provider is not None:
                 provider.force_flush()

@@ -111,16 +111,22 @@ async def upsert_one_node_graph(
     )
 
 
+def metric_points(data: Any, name: str) -> list[Any]:
+    """The data points of metric ``name`` in one collection (``reader.get_metrics_data()``)."""
+    return [
+        point
+        for resource in getattr(data, "resource_metrics", []) or []
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
 def inflight(reader: InMemoryMetricReader) -> float:
     """The sum over all attribute sets of ``exosphere.runtime.inflight`` (0 when never recorded)."""
-    data: Any = reader.get_metrics_data()
-    total = 0.0
-    for resource in getattr(data, "resource_metrics", []) or []:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name == "exosphere.runtime.inflight":
-                    total += sum(point.value for point in metric.data.data_points)
-    return total
+    points = metric_points(reader.get_metrics_data(), "exosphere.runtime.inflight")
+    return float(sum(point.value for point in points))
 
 
 @contextlib.asynccontextmanager

@@ -3,48 +3,26 @@ and comes back to 0, and exemplars go on the histograms only (trace model, Metri
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from exospherehost import BaseNode
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from pydantic import BaseModel
 
 from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from hostile_nodes import NAMESPACE, upsert_one_node_graph
+from hostile_nodes import NAMESPACE, RaiseNode, metric_points, upsert_one_node_graph
 from sm_fixtures import running_runtime, sdk_state_manager, wait_until
 
 RUNS = 20
 
 
-class HalfFail(BaseNode):
+class HalfFail(RaiseNode):
     """Fails (ValueError) for odd texts, every attempt; returns the text otherwise."""
-
-    calls: ClassVar[int] = 0
-
-    class Inputs(BaseModel):
-        text: str
-
-    class Outputs(BaseModel):
-        text: str
 
     async def execute(self) -> BaseNode.Outputs:
         HalfFail.calls += 1
         if int(self.inputs.text) % 2:
             raise ValueError("odd")
         return self.Outputs(text=self.inputs.text)
-
-
-def _points(data: Any, name: str) -> list[Any]:
-    return [
-        point
-        for resource in getattr(data, "resource_metrics", []) or []
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-    ]
 
 
 async def test_metrics_of_twenty_runs_half_failing(
@@ -65,7 +43,7 @@ async def test_metrics_of_twenty_runs_half_failing(
                                       if s.name == "execute HalfFail"]) >= RUNS // 2 * 3, timeout=30)
 
     data = metric_reader.get_metrics_data()  # once: a collection takes the exemplars it reports
-    durations = _points(data, "exosphere.node.duration")
+    durations = metric_points(data, "exosphere.node.duration")
     by_outcome = {p.attributes["exosphere.state.outcome"]: p for p in durations}
     assert by_outcome["executed"].count == RUNS // 2
     assert "error.type" not in by_outcome["executed"].attributes
@@ -73,11 +51,11 @@ async def test_metrics_of_twenty_runs_half_failing(
     assert by_outcome["errored"].attributes["error.type"] == "ValueError"
     # Recorded with the (sampled) execute span current: each histogram point keeps exemplars.
     assert all(p.exemplars for p in durations)
-    assert all(p.exemplars for p in _points(data, "exosphere.node.queue_wait"))
-    executions = _points(data, "exosphere.node.executions")
+    assert all(p.exemplars for p in metric_points(data, "exosphere.node.queue_wait"))
+    executions = metric_points(data, "exosphere.node.executions")
     assert sum(p.value for p in executions) == RUNS // 2 * 3
     assert all(not p.exemplars for p in executions)
-    inflight = _points(data, "exosphere.runtime.inflight")
+    inflight = metric_points(data, "exosphere.runtime.inflight")
     # Observed at collection: the node's series is there, and nothing is in flight any more.
     assert [dict(p.attributes) for p in inflight] == [
         {"exosphere.namespace": NAMESPACE, "exosphere.graph.name": "half", "exosphere.node.name": "HalfFail"}
