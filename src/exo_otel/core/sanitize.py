@@ -30,6 +30,11 @@ def clean_text(value: object) -> str:
         return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
+def clean_str(value: str) -> str:
+    """`clean_text` for a value known to be a str: no conversion, and an ASCII one (nearly all) as is."""
+    return value if value.isascii() else clean_text(value)
+
+
 def clean_value(value: Any) -> Any:
     """An attribute value with its strings cleaned (bools and numbers pass; sequences item by item)."""
     if isinstance(value, str):

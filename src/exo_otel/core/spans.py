@@ -42,22 +42,23 @@ def start_span(
     start_time: int | None = None,
     attributes: Attributes = None,
     links: Sequence[Link] = (),
-    attributes_clean: bool = False,
+    cleaned: bool = False,
 ) -> Span:
     """Start (not activate) a span, pinning its trace id (roots only) and span id when given.
 
     The ids take effect with an SDK tracer whose id generator is a `RunIdGenerator`; elsewhere the
-    span gets ordinary ids and the caller's attributes still name the run. ``attributes_clean``
-    says the attributes and the links' attributes went through `clean_attributes` already.
+    span gets ordinary ids and the caller's attributes still name the run. ``cleaned`` says the
+    name, the attributes and the links' attributes went through `exo_otel.core.sanitize` already.
     """
-    if not attributes_clean:
+    if not cleaned:
+        name = clean_text(name)
         attributes = clean_attributes(attributes) if attributes else attributes
         links = [Link(link.context, clean_attributes(link.attributes or {})) for link in links]
     try:
         token = pin_ids(trace_id, span_id) if trace_id is not None or span_id is not None else None
         try:
             return tracer.start_span(
-                clean_text(name),
+                name,
                 context=context,
                 kind=kind,
                 attributes=attributes,

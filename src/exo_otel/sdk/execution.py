@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id, trace_id_for_state
 from exo_otel.core.redaction import Redactor
-from exo_otel.core.sanitize import clean_text, timestamp_or
+from exo_otel.core.sanitize import clean_str, clean_text, timestamp_or
 from exo_otel.core.spans import (
     end_span,
     error_type,
@@ -79,9 +79,9 @@ def state_attributes(state: PolledState, run_attributes: dict[str, Any]) -> dict
     """
     attributes: dict[str, Any] = {
         **run_attributes,
-        attr.NODE_NAME: clean_text(state.node_name),
-        attr.NODE_IDENTIFIER: clean_text(state.identifier),
-        attr.STATE_ID: clean_text(state.state_id),
+        attr.NODE_NAME: clean_str(state.node_name),
+        attr.NODE_IDENTIFIER: clean_str(state.identifier),
+        attr.STATE_ID: clean_str(state.state_id),
     }
     if state.retry_count is not None:
         attributes[attr.STATE_RETRY_COUNT] = state.retry_count
@@ -126,20 +126,20 @@ def begin(
         parent_state_id = run.parent_state_id if run is not None else None
         node_span = start_span(
             telemetry.tracer,
-            f"node {state.identifier}",
+            f"node {attributes[attr.NODE_IDENTIFIER]}",
             context=parent,
             trace_id=trace_id_for_state(state.state_id) if run is None and state.state_id else None,
             span_id=state_span_id(state.state_id) if state.state_id else None,
             start_time=created,
             attributes=attributes,
-            links=link_to_state(upstream, clean_text(parent_state_id) if parent_state_id else None),
-            attributes_clean=True,
+            links=link_to_state(upstream, clean_str(parent_state_id) if parent_state_id else None),
+            cleaned=True,
         )
     queue_wait_ns = max(0, now - created)
     execute_attributes = {
         **attributes,
         attr.STATE_QUEUE_WAIT_MS: queue_wait_ns / 1e6,
-        attr.RUNTIME_NAME: clean_text(runtime_name),
+        attr.RUNTIME_NAME: clean_str(runtime_name),
         **_EXECUTE_MESSAGING,
         attr.MESSAGING_DESTINATION_NAME: attributes[attr.NODE_NAME],
         attr.MESSAGING_MESSAGE_ID: attributes[attr.STATE_ID],
@@ -148,12 +148,12 @@ def begin(
         execute_attributes[attr.NODE_INPUTS] = clean_text(_truncated(payload.get("inputs"), telemetry))
     execute_span = start_span(
         telemetry.tracer,
-        f"execute {state.node_name}",
+        f"execute {attributes[attr.NODE_NAME]}",
         context=trace.set_span_in_context(node_span, parent),
         kind=SpanKind.CONSUMER,
         attributes=execute_attributes,
         start_time=now,
-        attributes_clean=True,
+        cleaned=True,
     )
     # The run's baggage entries are in the run's base context already; the state's are added here.
     base = run_trace.execution_base if run_trace is not None else traces.outside_any_run()
