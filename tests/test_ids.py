@@ -7,6 +7,7 @@ import random
 import re
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
@@ -172,3 +173,36 @@ def test_ratio_sampling_is_uniform_over_uuid7_run_ids() -> None:
         for raw in (uuid.UUID(run_id).bytes for run_id in run_ids)
     ]
     assert _sampled_share(byte_0_swapped, 0.1) == runs
+
+
+def _stdlib_rule(run_id: str) -> bool:
+    """The rule by the standard library: a canonical RFC 4122 UUID string (any case)."""
+    try:
+        parsed = uuid.UUID(run_id)
+    except ValueError:
+        return False
+    return len(run_id) == 36 and parsed.variant == uuid.RFC_4122 and str(parsed) == run_id.lower()
+
+
+_TRICKY = [
+    "{12345678-1234-4234-8234-123456789abc}",  # braces: uuid.UUID takes them, a run id is never that
+    "urn:uuid:12345678-1234-4234-8234-123456789abc",
+    "12345678123442348234123456789abc",  # no dashes
+    "12345678-1234-4234-c234-123456789abc",  # Microsoft variant
+    "12345678-1234-4234-7234-123456789abc",  # NCS variant
+    "12345678-1234-4234-8234-123456789ABC",  # upper case: a UUID
+    "12345678-1234-4234-8234-12345678٩abc",  # an Arabic-Indic digit, which int() reads
+    "12345678-1234-4234-8234_123456789abc",
+    " 2345678-1234-4234-8234-123456789abc",
+]
+
+
+@pytest.mark.parametrize("run_id", _TRICKY)
+def test_uuid_run_ids_are_recognised_as_the_standard_library_would(run_id: str) -> None:
+    expected = _stdlib_rule(run_id)
+    assert (run_id_for_trace(trace_id_for_run(run_id)) == run_id.lower()) is expected
+
+
+@given(st.uuids().map(str) | st.text(alphabet="0123456789abcdefABCDEF-{}:urn", min_size=30, max_size=40))
+def test_fast_uuid_recognition_agrees_with_the_standard_library(run_id: str) -> None:
+    assert (run_id_for_trace(trace_id_for_run(run_id)) == run_id.lower()) is _stdlib_rule(run_id)
