@@ -33,6 +33,8 @@ test-upstream: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/runtime_overhead.py
 	$(VENV)/bin/python benchmarks/runtime_overhead.py --work-ms 1
+	@if [ -n "$$UPSTREAM_GIT_DIR$$UPSTREAM_SRC" ]; then $(VENV)/bin/python benchmarks/state_manager_side.py; \
+	else echo "state manager side: not measured (set UPSTREAM_GIT_DIR or UPSTREAM_SRC: it runs the real server)"; fi
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
