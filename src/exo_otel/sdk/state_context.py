@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
 from exo_otel.core import attributes as attr
-from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
+from exo_otel.core.ids import run_span_id, trace_id_for_run
 
 # The W3C fields of the run's carrier in an enqueued state, and the marker that the server emits
 # node spans (trace model, "Details both sides must agree on").
@@ -161,18 +161,6 @@ def run_root_context(run: RunInfo, sampled: bool) -> SpanContext:
     )
 
 
-def upstream_context(run: RunInfo, sampled: bool) -> SpanContext | None:
-    """Where the direct upstream state's node span is when it is in the run's trace (payload placement)."""
-    if run.parent_state_id is None:
-        return None
-    return SpanContext(
-        trace_id_for_run(run.run_id),
-        state_span_id(run.parent_state_id),
-        is_remote=True,
-        trace_flags=_flags(sampled),
-    )
-
-
 def link_to_state(context: SpanContext | None, state_id: str | None) -> list[Link]:
     """A link to a state's node span at ``context``; none when where that span is is not known."""
     if context is None or state_id is None or not context.is_valid:
@@ -180,12 +168,6 @@ def link_to_state(context: SpanContext | None, state_id: str | None) -> list[Lin
     if not context.is_remote:
         context = SpanContext(context.trace_id, context.span_id, True, context.trace_flags)
     return [Link(context, {attr.STATE_ID: state_id})]
-
-
-def server_node_context(run: RunInfo, state_id: str, carried: Context) -> SpanContext:
-    """The remote context of a state's node span, which the state manager side emits."""
-    root = trace.get_current_span(carried).get_span_context()
-    return SpanContext(root.trace_id, state_span_id(state_id), is_remote=True, trace_flags=root.trace_flags)
 
 
 def parent_context(root: SpanContext) -> Context:
