@@ -156,7 +156,7 @@ def begin(
         cleaned=True,
     )
     # The run's baggage entries are in the run's base context already; the state's are added here.
-    base = run_trace.execution_base if run_trace is not None else traces.outside_any_run()
+    base = run_trace.execution_base if run_trace is not None else traces.outside_any_run
     safe_run_id = run_trace.run_id_for_logs if run_trace is not None else ""
     current = execution_context(
         base,

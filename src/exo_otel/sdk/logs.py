@@ -11,6 +11,7 @@ from opentelemetry import trace
 
 from exo_otel.core.redaction import Redactor
 from exo_otel.core.sanitize import log_safe
+from exo_otel.sdk.context_keys import SPAN_KEY
 
 TRACE_ID_FIELD: Final = "otelTraceID"
 SPAN_ID_FIELD: Final = "otelSpanID"
@@ -28,7 +29,7 @@ class LogFields:
     """What records made inside one execution carry, worked out once when the execution starts.
 
     The run id is set by exo_otel where it places a state in its run, never read from incoming
-    baggage (which anyone upstream can forge); ``redact`` takes the execution's secrets out.
+    baggage (which anyone upstream can forge); ``redactor`` takes the execution's secrets out.
     """
 
     __slots__ = ("fields", "redactor", "run_only", "span")
@@ -48,9 +49,6 @@ class LogFields:
 
 
 _FIELDS_KEY: Final = otel_context.create_key("exo_otel.log_fields")
-# The key under which the API keeps the current span, found through the API (see `execution_context`).
-# ("" if not found: then no record takes the precomputed ids, and each works its ids out.)
-_SPAN_KEY: Final = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())), "")
 
 
 def with_log_fields(context: otel_context.Context, fields: LogFields) -> otel_context.Context:
@@ -99,7 +97,7 @@ class _CorrelatingFactory:
                 return record
             if TRACE_ID_FIELD in values:  # set already (the OpenTelemetry logging instrumentation)
                 values.update(fields.run_only)
-            elif current.get(_SPAN_KEY) is fields.span:
+            elif SPAN_KEY is not None and current.get(SPAN_KEY) is fields.span:
                 values.update(fields.fields)
             else:  # inside a span the node code started
                 _set_span_ids(record, trace.get_current_span(current))

@@ -54,25 +54,30 @@ def run_trace(run: RunInfo, namespace: str, sampler: Sampler | None) -> RunTrace
     carried = carried_context(run, trace_id)
     if carried is not None:
         sampled = trace.get_current_span(carried).get_span_context().trace_flags.sampled
-        node_parent = carried
     else:
         sampled = run_is_sampled(sampler, run, trace_id)
-        flags = _SAMPLED if sampled else _NOT_SAMPLED
-        root = SpanContext(trace_id, run_span_id(run.run_id), is_remote=True, trace_flags=flags)
-        node_parent = parent_context(root)
-    base = node_parent
+    flags = _SAMPLED if sampled else _NOT_SAMPLED
+    if carried is not None:
+        node_parent = carried
+    else:
+        node_parent = parent_context(SpanContext(trace_id, run_span_id(run.run_id), True, flags))
     entries = run_baggage(run, namespace)
-    for key, value in entries.items():
-        base = baggage.set_baggage(key, value, base)
     return RunTrace(
         trace_id,
-        _SAMPLED if sampled else _NOT_SAMPLED,
+        flags,
         node_parent,
-        base,
+        with_baggage(node_parent, entries),
         carried is not None and run.node_spans_by_server,
         log_safe(entries[attr.RUN_ID]),
         entries,
     )
+
+
+def with_baggage(context: Context, entries: dict[str, str]) -> Context:
+    """``context`` with these baggage entries added (once per run, so through the API)."""
+    for key, value in entries.items():
+        context = baggage.set_baggage(key, value, context)
+    return context
 
 
 def run_baggage(run: RunInfo | None, namespace: str) -> dict[str, str]:
@@ -97,9 +102,10 @@ class RunTraces:
         self._sampler = sampler
         self._max = max(1, max_runs)
         self._traces: dict[tuple[str, str | None, tuple[tuple[str, str], ...], bool], RunTrace] = {}
-        self._outside: Context | None = None
         self.no_run: dict[str, str] = run_baggage(None, namespace)
         """The run-wide attributes of a state placed in no run: the namespace alone."""
+        self.outside_any_run: Context = with_baggage(Context(), self.no_run)
+        """The base context of an execution placed in no run: the namespace entry, nothing else."""
 
     def of(self, run: RunInfo) -> RunTrace:
         # Keyed by all the trace depends on: a state with another carrier or graph name gets its own.
@@ -110,9 +116,3 @@ class RunTraces:
             if len(self._traces) > self._max:
                 del self._traces[next(iter(self._traces))]
         return found
-
-    def outside_any_run(self) -> Context:
-        """The base context of an execution placed in no run: the namespace entry, nothing else."""
-        if self._outside is None:
-            self._outside = baggage.set_baggage(attr.NAMESPACE, clean_text(self._namespace), Context())
-        return self._outside
