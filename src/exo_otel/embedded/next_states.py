@@ -96,7 +96,10 @@ class _Creation:
         united_id = parent_ids.get(template.unites.identifier)
         if united_id is None:
             raise ValueError(f"Unit identifier not found in parents: {template.unites.identifier}")
-        for state in self.db.states.values():
+        united = self.db.states.get(united_id)
+        # A state's parents are of its own run: only the united state's run can hold its lineage.
+        lineage = self.db.run_states.get(united.run_id, ()) if united is not None else self.db.states.values()
+        for state in lineage:
             if state.parents.get(template.unites.identifier) != united_id:
                 continue
             if state.namespace != self.graph.namespace or state.graph_name != self.graph.name:

@@ -196,15 +196,10 @@ def enqueue(
     claimed: list[JsonDict] = []
     with db.lock:
         moment = now_ms()
-        for state in db.states.values():
+        for state in db.created_states(namespace):
             if len(claimed) >= batch_size:
                 break
-            if (
-                state.status != StateStatus.CREATED
-                or state.namespace != namespace
-                or state.node_name not in wanted
-                or state.enqueue_after > moment
-            ):
+            if state.node_name not in wanted or state.enqueue_after > moment:
                 continue
             state.set_status(StateStatus.QUEUED)
             item: JsonDict = {

@@ -75,6 +75,7 @@ def re_enqueue_after(db: Database, state_id: str, delay_ms: int) -> JsonDict:
         state = find_state(db, state_id)
         state.set_status(StateStatus.CREATED)
         state.enqueue_after = state.history[-1].at_ms + delay_ms
+        db.created_again(state)
         return {"status": StateStatus.CREATED.value, "enqueue_after": state.enqueue_after}
 
 

@@ -102,10 +102,36 @@ class Database:
         self.runs: dict[str, Run] = {}
         # Keys of uniting states already created: a uniting node is created at most once per lineage.
         self.unites_keys: set[tuple[str, ...]] = set()
+        # The states that may be CREATED, by namespace, in the order they were stored: what enqueue
+        # looks through (not every state ever stored). States that left CREATED are dropped lazily.
+        self._created: dict[str, dict[str, State]] = {}
+        self._stored_at: dict[str, int] = {}
 
     def add_state(self, state: State) -> None:
+        self._stored_at[state.id] = len(self._stored_at)
         self.states[state.id] = state
         self.run_states.setdefault(state.run_id, []).append(state)
+        if state.status == StateStatus.CREATED:
+            self.created_again(state)
+
+    def created_again(self, state: State) -> None:
+        """Note that a stored state is CREATED (again): enqueue hands it out in storage order."""
+        waiting = self._created.setdefault(state.namespace, {})
+        if state.id in waiting:
+            return
+        last = next(reversed(waiting), None)
+        waiting[state.id] = state
+        if last is not None and self._stored_at[last] > self._stored_at[state.id]:
+            # Back to CREATED after later states were stored: it keeps its place among them.
+            ordered = sorted(waiting.values(), key=lambda s: self._stored_at[s.id])
+            self._created[state.namespace] = {s.id: s for s in ordered}
+
+    def created_states(self, namespace: str) -> list[State]:
+        """The namespace's CREATED states, in storage order (due or not)."""
+        waiting = self._created.get(namespace, {})
+        for state_id in [i for i, s in waiting.items() if s.status != StateStatus.CREATED]:
+            del waiting[state_id]
+        return list(waiting.values())
 
     def states_of_run(self, run_id: str) -> list[State]:
         return list(self.run_states.get(run_id, ()))
