@@ -31,8 +31,8 @@ test-upstream: $(STAMP)
 	$(VENV)/bin/python -m pytest -m upstream
 
 bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/runtime_overhead.py
-	$(VENV)/bin/python benchmarks/runtime_overhead.py --work-ms 1
+	$(VENV)/bin/python benchmarks/runtime_overhead.py --rounds 15
+	$(VENV)/bin/python benchmarks/runtime_overhead.py --rounds 15 --work-ms 1
 	@if [ -n "$$UPSTREAM_GIT_DIR$$UPSTREAM_SRC" ]; then $(VENV)/bin/python benchmarks/state_manager_side.py; \
 	else echo "state manager side: not measured (set UPSTREAM_GIT_DIR or UPSTREAM_SRC: it runs the real server)"; fi
 
