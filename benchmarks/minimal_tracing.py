@@ -3,7 +3,8 @@
 In the runtime's own process, under the same load as exo_otel, this makes the SDK calls exo_otel makes
 for one state (the replayed floor makes them in a loop after the round): at the worker's ``get`` a node
 span and an execute span with the same names, kinds, attribute keys and link, started under a remote
-sampled parent, the execute span attached; at ``task_done`` status OK, both ended, detached. In the
+sampled parent, the execute span attached; at ``task_done`` the outcome attribute on both (it is
+known at the end only), status OK, both ended, detached. In the
 ``metrics`` variant, the same records: the queue wait and duration histograms with the execute span
 current (exemplars), the executions counter outside any span. The attribute values come from the
 payload as they are; nothing is derived, placed, sanitised or guarded, and no baggage or log field is
@@ -53,7 +54,6 @@ class MinimalTracingQueue(asyncio.Queue[Any]):
             attr.STATE_ID: state["state_id"],
             attr.RUN_ID: state.get("run_id", ""),
             attr.GRAPH_NAME: state.get("graph_name", ""),
-            attr.STATE_OUTCOME: attr.OUTCOME_EXECUTED,
         }
         parents = state.get("parents") or {}
         links = [Link(_UPSTREAM, {attr.STATE_ID: p}) for p in list(parents.values())[-1:]]
@@ -81,6 +81,9 @@ class MinimalTracingQueue(asyncio.Queue[Any]):
         if held is not None:
             _current.set(None)
             node, execute, token, metric_attributes = held
+            # The outcome is known at the end only (every state of the benchmark executes).
+            execute.set_attribute(attr.STATE_OUTCOME, attr.OUTCOME_EXECUTED)
+            node.set_attribute(attr.STATE_OUTCOME, attr.OUTCOME_EXECUTED)
             execute.set_status(_OK)
             if self.metrics is not None:
                 outcome_attributes = {**metric_attributes, attr.STATE_OUTCOME: attr.OUTCOME_EXECUTED}

@@ -116,19 +116,22 @@ def floor(
     tracer: trace.Tracer, metrics: ExosphereMetrics | None, recorded: RecordedSpans, count: int
 ) -> float:
     """CPU seconds per state for the SDK alone: the same two spans (names, kinds, attributes, links,
-    events, status) and the same metric records per state as exo_otel made, with no exo_otel code."""
+    events, status; the outcome set at the end) and the same metric records per state as exo_otel
+    made, with no exo_otel code."""
     root = SpanContext(0x1234_5678_9ABC_DEF0_1234_5678_9ABC_DEF0, 0x1111_2222_3333_4444, is_remote=True,
                        trace_flags=TraceFlags(TraceFlags.SAMPLED))
     parent = trace.set_span_in_context(NonRecordingSpan(root))
     keys = ("exosphere.namespace", "exosphere.graph.name", "exosphere.node.name")
     replays = []
+    outcome_key = "exosphere.state.outcome"  # known at the end only: set then, as exo_otel does
     for node, execute in recorded.pairs():
-        node_attributes = dict(node.attributes or {})
+        node_attributes = {k: v for k, v in (node.attributes or {}).items() if k != outcome_key}
+        execute_attributes = {k: v for k, v in (execute.attributes or {}).items() if k != outcome_key}
         metric_attributes = {k: v for k, v in node_attributes.items() if k in keys}
         replays.append((
-            node.name, node_attributes, list(node.links), execute.name, dict(execute.attributes or {}),
+            node.name, node_attributes, list(node.links), execute.name, execute_attributes,
             [(e.name, dict(e.attributes or {})) for e in execute.events],
-            metric_attributes, {**metric_attributes, "exosphere.state.outcome": "executed"},
+            metric_attributes, {**metric_attributes, outcome_key: "executed"},
         ))
     if not replays:
         raise RuntimeError("no node and execute spans were recorded to replay")
@@ -148,6 +151,8 @@ def floor(
             metrics.queue_wait.record(0.01, metric_attributes, context=current)
         for name, event_attributes in events:
             execute_span.add_event(name, event_attributes)
+        execute_span.set_attribute(outcome_key, "executed")
+        node_span.set_attribute(outcome_key, "executed")
         execute_span.set_status(ok)
         if metrics is not None:
             metrics.node_duration.record(0.001, outcome_attributes, context=current)
