@@ -13,8 +13,8 @@ import pytest
 from exospherehost import BaseNode, Runtime, StateManager
 
 from exo_otel.embedded import EmbeddedStateManager
-
-POLL_INTERVAL = 0.05
+from servers import POLL_INTERVAL as POLL_INTERVAL  # re-exported: the tests poll alike
+from servers import EmbeddedServer
 
 
 @pytest.fixture
@@ -54,36 +54,17 @@ def sdk_state_manager(sm: EmbeddedStateManager, namespace: str) -> StateManager:
     return StateManager(namespace=namespace, state_manager_uri=sm.uri, key=sm.api_key)
 
 
-@contextlib.asynccontextmanager
-async def running_runtime(
+def running_runtime(
     sm: EmbeddedStateManager,
     namespace: str,
     nodes: Sequence[type[BaseNode]],
     name: str = "test-runtime",
     workers: int = 4,
     batch_size: int = 16,
-) -> AsyncIterator[Runtime]:
-    """A real exospherehost Runtime polling ``sm``; registered when the block starts, cancelled after."""
-    runtime = Runtime(
-        namespace=namespace, name=name, nodes=list(nodes), state_manager_uri=sm.uri, key=sm.api_key,
-        workers=workers, batch_size=batch_size, poll_interval=POLL_INTERVAL,
-    )
-    task = runtime.start()
-    assert task is not None
-    try:
-        registered = {node.__name__ for node in nodes}
-        await wait_until(lambda: task.done() or _all_registered(sm, namespace, registered))
-        if task.done():
-            task.result()  # registration failed: raise its error here
-        yield runtime
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _all_registered(sm: EmbeddedStateManager, namespace: str, names: set[str]) -> bool:
-    return names <= sm.registered_nodes(namespace)
+) -> contextlib.AbstractAsyncContextManager[Runtime]:
+    """A real exospherehost Runtime polling ``sm``; registered when the block starts, cancelled after
+    (`servers.Server.runtime`, on the embedded server)."""
+    return EmbeddedServer(sm).runtime(namespace, nodes, name=name, workers=workers, batch_size=batch_size)
 
 
 def free_port() -> int:
