@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from pydantic import BaseModel
 
+from exo_otel.core import attributes as attr
 from exo_otel.core.metrics import ExosphereMetrics
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 
@@ -89,7 +90,7 @@ class RecordedSpans(SpanProcessor):
         self.executes: dict[object, ReadableSpan] = {}
 
     def on_end(self, span: ReadableSpan) -> None:
-        state_id = (span.attributes or {}).get("exosphere.state.id")
+        state_id = (span.attributes or {}).get(attr.STATE_ID)
         kept = self.nodes if span.name.startswith("node ") else self.executes
         if len(kept) < self.LIMIT and span.name.startswith(("node ", "execute ")):
             kept.setdefault(state_id, span)
@@ -121,9 +122,9 @@ def floor(
     root = SpanContext(0x1234_5678_9ABC_DEF0_1234_5678_9ABC_DEF0, 0x1111_2222_3333_4444, is_remote=True,
                        trace_flags=TraceFlags(TraceFlags.SAMPLED))
     parent = trace.set_span_in_context(NonRecordingSpan(root))
-    keys = ("exosphere.namespace", "exosphere.graph.name", "exosphere.node.name")
+    keys = (attr.NAMESPACE, attr.GRAPH_NAME, attr.NODE_NAME)
     replays = []
-    outcome_key = "exosphere.state.outcome"  # known at the end only: set then, as exo_otel does
+    outcome_key = attr.STATE_OUTCOME  # known at the end only: set then, as exo_otel does
     for node, execute in recorded.pairs():
         node_attributes = {k: v for k, v in (node.attributes or {}).items() if k != outcome_key}
         execute_attributes = {k: v for k, v in (execute.attributes or {}).items() if k != outcome_key}
@@ -131,7 +132,7 @@ def floor(
         replays.append((
             node.name, node_attributes, list(node.links), execute.name, execute_attributes,
             [(e.name, dict(e.attributes or {})) for e in execute.events],
-            metric_attributes, {**metric_attributes, outcome_key: "executed"},
+            metric_attributes, {**metric_attributes, outcome_key: attr.OUTCOME_EXECUTED},
         ))
     if not replays:
         raise RuntimeError("no node and execute spans were recorded to replay")
@@ -151,8 +152,8 @@ def floor(
             metrics.queue_wait.record(0.01, metric_attributes, context=current)
         for name, event_attributes in events:
             execute_span.add_event(name, event_attributes)
-        execute_span.set_attribute(outcome_key, "executed")
-        node_span.set_attribute(outcome_key, "executed")
+        execute_span.set_attribute(outcome_key, attr.OUTCOME_EXECUTED)
+        node_span.set_attribute(outcome_key, attr.OUTCOME_EXECUTED)
         execute_span.set_status(ok)
         if metrics is not None:
             metrics.node_duration.record(0.001, outcome_attributes, context=current)

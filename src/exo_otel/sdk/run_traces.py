@@ -16,9 +16,15 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from exo_otel.core import attributes as attr
-from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
+from exo_otel.core.ids import state_span_id, trace_id_for_run
 from exo_otel.core.sanitize import clean_text, log_safe
-from exo_otel.sdk.state_context import RunInfo, carried_context, parent_context, run_is_sampled
+from exo_otel.sdk.state_context import (
+    RunInfo,
+    carried_context,
+    parent_context,
+    run_is_sampled,
+    run_root_context,
+)
 
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
@@ -54,17 +60,14 @@ def run_trace(run: RunInfo, namespace: str, sampler: Sampler | None) -> RunTrace
     carried = carried_context(run, trace_id)
     if carried is not None:
         sampled = trace.get_current_span(carried).get_span_context().trace_flags.sampled
-    else:
-        sampled = run_is_sampled(sampler, run, trace_id)
-    flags = _SAMPLED if sampled else _NOT_SAMPLED
-    if carried is not None:
         node_parent = carried
     else:
-        node_parent = parent_context(SpanContext(trace_id, run_span_id(run.run_id), True, flags))
+        sampled = run_is_sampled(sampler, run, trace_id)
+        node_parent = parent_context(run_root_context(run, sampled))
     entries = run_baggage(run, namespace)
     return RunTrace(
         trace_id,
-        flags,
+        _SAMPLED if sampled else _NOT_SAMPLED,
         node_parent,
         with_baggage(node_parent, entries),
         carried is not None and run.node_spans_by_server,
