@@ -1,4 +1,5 @@
-"""The conformance graph: nine nodes exercising every behaviour of the state manager contract.
+"""The conformance graph: nine nodes exercising every behaviour of the state manager API
+(docs/embedded-state-manager.md, section "What it serves").
 
 ::
 

@@ -199,8 +199,9 @@ _TRICKY = [
 
 
 def _expected_trace_id(run_id: str) -> int:
-    """The trace model's mapping, written out: a UUID's bytes with byte 8 swapped (with byte 7 for
-    version 7, else byte 0); any other id hashed, the byte that would swap into 8 losing its top bit."""
+    """The mapping (docs/trace-model.md, section "Why the swap"), written out: a UUID's bytes with
+    byte 8 swapped (with byte 7 for version 7, else byte 0); any other id hashed, the byte that
+    would swap into 8 losing its top bit."""
     if _stdlib_rule(run_id):
         raw = bytearray(uuid.UUID(run_id).bytes)
         other = 7 if raw[6] >> 4 == 7 else 0

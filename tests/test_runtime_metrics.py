@@ -1,5 +1,5 @@
 """The runtime's metrics at load: failed durations name their error, the in-flight gauge is observed
-and comes back to 0, and exemplars go on the histograms only (trace model, Metrics)."""
+and comes back to 0, and exemplars go on the histograms only (docs/trace-model.md, section "Metrics")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Whole-trace checks of runs against the state manager's own record of their states.
 
 Spans from every process (the server's through OTLP, the test process's in memory) are flattened
-to `otlp_receiver.Span`; `check_runs` measures what the issue asks for and returns the numbers.
+to `otlp_receiver.Span`; `check_runs` measures what docs/trace-model.md, section "Traces never dangle",
+promises and returns the numbers.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def flatten(spans: Iterable[ReadableSpan], service: str = "test-process") -> lis
 
 @dataclass
 class RunReport:
-    """What the trace model promises, measured over a set of runs."""
+    """What docs/trace-model.md, section "Traces never dangle", promises, measured over a set of runs."""
 
     runs: int = 0
     states: int = 0

@@ -1,4 +1,5 @@
-"""The issue's graph, as the real upstream state manager accepts it: 11 states per run.
+"""The 11-state test graph (docs/state-manager-side.md, section "How it is tested"), as the real
+upstream state manager accepts it: 11 states per run.
 
 ::
 

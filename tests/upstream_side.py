@@ -54,7 +54,8 @@ def side_server(rx: OtlpHttpReceiver, instances: int = 1, **env: str) -> Iterato
 async def graph_runtime(
     uri: str, api_key: str, namespace: str, workers: int = 8
 ) -> AsyncIterator[tuple[CountingProxy, StateManager]]:
-    """A runtime of the issue's graph polling ``uri`` through a counting proxy; the graph upserted."""
+    """A runtime of the 11-state test graph (docs/state-manager-side.md, section "How it is tested")
+    polling ``uri`` through a counting proxy; the graph upserted."""
     async with counting_proxy(uri) as proxy:
         runtime = Runtime(
             namespace=namespace,
@@ -162,7 +163,8 @@ async def run_load(
     sdk: bool,
     trigger_uri: str | None = None,
 ) -> LoadResult:
-    """``n`` runs of the issue's graph started at once; their traces checked against the server's states."""
+    """``n`` runs of the 11-state test graph started at once; their traces checked against the server's
+    states."""
     namespace = f"i8-{uuid.uuid4().hex[:8]}"
     async with graph_runtime(server.uri, server.api_key, namespace) as (proxy, client):
         started = time.monotonic()

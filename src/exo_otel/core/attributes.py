@@ -1,4 +1,4 @@
-"""Attribute, event and baggage keys of the exo_otel trace model (user-facing: do not rename)."""
+"""Attribute, event and baggage keys (docs/trace-model.md, section "Attributes"; do not rename)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The metric instruments of the trace model (names are user-facing: dashboards depend on them)."""
+"""The metric instruments (docs/trace-model.md, section "Metrics"; user-facing: dashboards depend on them)."""
 
 from __future__ import annotations
 

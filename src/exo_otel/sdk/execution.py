@@ -73,7 +73,8 @@ class Execution:
 
 
 def state_attributes(state: PolledState, run_attributes: dict[str, Any]) -> dict[str, Any]:
-    """The attributes of a state's node and execute spans (trace model), cleaned.
+    """The attributes of a state's node and execute spans, cleaned (docs/trace-model.md, section
+    "Attributes").
 
     ``run_attributes`` holds the cleaned namespace, run id and graph name (`RunTrace.attributes`).
     """
@@ -184,9 +185,9 @@ _MAX_METRIC_ATTRIBUTE_SETS: Final = 4096
 def metric_attributes(
     attributes: dict[str, Any], outcome: str | None = None, failure: str | None = None
 ) -> dict[str, str]:
-    """The metric attributes of a state (trace model: namespace, graph, node name; never ids), and
-    its outcome and ``error.type`` when given. The same dict for the same values: callers must
-    not change it."""
+    """The metric attributes of a state (namespace, graph, node name; never ids: docs/trace-model.md,
+    section "Metrics"), and its outcome and ``error.type`` when given. The same dict for the same
+    values: callers must not change it."""
     get = attributes.get
     key = (get(attr.NAMESPACE), get(attr.GRAPH_NAME), get(attr.NODE_NAME), outcome, failure)
     found = _metric_attribute_sets.get(key)
@@ -275,12 +276,12 @@ def _end_spans(execution: Execution) -> None:
     outcome_attributes = metric_attributes(execution.attributes, outcome)
     duration_attributes = outcome_attributes
     if outcome in (attr.OUTCOME_ERRORED, attr.OUTCOME_INTERRUPTED):
-        # The trace model's error.type on the duration of failed executions.
+        # error.type on the duration of failed executions (docs/trace-model.md, section "Metrics").
         failure = error_type(execution.error) if execution.error is not None else attr.ERROR_TYPE_OTHER
         duration_attributes = metric_attributes(execution.attributes, outcome, failure)
     # Recorded while the execute span is current, so sampled runs give the histogram exemplars.
     metrics.node_duration.record((end - execution.started_ns) / 1e9, duration_attributes)
-    # Exemplars are for histograms (trace model): the counter gets none, whatever is current.
+    # Exemplars are for histograms (docs/trace-model.md, section "Metrics"): the counter gets none.
     metrics.executions.add(1, outcome_attributes, context=_NO_SPAN)
     end_span(execute_span, end)
     if outcome in FINAL_OUTCOMES:

@@ -1,9 +1,10 @@
 """Where a runtime put each state's node span, so that attempts agree and links only name emitted spans.
 
-"Traces never dangle" (trace model): a state placed in no run has a trace of its own (its id from
-the state id); every attempt of a state this runtime executes again (a requeue) keeps the trace the
-first attempt chose, so an earlier attempt's execute span never names a node span emitted elsewhere;
-a link to an upstream state's node span is made only where this runtime knows that span is emitted.
+docs/trace-model.md, section "Traces never dangle": a state placed in no run has a trace of its own
+(its id from the state id); every attempt of a state this runtime executes again (a requeue) keeps
+the trace the first attempt chose, so an earlier attempt's execute span never names a node span
+emitted elsewhere; a link to an upstream state's node span is made only where this runtime knows
+that span is emitted.
 """
 
 from __future__ import annotations

@@ -84,8 +84,8 @@ def with_baggage(context: Context, entries: dict[str, str]) -> Context:
 
 
 def run_baggage(run: RunInfo | None, namespace: str) -> dict[str, str]:
-    """The run-wide baggage entries an execution carries (the trace model's keys that are not per
-    state); the same as the run-wide span attributes."""
+    """The run-wide baggage entries an execution carries (the keys of docs/trace-model.md, section
+    "Baggage", that are not per state); the same as the run-wide span attributes."""
     entries = {attr.NAMESPACE: clean_text(namespace)}
     if run is not None:
         entries[attr.RUN_ID] = clean_text(run.run_id)

@@ -15,7 +15,7 @@ from exo_otel.core import attributes as attr
 from exo_otel.core.ids import run_span_id, trace_id_for_run
 
 # The W3C fields of the run's carrier in an enqueued state, and the marker that the server emits
-# node spans (trace model, "Details both sides must agree on").
+# node spans (docs/trace-model.md, section "The carrier").
 CARRIER_FIELDS = ("traceparent", "tracestate", "baggage")
 
 

@@ -20,7 +20,8 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import run_span_id, trace_id_for_run
 
-# The top-level fields of an enqueued state that carry the run's W3C context (trace model wire names).
+# The top-level fields of an enqueued state that carry the run's W3C context (wire names:
+# docs/trace-model.md, section "The carrier").
 CARRIER_FIELDS: Final = ("traceparent", "tracestate", "baggage")
 NODE_SPANS_FIELD: Final = "node_spans"
 NODE_SPANS_SERVER: Final = "server"

@@ -2,7 +2,8 @@
 in `exo_otel.server.instrumentor`, names where each is LOOKED UP at call time: ``app.routes``
 imports the controllers by name, so it is patched there, before or after the app is imported). Every
 wrapper calls the upstream function exactly as it was called and returns what it returned, except
-that the enqueue and trigger answers gain the trace model's fields; a failure of ours is logged
+that the enqueue and trigger answers gain the fields of docs/trace-model.md, section "The carrier";
+a failure of ours is logged
 and the upstream answer goes out unchanged.
 """
 
