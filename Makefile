@@ -23,12 +23,11 @@ test: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
-# The tests marked `upstream`, against the real upstream state manager (../shared/upstream-state-manager).
-# Needs UPSTREAM_GIT_DIR (a git directory of exospherehost/exospherehost) or UPSTREAM_SRC; fails, not
-# skips, without it.
+# The tests marked `upstream`, against the real upstream state manager through tests/upstream_harness.
+# The source: UPSTREAM_GIT_DIR, UPSTREAM_SRC, UPSTREAM_ARCHIVE or the snapshot in ../shared/upstream-src.
 test-upstream: $(STAMP)
-	@test -n "$$UPSTREAM_GIT_DIR$$UPSTREAM_SRC" || { echo "set UPSTREAM_GIT_DIR or UPSTREAM_SRC (see README)"; exit 1; }
-	$(VENV)/bin/python -m pytest -m upstream
+	cd tests && ../$(VENV)/bin/python -c 'import sys, upstream_harness as h; r = h.source_unavailable(); r and sys.exit(r)'
+	EXO_OTEL_UPSTREAM=1 $(VENV)/bin/python -m pytest -m upstream
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/runtime_overhead.py --rounds 15

@@ -32,7 +32,7 @@ from upstream_sm import upstream_state_manager
 @contextlib.asynccontextmanager
 async def server(upstream: bool) -> AsyncIterator[tuple[str, str]]:
     if upstream:
-        with upstream_state_manager(UPSTREAM_SM_HISTORY="0") as sm:
+        with upstream_state_manager(history=False) as sm:
             yield sm.uri, sm.api_key
     else:
         async with EmbeddedStateManager() as embedded:

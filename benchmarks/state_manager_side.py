@@ -3,10 +3,11 @@
 Both servers run from the same venv (exo-otel installed); "without" loads nothing, "with" starts the
 app under the launcher's auto-initialisation (the ``exosphere_state_manager`` entry point, spans
 exported over OTLP/HTTP to a local receiver), as the deploy stack does. Each round starts ``--runs``
-runs of the issue's graph (11 states) at once by plain HTTP, with one in-process runtime (8 workers,
-not instrumented), and times them until every run has settled. Prints, per configuration, states per
-second (wall) and server CPU per state (from /proc, robust to other load on the machine), and the
-ratios. Rounds alternate (without, with, without, with, ...) so that drift hits both alike.
+runs of the 11-state test graph (docs/state-manager-side.md, section "How it is tested") at once by
+plain HTTP, with one in-process runtime (8 workers, not instrumented), and times them until every
+run has settled. Prints, per configuration, states per second (wall) and server CPU per state
+(from /proc, robust to other load on the machine), and the ratios. Rounds alternate (without,
+with, ...) so that drift hits both alike.
 
 Run: ``UPSTREAM_GIT_DIR=... .venv/bin/python benchmarks/state_manager_side.py [--runs 20] [--rounds 2]``.
 No assertions: the numbers depend on the machine (and the in-memory MongoDB stand-in scans linearly).
@@ -40,7 +41,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def server_pid(server: UpstreamServer) -> int:
-    """run.sh execs the launcher: the process it started is the server."""
+    """The harness starts serve.py itself: the process it started is the server."""
     return server.process.pid
 
 
@@ -63,10 +64,9 @@ async def main(runs: int, rounds: int) -> None:
     require_upstream_here()
     with ExitStack() as stack:
         rx = stack.enter_context(OtlpHttpReceiver())
-        common = {"UPSTREAM_SM_HISTORY": "0", "UPSTREAM_SM_LOG_LEVEL": "warning"}
-        plain = stack.enter_context(upstream_state_manager(pip=SIDE_PIP, **common))
+        plain = stack.enter_context(upstream_state_manager(pip=SIDE_PIP, history=False))
         side = stack.enter_context(
-            upstream_state_manager(pip=SIDE_PIP, preload=AUTO_INIT, **common, **otel_env(rx))
+            upstream_state_manager(pip=SIDE_PIP, preload=AUTO_INIT, history=False, **otel_env(rx))
         )
         results: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
         for round_number in range(rounds):

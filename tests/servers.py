@@ -1,7 +1,7 @@
 """One interface over the two state managers the conformance suite runs against: embedded and upstream.
 
 A test takes the ``server`` fixture, parametrised over ``embedded`` (always) and ``upstream`` (the real
-state manager through ../shared/upstream-state-manager, marked ``upstream`` and skipped with the reason
+state manager through tests/upstream_harness, marked ``upstream`` and skipped with the reason
 where its source is missing). Both answer the same HTTP API; this module adds what a test needs besides:
 the state histories of a run (the embedded server's inspection API, or the launcher's debug route),
 the run status by upstream's rule, and waits for node registration and for the end of a run.

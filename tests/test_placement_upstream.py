@@ -23,7 +23,7 @@ MINIMUM_PLACED = {1: 0.99, 10: 0.95}
 @pytest.fixture(scope="module")
 def quiet_upstream() -> Iterator[UpstreamServer]:
     """A server of its own without the status history tap (a full scan per write; too slow at 200 runs)."""
-    with upstream_state_manager(UPSTREAM_SM_HISTORY="0") as server:
+    with upstream_state_manager(history=False) as server:
         yield server
 
 

@@ -10,39 +10,19 @@ from pathlib import Path
 import pytest
 
 from exo_otel.server.instrumentor import PATCHES
+from upstream_harness import server_python, state_manager_source
 from upstream_side import SIDE_PIP
-from upstream_sm import RUN_SH, require_upstream
+from upstream_sm import require_upstream
 
 pytestmark = pytest.mark.upstream
 PROBE = Path(__file__).with_name("upstream_drift_probe.py")
 
 
-def _source_dir() -> Path:
-    if os.environ.get("UPSTREAM_SRC"):
-        return Path(os.environ["UPSTREAM_SRC"])
-    rev = os.environ.get("UPSTREAM_REV", "0.0.3")
-    commit = subprocess.run(
-        ["git", "-C", os.environ["UPSTREAM_GIT_DIR"], "rev-parse", f"{rev}^{{commit}}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    base = Path(
-        os.environ.get("UPSTREAM_SM_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "upstream-state-manager")
-    )
-    return base / "src" / commit / "state-manager"
-
-
 @pytest.mark.timeout(900)
 def test_every_patch_target_is_in_upstream_and_patched_before_and_after_import() -> None:
     require_upstream()
-    env = {**os.environ, "UPSTREAM_SM_PIP": SIDE_PIP}
-    python = (
-        subprocess.run(["bash", str(RUN_SH), "python"], capture_output=True, text=True, env=env, check=True)
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    source = _source_dir()
+    python = str(server_python(SIDE_PIP.split()))
+    source = state_manager_source()
     assert (source / "app" / "main.py").is_file(), source
     probe = subprocess.run(
         [python, str(PROBE)],
@@ -51,7 +31,7 @@ def test_every_patch_target_is_in_upstream_and_patched_before_and_after_import()
         cwd=source,
         timeout=120,
         env={
-            **env,
+            **os.environ,
             "STATE_MANAGER_SECRET": "drift",
             "PYTHONPATH": str(source),
             "MONGO_URI": "mongodb://127.0.0.1:1",
