@@ -27,7 +27,7 @@ from upstream_harness import (
 
 REPO = Path(__file__).resolve().parent.parent
 # The database of the in-process servers: "memory" (the in-process one) or "secantus" (a SecantusDB each).
-DATABASE = os.environ.get("EXO_OTEL_UPSTREAM_DB", "secantus")
+DATABASE = os.environ.get("EXO_OTEL_UPSTREAM_DB", "memory")
 # The real-server tests run when asked (make test-upstream sets it): not yet part of `make test`.
 ENABLED = os.environ.get("EXO_OTEL_UPSTREAM") == "1"
 __all__ = ["REPO", "UpstreamServer", "require_upstream", "state_histories", "upstream_state_manager",
