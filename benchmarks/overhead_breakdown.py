@@ -63,7 +63,8 @@ def install(with_exo_otel: bool) -> None:
     if with_exo_otel:
         from exo_otel.sdk import execution, logs, runtime
 
-        _timed(runtime.RuntimeTracing, "on_taken", "exo_otel on_taken (placing + begin)", is_async=True)
+        _timed(runtime.RuntimeTracing, "place", "exo_otel place (finding the run)", is_async=True)
+        _timed(runtime.RuntimeTracing, "start", "exo_otel start (placed + begin)")
         _timed(execution, "begin", "exo_otel begin (spans started)")
         runtime.begin = execution.begin
         _timed(execution, "finish", "exo_otel finish (spans ended)")

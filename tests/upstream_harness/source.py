@@ -4,6 +4,9 @@ In order: ``UPSTREAM_SRC`` (an extracted ``state-manager`` folder, used in place
 (a git directory of exospherehost/exospherehost, ``UPSTREAM_REV`` taken with ``git archive``, by default
 the tag 0.0.3 that matches the ``exospherehost`` 0.0.3 SDK), ``UPSTREAM_ARCHIVE`` (a ``.tar.gz`` holding a
 ``state-manager/`` folder), and last the CI snapshot ``shared/upstream-src/*.tar.gz`` beside the checkout.
+
+The python-sdk's own tests (``python_sdk_tests``): from ``UPSTREAM_GIT_DIR`` at the same revision, else
+from the sdist of ``exospherehost`` 0.0.3 on PyPI (it ships ``tests/``), fetched once with pip.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_REV = "0.0.3"
 SNAPSHOT_NAME = "exospherehost-0.0.3-state-manager.tar.gz"
+SDK_REQUIREMENT = "exospherehost==0.0.3"
 
 
 def work_dir() -> Path:
@@ -96,11 +101,13 @@ def _git(git_dir: str, *args: str) -> bytes:
     return subprocess.run(["git", "--git-dir", git_dir, *args], capture_output=True, check=True).stdout
 
 
-def _extracted(key: str, read_tar: object) -> Path:
-    """Extract a tar (plain or gzip) once into ``src/<key>``; return its ``state-manager`` folder."""
+def _extracted(key: str, read_tar: object, find: object = None) -> Path:
+    """Extract a tar (plain or gzip) once into ``src/<key>``; return its ``state-manager`` folder (or what
+    ``find(root)`` finds in it)."""
+    finder = find or _find_state_manager
     target = work_dir() / "src" / key
     with locked("source"):
-        found = _find_state_manager(target)
+        found = finder(target)  # type: ignore[operator]
         if found is not None:
             return found
         partial = target.with_name(key + ".partial")
@@ -110,9 +117,9 @@ def _extracted(key: str, read_tar: object) -> Path:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
             tar.extractall(partial, filter="data")
         partial.rename(target)
-    found = _find_state_manager(target)
+    found = finder(target)  # type: ignore[operator]
     if found is None:
-        raise RuntimeError(f"no state-manager/app/main.py in the upstream source ({target})")
+        raise RuntimeError(f"nothing the harness looks for in the upstream source ({target})")
     return found
 
 
@@ -121,4 +128,42 @@ def _find_state_manager(root: Path) -> Path | None:
         return None
     for main in sorted(root.glob("**/state-manager/app/main.py")):
         return main.parent.parent
+    return None
+
+
+def python_sdk_tests() -> tuple[Path | None, str]:
+    """A folder holding the python-sdk's ``tests/`` and ``pyproject.toml`` (its pytest settings), and where
+    it came from; ``(None, why)`` when neither ``UPSTREAM_GIT_DIR`` nor PyPI's sdist can be had."""
+    git_dir = os.environ.get("UPSTREAM_GIT_DIR")
+    if git_dir:
+        rev = os.environ.get("UPSTREAM_REV", DEFAULT_REV)
+        commit = _git(git_dir, "rev-parse", f"{rev}^{{commit}}").decode().strip()
+        folder = _extracted(f"git-sdk-tests-{commit[:12]}", lambda: _git(
+            git_dir, "archive", "--format=tar", commit, "python-sdk/tests", "python-sdk/pyproject.toml"),
+            _find_sdk_tests)
+        return folder, f"UPSTREAM_GIT_DIR at {rev} ({commit[:12]})"
+    sdist_dir = work_dir() / "sdist"
+    with locked("sdist"):
+        found = sorted(sdist_dir.glob("exospherehost-*.tar.gz"))
+        if not found:
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
+                 "--no-binary", ":all:", "-d", str(sdist_dir), SDK_REQUIREMENT],
+                capture_output=True, text=True)
+            found = sorted(sdist_dir.glob("exospherehost-*.tar.gz"))
+            if result.returncode != 0 or not found:
+                return None, (f"no python-sdk tests: UPSTREAM_GIT_DIR is not set and `pip download "
+                              f"{SDK_REQUIREMENT}` (sdist) failed: {result.stderr.strip()[-400:]}")
+    archive = found[0]
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:12]
+    folder = _extracted(f"sdist-{digest}", archive.read_bytes, _find_sdk_tests)
+    return folder, f"the PyPI sdist {archive.name}"
+
+
+def _find_sdk_tests(root: Path) -> Path | None:
+    if not root.is_dir():
+        return None
+    for project in sorted(root.glob("**/pyproject.toml")):
+        if (project.parent / "tests" / "test_runtime_comprehensive.py").is_file():
+            return project.parent
     return None

@@ -33,6 +33,8 @@ class RunApiClient:
         """Moving average of the calls' durations, failed ones included (a hanging API counts its timeout)."""
         self.failures = 0
         """Calls failed in a row."""
+        self.successes = 0
+        """Calls answered usefully, ever: until one is, nothing shows that waiting for the APIs can pay."""
         self.failed_at = float("-inf")
         self.calls = 0
         self.sessions_opened = 0
@@ -83,9 +85,11 @@ class RunApiClient:
             self.failed_at = time.monotonic()
         else:
             self.failures = 0
+            self.successes += 1
         return body
 
     async def close(self) -> None:
+        """Close the session (a later call opens a new one). Its swap is done before the first await."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()

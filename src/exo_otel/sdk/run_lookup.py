@@ -1,13 +1,18 @@
 """Finding states' runs through the state manager's run APIs, in a background task with a call budget.
 
 A poll only hands the lookup the ids it did not place (no I/O in the poll); a worker that takes a
-state not placed yet may wait a short, bounded time for it. One task per runtime spends at most
-``calls_per_second`` calls on ``runs/{page}/{size}`` (newest first, with each run's state counts)
-and ``states/run/{run_id}/graph`` (every state of a run: one call places all of them), over one HTTP
-session. Order of work: run graphs asked for by fan-outs; runs a runs page showed grown, the one
-grown longest ago first (a run that keeps growing goes back in line, so it cannot starve the others);
-a new runs page when states arrived after the last one; then pending runs not checked since the
-oldest waiting state arrived.
+state not placed yet may wait a short, bounded time for it, and only while the run APIs have shown they
+answer in time (`can_place_within`); a failed call ends every wait at once, and so does a lookup with
+nothing left to ask. The task and its HTTP session live only while there is work: idle for
+``IDLE_CLOSE_S``, or cancelled (``close``, or the event loop shutting down), the task ends and closes
+the session, so nothing is left open whether or not the runtime was started with ``Runtime.start()``.
+
+One task per runtime spends at most ``calls_per_second`` calls on ``runs/{page}/{size}`` (newest
+first, with each run's state counts) and ``states/run/{run_id}/graph`` (every state of a run: one
+call places all of them), over one HTTP session. Order of work: run graphs asked for by fan-outs;
+runs a runs page showed grown, the one grown longest ago first (a run that keeps growing goes back
+in line, so it cannot starve the others); a new runs page when states arrived after the last one;
+then pending runs not checked since the oldest waiting state arrived.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class RunLookup:
     """While grown runs wait, a new runs page is asked for at most this often."""
     WATCH_TTL_S: Final = 60.0
     MAX_WANTED: Final = 10_000
+    IDLE_CLOSE_S: Final = 5.0
+    """With nothing to ask for this long, the task ends and the HTTP session is closed."""
 
     def __init__(
         self,
@@ -96,6 +103,8 @@ class RunLookup:
         self._calls_running: set[asyncio.Task[None]] = set()
         self._paused_until = float("-inf")
         self._task: asyncio.Task[None] | None = None
+        self._task_ending = False
+        self._probe_due = False
         self._closed = False
         self.pages = 0
         self.graphs = 0
@@ -144,10 +153,11 @@ class RunLookup:
         self._wanted.pop(state_id, None)
 
     def can_place_within(self, seconds: float) -> bool:
-        """Whether waiting ``seconds`` for a placement is worth it: the run APIs answer, and fast enough."""
+        """Whether waiting ``seconds`` for a placement is worth it: the run APIs have answered, are not
+        failing, and answer fast enough. Before their first answer nothing says so: no wait."""
         if not self.enabled or seconds <= 0:
             return False
-        if self.api.failing():
+        if self.api.successes == 0 or self.api.failing():
             return False
         now = time.monotonic()
         if any(now - started > seconds for started in self._in_flight.values()):
@@ -155,8 +165,16 @@ class RunLookup:
         # A placement takes a runs page and a graph; at least one of them may be under way already.
         return self.api.latency is None or self.api.latency <= seconds
 
+    def probe(self) -> None:
+        """Make one call now (a runs page) so that, by the time a worker takes a state, whether the run
+        APIs answer and how fast is known. Never blocks."""
+        if self.enabled:
+            self._probe_due = True
+            self._poke()
+
     async def wait(self, state_id: str, timeout: float) -> RunInfo | None:
-        """The state's run, waiting at most ``timeout`` seconds for the background task to find it."""
+        """The state's run, waiting at most ``timeout`` seconds for the background task to find it; less
+        when a call fails or the lookup has nothing more to ask (then what is known now)."""
         info = self.index.known(state_id)
         if info is not None or not self.enabled or timeout <= 0:
             return info
@@ -195,43 +213,79 @@ class RunLookup:
             running_task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await self.api.close()
-        for future in self._waiting.values():
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        """End every worker's wait with what is known now."""
+        for state_id, future in self._waiting.items():
             if not future.done():
-                future.set_result(None)
+                future.set_result(self.index.known(state_id))
 
     # --- the background task ---
 
     def _poke(self) -> None:
-        if self._task is None or self._task.done():
+        if self._task is None or self._task.done() or self._task_ending:
             loop = asyncio.get_running_loop()
             self._wake = asyncio.Event()
+            self._task_ending = False
             # A context of its own: the poll's or a worker's context must not leak into the lookup.
             self._task = loop.create_task(self._loop(), context=contextvars.Context())
         if self._wake is not None:
             self._wake.set()
 
     async def _loop(self) -> None:
-        assert self._wake is not None
-        with suppress_http_instrumentation():
-            while True:
-                now = time.monotonic()
-                if (
-                    now < self._paused_until
-                    or len(self._in_flight) >= self.MAX_CONCURRENT_CALLS
-                    or self._next_call(now) is None
-                ):
-                    self._wake.clear()
+        wake = self._wake
+        assert wake is not None
+        idle_since: float | None = None
+        try:
+            with suppress_http_instrumentation():
+                while True:
+                    now = time.monotonic()
+                    paused = now < self._paused_until
+                    if (
+                        not paused
+                        and len(self._in_flight) < self.MAX_CONCURRENT_CALLS
+                        and self._next_call(now) is not None
+                    ):
+                        idle_since = None
+                        await self.api.spend()
+                        call = self._next_call(time.monotonic())
+                        if call is None:
+                            continue
+                        self._in_flight[call] = time.monotonic()
+                        task = asyncio.get_running_loop().create_task(self._perform_one(call))
+                        self._calls_running.add(task)
+                        task.add_done_callback(self._calls_running.discard)
+                        continue
+                    timeout: float | None = None  # calls under way wake the loop when they end
+                    if not self._in_flight:
+                        # Nothing under way, nothing to ask now: no waiting worker can be answered.
+                        self._release_waiters()
+                        if paused:
+                            await self.api.close()  # reopened when the pause is over
+                            timeout = self._paused_until - now
+                        else:
+                            idle_since = now if idle_since is None else idle_since
+                            timeout = self.IDLE_CLOSE_S - (now - idle_since)
+                            if timeout <= 0:
+                                # Idle: end (a later want, wait or watch starts a new task).
+                                self._task_ending = True
+                                return
+                    elif paused:
+                        timeout = self._paused_until - now
+                    wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), max(0.0, self._paused_until - now) or None)
-                    continue
-                await self.api.spend()
-                call = self._next_call(time.monotonic())
-                if call is None:
-                    continue
-                self._in_flight[call] = time.monotonic()
-                task = asyncio.get_running_loop().create_task(self._perform_one(call))
-                self._calls_running.add(task)
-                task.add_done_callback(self._calls_running.discard)
+                        await asyncio.wait_for(wake.wait(), timeout)
+        finally:
+            # Ended idle, or cancelled (close, or the event loop shutting down): leave nothing open.
+            if self._wake is wake:
+                self._task_ending = True
+            await self.api.close()
+            running = list(self._calls_running)
+            for running_task in running:
+                running_task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            self._release_waiters()
 
     async def _perform_one(self, call: tuple[str, str]) -> None:
         try:
@@ -240,9 +294,11 @@ class RunLookup:
             _logger.debug("run lookup step failed", exc_info=True)
         finally:
             self._in_flight.pop(call, None)
+            self._probe_due = False
             if self.api.failures:
-                # Back off while the run APIs fail.
+                # Back off while the run APIs fail, and wait no longer for them.
                 self._paused_until = time.monotonic() + self.api.backoff_s()
+                self._release_waiters()
             if self._wake is not None:
                 self._wake.set()
 
@@ -261,6 +317,8 @@ class RunLookup:
 
     def _candidates(self, now: float) -> Iterator[tuple[str, str]]:
         """Calls worth making, most useful first."""
+        if self._probe_due:
+            yield ("page", "1")
         for watch in self._watches:
             if watch.run_id is not None:
                 yield ("graph", watch.run_id)

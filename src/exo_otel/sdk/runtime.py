@@ -7,7 +7,7 @@ import contextvars
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, suppress_http_instrumentation
@@ -108,19 +108,23 @@ class RuntimeTracing:
         if self._lookup is not None:
             await self._lookup.close()
 
-    async def on_taken(self, state: Any) -> None:
-        """A worker took ``state`` off the queue: place it (waiting briefly if need be), start its spans."""
+    async def place(self, state: Any, wait: bool = True) -> Placement | None:
+        """Where the spans of a state a worker took go: its run and its upstream state's node span,
+        waiting briefly for the background lookup when that can pay (``wait``). Changes nothing, so a
+        worker cancelled while it waits loses nothing; `start` acts on the answer. None: no spans."""
         if not isinstance(state, dict) or not self.telemetry.enabled or not is_instrumentation_enabled():
-            return
+            return None
         state_id = str(state.get("state_id"))
-        polled = self.polled.pop(state_id, None) or self._from_payload(state)
+        polled = self.polled.get(state_id) or self._from_payload(state)
         # One bound for all the waiting a worker does for one state.
-        deadline = _Deadline(self._wait_s)
+        deadline = _Deadline(self._wait_s if wait else _no_wait)
+        searched = False
         earlier = self.memory.get(state_id)
         if earlier is not None:
             # A requeued state: every attempt keeps the trace of the first, so none names a missing span.
             polled = replace(polled, run=earlier.run)
         elif polled.run is None:
+            searched = True
             polled = await self._find_run(polled, deadline)
         run = polled.run
         upstream = None
@@ -130,26 +134,45 @@ class RuntimeTracing:
                 upstream = await self._upstream_after_fanouts(polled, run, run.parent_state_id, deadline)
             else:
                 upstream = now
-        execution = begin(self.telemetry, polled, state, self.namespace, self.name, upstream, self.traces)
+        return Placement(polled, upstream, searched)
+
+    def start(self, state: dict[str, Any], placement: Placement) -> None:
+        """Start the state's spans where `place` put them and make its execute span current. No await."""
+        polled = placement.state
+        self.polled.pop(polled.state_id, None)
+        if placement.searched:
+            if self._uses_run_api():
+                self.lookup().taken(polled.state_id)
+            if polled.run is None and self.telemetry.settings.run_association is not RunAssociation.NONE:
+                self.unplaced.report({attr.NAMESPACE: self.namespace, attr.NODE_NAME: polled.node_name})
+        execution = begin(
+            self.telemetry, polled, state, self.namespace, self.name, placement.upstream, self.traces
+        )
         if not polled.run_from_payload:
             # A state placed from its payload is placed alike by every attempt and every runtime, and
             # its upstream span's place follows from the run: nothing to remember (and nothing kept alive).
-            self.memory.remember(state_id, run, execution.node_span.get_span_context())
+            self.memory.remember(polled.state_id, polled.run, execution.node_span.get_span_context())
         _current_execution.set(execution)
 
-    async def _find_run(self, polled: PolledState, deadline: _Deadline) -> PolledState:
-        """A state the poll brought with no run: the background lookup's answer, waited for briefly."""
+    def _uses_run_api(self) -> bool:
         settings = self.telemetry.settings
-        if settings.run_association.uses_run_api and settings.run_api_budget > 0:
+        return settings.run_association.uses_run_api and settings.run_api_budget > 0
+
+    async def _find_run(self, polled: PolledState, deadline: _Deadline) -> PolledState:
+        """A state the poll brought with no run: what the background lookup knows, waited for briefly."""
+        if self._uses_run_api():
             lookup = self.lookup()
             run = lookup.known(polled.state_id)
             if run is None and deadline.left() > 0:
                 run = await lookup.wait(polled.state_id, deadline.left())
-            lookup.taken(polled.state_id)
             polled = replace(polled, run=run)
-        if polled.run is None and settings.run_association is not RunAssociation.NONE:
-            self.unplaced.report({attr.NAMESPACE: self.namespace, attr.NODE_NAME: polled.node_name})
         return polled
+
+    def warm(self) -> None:
+        """The runtime is starting: learn whether the run APIs answer before the first state arrives, so
+        that a worker waits for them only once they have shown they can place it in time."""
+        if self._uses_run_api() and self.telemetry.settings.placement_wait_ms > 0:
+            self.lookup().probe()
 
     def _wait_s(self) -> float:
         """How long a worker may wait for the background lookup now (0 when it is failing or slow)."""
@@ -211,6 +234,20 @@ class RuntimeTracing:
         self.lookup().watch(fan_out.emit, execution.state.state_id, run_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """`RuntimeTracing.place`'s answer: the state as placed, its upstream node span, whether it was
+    looked up (a state placed by an earlier attempt is not)."""
+
+    state: PolledState
+    upstream: SpanContext | None
+    searched: bool
+
+
+def _no_wait() -> float:
+    return 0.0
+
+
 class _AfterFanOuts:
     """`_upstream_now`'s answer when it must wait for this runtime's fan-outs of the run."""
 
@@ -246,9 +283,27 @@ class TracedStateQueue(asyncio.Queue[Any]):
 
     async def get(self) -> Any:
         state = await super().get()
-        with guard("starting a state's spans"):
-            await self.tracing.on_taken(state)
+        tracing = self.tracing
+        placement = None
+        try:
+            with guard("placing a state"):
+                placement = await tracing.place(state)
+        except asyncio.CancelledError as cancelled:
+            # Cancelled while exo_otel waited: without exo_otel this worker would be running the node
+            # by now. So it does, placed with what is known, and the cancellation lands at its next
+            # await, as it would have: no state is taken and dropped, none waits longer than it would.
+            with guard("placing a state"):
+                placement = await tracing.place(state, wait=False)
+            self._start(state, placement)
+            _cancel_again(cancelled)
+            return state
+        self._start(state, placement)
         return state
+
+    def _start(self, state: Any, placement: Placement | None) -> None:
+        if placement is not None:
+            with guard("starting a state's spans"):
+                self.tracing.start(state, placement)
 
     def task_done(self) -> None:
         execution = _current_execution.get()
@@ -259,6 +314,15 @@ class TracedStateQueue(asyncio.Queue[Any]):
             with guard("noting a state's report"):
                 self.tracing.on_finished(execution)
         super().task_done()
+
+
+def _cancel_again(cancelled: asyncio.CancelledError) -> None:
+    """Request again the cancellation this task just caught, so it is raised at the task's next await.
+    The count of requests (`Task.cancelling`) stays what it was: timeouts and task groups see one."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() > 0:
+        task.uncancel()
+        task.cancel(cancelled.args[0] if cancelled.args else None)
 
 
 def make_runtime_init_wrapper(telemetry: Telemetry) -> Callable[..., None]:
@@ -278,15 +342,19 @@ def make_runtime_init_wrapper(telemetry: Telemetry) -> Callable[..., None]:
 
 
 def make_start_wrapper(telemetry: Telemetry) -> AsyncMethod:
-    """Around ``Runtime._start``: when the runtime stops, stop its run lookup and close its session."""
+    """Around ``Runtime._start``: probe the run APIs as it starts; when it stops, stop its run lookup and
+    close its session (which also close by themselves when idle or when the event loop shuts down)."""
 
     async def traced_start(
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        tracing = getattr(instance, TRACING_ATTRIBUTE, None)
+        if isinstance(tracing, RuntimeTracing) and is_instrumentation_enabled():
+            with guard("probing the run APIs"):
+                tracing.warm()
         try:
             return await wrapped(*args, **kwargs)
         finally:
-            tracing = getattr(instance, TRACING_ATTRIBUTE, None)
             if isinstance(tracing, RuntimeTracing):
                 with guard("closing a runtime's run lookup"):
                     await tracing.close()
