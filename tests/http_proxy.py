@@ -11,14 +11,14 @@ from typing import Literal
 import aiohttp
 from aiohttp import web
 
-RunApiMode = Literal["pass", "error", "timeout", "slow"]
+RunApiMode = Literal["pass", "error", "timeout", "slow", "refuse"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RUN_API_MARKERS = ("/runs/", "/states/run/")
 
 
 class CountingProxy:
-    """Forwards every request to ``target``; run API requests may answer 500, never in time, or slowly
-    (``slow``: after ``hang_s`` seconds)."""
+    """Forwards every request to ``target``; run API requests may answer 500, never in time, slowly
+    (``slow``: after ``hang_s`` seconds), or have their connection dropped with no answer (``refuse``)."""
 
     def __init__(self, target: str, run_api: RunApiMode = "pass", hang_s: float = 5.0) -> None:
         self.target = target.rstrip("/")
@@ -40,6 +40,9 @@ class CountingProxy:
         self.calls[kind] += 1
         if kind == "run_api":
             self.calls["run_graph" if request.path.endswith("/graph") else "runs_page"] += 1
+        if kind == "run_api" and self.run_api == "refuse" and request.transport is not None:
+            request.transport.abort()  # the client's call fails at once, with no answer
+            raise web.HTTPServiceUnavailable()
         if kind == "run_api" and self.run_api == "error":
             return web.json_response({"detail": "broken on purpose"}, status=500)
         if kind == "run_api" and self.run_api in ("timeout", "slow"):
