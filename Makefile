@@ -18,16 +18,27 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/exo-otel demo
 
+# The tests marked `upstream` run against the real upstream state manager (tests/upstream_harness), from
+# UPSTREAM_GIT_DIR, UPSTREAM_SRC, UPSTREAM_ARCHIVE or the snapshot in ../shared/upstream-src. Without
+# the source they are skipped with the reason; in CI (CI set) a missing source fails the run instead.
+UPSTREAM_SOURCE := cd tests && ../$(VENV)/bin/python -m upstream_harness source
+PART = @echo "== $(1): $$(date -u +%T)"
+
 test: $(STAMP)
+	$(call PART,lint and types)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest
+	@$(UPSTREAM_SOURCE) || { [ -z "$$CI" ] || { echo "CI: the upstream source is missing"; exit 1; }; }
+	$(call PART,tests without the real server)
+	$(VENV)/bin/python -m pytest -m "not upstream"
+	$(call PART,tests on the real upstream state manager)
+	$(VENV)/bin/python -m pytest -m "upstream and not long_load" --durations=15
+	$(call PART,done)
 
-# The tests marked `upstream`, against the real upstream state manager through tests/upstream_harness.
-# The source: UPSTREAM_GIT_DIR, UPSTREAM_SRC, UPSTREAM_ARCHIVE or the snapshot in ../shared/upstream-src.
+# Every real-server test, the 200-run loads included; fails where the upstream source is missing.
 test-upstream: $(STAMP)
-	cd tests && ../$(VENV)/bin/python -c 'import sys, upstream_harness as h; r = h.source_unavailable(); r and sys.exit(r)'
-	EXO_OTEL_UPSTREAM=1 $(VENV)/bin/python -m pytest -m upstream
+	$(UPSTREAM_SOURCE)
+	$(VENV)/bin/python -m pytest -m upstream --durations=15
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/runtime_overhead.py --rounds 15

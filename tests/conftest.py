@@ -1,2 +1,23 @@
 # Each module before those importing it (assertions in a module imported earlier are not rewritten).
+from _pytest.terminal import TerminalReporter
+
 pytest_plugins = ["upstream_sm", "servers", "sm_fixtures", "otel_fixtures"]
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    """Outcomes of the real-server tests by file: CI's proof that they ran, and where they did not."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "upstream" not in getattr(report, "keywords", {}):
+                continue
+            by_file = counts.setdefault(report.nodeid.split("::")[0], {})
+            by_file[outcome] = by_file.get(outcome, 0) + 1
+    if not counts:
+        return
+    terminalreporter.section("real upstream state manager tests, by file")
+    for path, by_outcome in sorted(counts.items()):
+        outcomes = ", ".join(f"{n} {o}" for o, n in sorted(by_outcome.items()))
+        terminalreporter.write_line(f"{path}: {outcomes}")
+    total = {o: sum(c.get(o, 0) for c in counts.values()) for o in ("passed", "failed", "error", "skipped")}
+    terminalreporter.write_line("total: " + ", ".join(f"{n} {o}" for o, n in total.items()))

@@ -46,6 +46,7 @@ class Span:
     end_ns: int
     service_name: str | None
     events: list[str] = field(default_factory=list)
+    process_pid: int | None = None  # the resource's process.pid, where the exporter's resource has it
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class _Collector:
         decoded = []
         for rs in request.resource_spans:
             service = _service(list(rs.resource.attributes))
+            pid = _attrs(list(rs.resource.attributes)).get("process.pid")
             for ss in rs.scope_spans:
                 for s in ss.spans:
                     decoded.append(
@@ -149,6 +151,7 @@ class _Collector:
                             end_ns=s.end_time_unix_nano,
                             service_name=service,
                             events=[e.name for e in s.events],
+                            process_pid=int(pid) if pid is not None else None,
                         )
                     )
         with self._cond:

@@ -36,7 +36,7 @@ def run_api_only(tracer_provider: TracerProvider) -> Iterator[ExosphereInstrumen
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("runs", [1, 10, 50, 200])
+@pytest.mark.parametrize("runs", [1, 10, 50, pytest.param(200, marks=pytest.mark.long_load)])
 async def test_placement_at_load_on_upstream(
     quiet_upstream: UpstreamServer,
     span_exporter: InMemorySpanExporter,

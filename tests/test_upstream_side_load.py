@@ -35,7 +35,7 @@ def server(receiver: OtlpHttpReceiver) -> Iterator[UpstreamServer]:
 
 @pytest.mark.timeout(2400)
 @pytest.mark.parametrize("sdk", [True, False], ids=["sdk-trigger", "http-trigger"])
-@pytest.mark.parametrize("runs", [1, 10, 50, 200])
+@pytest.mark.parametrize("runs", [1, 10, 50, pytest.param(200, marks=pytest.mark.long_load)])
 async def test_every_state_in_its_runs_trace(
     server: UpstreamServer,
     receiver: OtlpHttpReceiver,

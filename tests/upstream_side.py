@@ -19,10 +19,9 @@ from exo_otel.core.ids import format_trace_id
 from http_proxy import CountingProxy, counting_proxy
 from otlp_receiver import OtlpHttpReceiver, Span
 from trace_checks import RunReport, check_runs, flatten
-from upstream_sm import REPO, UpstreamServer, state_histories, upstream_state_manager
+from upstream_harness.venvs import SIDE_PIP
+from upstream_sm import UpstreamServer, upstream_state_manager
 
-# The server venv: exo-otel from this checkout, and the distro that `opentelemetry-instrument` uses.
-SIDE_PIP = f"-e {REPO} opentelemetry-distro==0.66b2"
 # What `opentelemetry-instrument` runs before the app: configure from OTEL_*, load every entry point.
 AUTO_INIT = "opentelemetry.instrumentation.auto_instrumentation:initialize"
 EXECUTES_PER_RUN = 10  # start, split, work x3 (+1 requeued attempt), merge, flaky x2, finish
@@ -141,6 +140,26 @@ async def wait_settled(uri: str, api_key: str, namespace: str, run_ids: list[str
             await asyncio.sleep(0.2)
 
 
+async def run_states(
+    uri: str, api_key: str, namespace: str, run_ids: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Each run's states (``state_id``, ``identifier``, ``status``) from the server's own run-graph route."""
+    headers = {"x-api-key": api_key}
+    async with aiohttp.ClientSession() as session:
+
+        async def one(run_id: str) -> list[dict[str, Any]]:
+            url = f"{uri}/v0/namespace/{namespace}/states/run/{run_id}/graph"
+            async with session.get(url, headers=headers) as answer:
+                answer.raise_for_status()
+                nodes = (await answer.json())["nodes"]
+            return [
+                {"state_id": n["id"], "identifier": n["identifier"], "status": n["status"]} for n in nodes
+            ]
+
+        found = await asyncio.gather(*(one(run_id) for run_id in run_ids))
+    return dict(zip(run_ids, found, strict=True))
+
+
 @dataclass
 class LoadResult:
     run_ids: list[str]
@@ -190,12 +209,7 @@ async def run_load(
         spans_done = time.monotonic()
         calls = dict(proxy.calls)
     await asyncio.sleep(0.5)  # late duplicates, if there were any, would arrive by now
-    histories = await state_histories(server.uri)
-    wanted = set(run_ids)
-    states_by_run: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
-    for state in histories:
-        if state.get("run_id") in wanted:
-            states_by_run[state["run_id"]].append(state)
+    states_by_run = await run_states(server.uri, server.api_key, namespace, run_ids)
     spans = spans_of(run_ids, rx.spans(), flatten(exporter.get_finished_spans()))
     report = check_runs(spans, states_by_run, ug.GRAPH)
     return LoadResult(run_ids, report, calls, settled - started, spans_done - settled)

@@ -28,8 +28,8 @@ from upstream_harness import (
 REPO = Path(__file__).resolve().parent.parent
 # The database of the in-process servers: "memory" (the in-process one) or "secantus" (a SecantusDB each).
 DATABASE = os.environ.get("EXO_OTEL_UPSTREAM_DB", "memory")
-# The real-server tests run when asked (make test-upstream sets it): not yet part of `make test`.
-ENABLED = os.environ.get("EXO_OTEL_UPSTREAM") == "1"
+# The real-server tests run wherever the upstream source is found; EXO_OTEL_UPSTREAM=0 leaves them out.
+ENABLED = os.environ.get("EXO_OTEL_UPSTREAM", "1") != "0"
 __all__ = ["REPO", "UpstreamServer", "require_upstream", "state_histories", "upstream_state_manager",
            "upstream_unavailable"]
 
@@ -37,7 +37,7 @@ __all__ = ["REPO", "UpstreamServer", "require_upstream", "state_histories", "ups
 def upstream_unavailable() -> str | None:
     """Why the real server cannot run here, or None when it can."""
     if not ENABLED:
-        return "the real-server tests run with `make test-upstream` (EXO_OTEL_UPSTREAM=1)"
+        return "EXO_OTEL_UPSTREAM=0 leaves the real-server tests out"
     return source_unavailable()
 
 

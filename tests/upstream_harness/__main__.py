@@ -8,6 +8,7 @@ import signal
 
 from . import in_process_server, secantus_database, server_python, state_manager_source, uvicorn_server
 from .processes import Settings
+from .venvs import SIDE_PIP
 
 
 def main() -> None:
@@ -20,7 +21,8 @@ def main() -> None:
     serve.add_argument("--db", choices=["memory", "secantus"], default="memory")
     serve.add_argument("--instances", type=int, default=1, help="servers (memory) or processes (secantus)")
     serve.add_argument("--workers", type=int, default=1, help="uvicorn workers per process (secantus)")
-    serve.add_argument("--instrument", action="store_true", help="under opentelemetry-instrument (secantus)")
+    serve.add_argument("--instrument", action="store_true",
+                       help="under opentelemetry-instrument with exo_otel's state manager side (secantus)")
     serve.add_argument("--pip", nargs="*", default=[])
     args = parser.parse_args()
     if args.command == "source":
@@ -31,10 +33,11 @@ def main() -> None:
         with in_process_server(args.instances, pip=args.pip) as server:
             _announce(server.uris, server.api_key)
     else:
+        pip = [*args.pip, *SIDE_PIP.split()] if args.instrument else args.pip
         with secantus_database() as db:
             settings = Settings(mongo_uri=db.uri)
             servers = [
-                uvicorn_server(settings, workers=args.workers, instrument=args.instrument, pip=args.pip)
+                uvicorn_server(settings, workers=args.workers, instrument=args.instrument, pip=pip)
                 for _ in range(args.instances)
             ]
             with contextlib.ExitStack() as stack:

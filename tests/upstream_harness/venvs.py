@@ -17,11 +17,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .source import locked, state_manager_source, work_dir
+from .source import REPO, locked, state_manager_source, work_dir
 
 # The in-process database's engine (tests/upstream_harness/memory_db.py).
 MEMORY_DB_PINS = ("mongomock==4.3.0",)
 TOOL_PINS = ("uv==0.13.9", "secantusdb==0.7.0b3")
+# The server venv's extras where exo_otel's state manager side is loaded: this checkout and the distro
+# that `opentelemetry-instrument` configures from OTEL_*.
+SIDE_PIP = f"-e {REPO} opentelemetry-distro==0.66b2"
 LAYOUT_VERSION = "1"  # bump when what a venv holds changes in a way its inputs do not show
 
 
