@@ -53,6 +53,12 @@ class RunApiClient:
             self._tokens, self._tokens_at = 1.0, time.monotonic()
         self._tokens -= 1.0
 
+    def has_spare(self, fraction: float) -> bool:
+        """Whether the bucket holds at least ``fraction`` of a second's calls: calls that can only help
+        later leave the budget to the states waiting now."""
+        tokens = min(max(1.0, self.rate), self._tokens + (time.monotonic() - self._tokens_at) * self.rate)
+        return tokens >= fraction * max(1.0, self.rate)
+
     def failing(self, within_s: float = 10.0) -> bool:
         """Whether the last call failed less than ``within_s`` seconds ago."""
         return self.failures > 0 and time.monotonic() - self.failed_at < within_s

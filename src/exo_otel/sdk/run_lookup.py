@@ -144,9 +144,11 @@ class RunLookup:
 
     def expect_growth(self, run_id: str) -> None:
         """This runtime reported a state of the run done: its next states are likely the next ones polled,
-        so the run's graph is worth fetching without waiting for a runs page to show it grown."""
+        so the run's graph is worth fetching without waiting for a runs page to show it grown. Fetched
+        now, before the poll brings them: a worker that takes one then finds its run known, with no wait."""
         if self.enabled:
             self.index.expect_growth(run_id, time.monotonic())
+            self._poke()
 
     def taken(self, state_id: str) -> None:
         """A worker took the state: its spans have started, finding its run is no use any more."""
@@ -324,6 +326,11 @@ class RunLookup:
                 yield ("graph", watch.run_id)
         if not self._wanted:
             self._scan_page = 0
+            # Runs this runtime saw grow (it reported their states): their next states are coming, and
+            # found before the poll brings them they need no wait. Only with budget to spare.
+            if self.api.has_spare(0.5):
+                for run in self.index.grown_runs():
+                    yield ("graph", run.run_id)
             return
         if self._scan_page:
             yield ("page", str(self._scan_page + 1))

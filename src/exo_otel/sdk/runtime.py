@@ -301,9 +301,11 @@ class TracedStateQueue(asyncio.Queue[Any]):
         return state
 
     def _start(self, state: Any, placement: Placement | None) -> None:
-        if placement is not None:
-            with guard("starting a state's spans"):
+        with guard("starting a state's spans"):
+            if placement is not None:
                 self.tracing.start(state, placement)
+            elif isinstance(state, dict):
+                self.tracing.polled.pop(str(state.get("state_id")), None)  # no spans: forget it
 
     def task_done(self) -> None:
         execution = _current_execution.get()
