@@ -118,3 +118,54 @@ async def test_cancelled_worker_leaves_or_executes_states_as_without_exo_otel(
     # The instrumented worker did wait for placements (else this would show nothing): given time,
     # states were placed in their run's trace, which a worker that never waits cannot do here.
     assert placed[100] >= ATTEMPTS * 0.9
+
+
+async def timed_out_attempts(sm: EmbeddedStateManager, timeout_ms: int, count: int) -> dict[str, int]:
+    """Workers run under ``asyncio.timeout``: what they raise, and whether the node ran."""
+    runtime = Runtime(namespace=NAMESPACE, name="timeout-runtime", nodes=[Sleepy], state_manager_uri=sm.uri,
+                      key=sm.api_key, workers=1, batch_size=1)  # type: ignore[arg-type]
+    await runtime._register()
+    client = sdk_state_manager(sm, NAMESPACE)
+    await client.upsert_graph(GRAPH, [GraphNodeModel(node_name="Sleepy", namespace=NAMESPACE,
+                                                     identifier="sleepy", inputs={"tag": "none"})], {})
+    outcomes: dict[str, int] = {}
+
+    async def bounded() -> None:
+        async with asyncio.timeout(timeout_ms / 1000):
+            await runtime._worker(0)
+
+    for _ in range(count):
+        tag = uuid.uuid4().hex
+        await client.trigger(GRAPH, inputs={"tag": tag})
+        answer = await runtime._enqueue_call()
+        worker = asyncio.create_task(bounded())
+        await asyncio.sleep(0)  # the worker waits on the empty queue, its timeout running
+        for state in answer["states"]:
+            await runtime._state_queue.put(state)
+        try:
+            await worker
+            raised = "nothing"
+        except BaseException as exc:
+            raised = type(exc).__name__
+        key = f"{raised}, node {'ran' if tag in ENTERED else 'did not run'}"
+        outcomes[key] = outcomes.get(key, 0) + 1
+    return outcomes
+
+
+@pytest.mark.timeout(300)
+async def test_a_timeout_around_a_worker_sees_what_it_would_without_exo_otel(
+    tracer_provider: TracerProvider,
+) -> None:
+    """Cancelled while exo_otel waits for a placement, the worker's cancellation is requested again;
+    the count of requests stays one, so ``asyncio.timeout`` still turns it into TimeoutError."""
+    async with EmbeddedStateManager() as sm:
+        plain = await timed_out_attempts(sm, 3, 30)
+    async with EmbeddedStateManager() as sm:
+        instrumentor = ExosphereInstrumentor()
+        instrumentor.instrument(tracer_provider=tracer_provider)
+        try:
+            instrumented = await timed_out_attempts(sm, 3, 30)
+        finally:
+            instrumentor.uninstrument()
+    print(f"\nplain {plain}\ninstrumented {instrumented}")
+    assert plain == instrumented == {"TimeoutError, node ran": 30}
