@@ -11,6 +11,8 @@ each once the one before has settled, so every state is the first of its run: th
 runtime knows nothing of the run when a worker takes the state. Arrival is when the runtime's poll
 loop puts the state in the queue (timed by a wrapper on that queue's ``put``); ``execute()`` times
 itself. "placed" counts the states whose ``execute`` span is in their run's trace (instrumented only).
+With ``--chain``, one run of 5 chained nodes instead: the states after the first are of a run the
+runtime knows already.
 
 Run: ``.venv/bin/python benchmarks/queue_to_execute.py [--rounds 3]``. Medians over rounds. No assertions.
 """
@@ -70,10 +72,25 @@ class Probe(BaseNode):
 
     async def execute(self) -> BaseNode.Outputs:
         ENTERED[self.inputs.tag] = time.perf_counter()
-        return self.Outputs(tag=self.inputs.tag)
+        return self.Outputs(tag=self.inputs.tag + "+")  # the next state of a chain gets a tag of its own
 
 
-async def one_round(condition: tuple[str, RunApiMode, float, bool], mode: str) -> tuple[list[float], int]:
+def graph(chain: bool) -> list[GraphNodeModel]:
+    """One node, or ``STATES`` nodes in a chain (each state's tag its upstream's with a ``+``)."""
+    if not chain:
+        return [GraphNodeModel(node_name="Probe", namespace=NAMESPACE, identifier="probe",
+                               inputs={"tag": "none"})]
+    return [
+        GraphNodeModel(node_name="Probe", namespace=NAMESPACE, identifier=f"p{i}",
+                       inputs={"tag": "none" if i == 0 else f"${{{{ p{i - 1}.outputs.tag }}}}"},
+                       next_nodes=[f"p{i + 1}"] if i + 1 < STATES else None)
+        for i in range(STATES)
+    ]
+
+
+async def one_round(
+    condition: tuple[str, RunApiMode, float, bool], mode: str, chain: bool = False
+) -> tuple[list[float], int]:
     """The first states' arrival-to-execute times (ms), and how many were placed in their run's trace."""
     _label, run_api, delay_s, server_side = condition
     exporter = InMemorySpanExporter()
@@ -105,12 +122,10 @@ async def one_round(condition: tuple[str, RunApiMode, float, bool], mode: str) -
             try:
                 await wait_until(lambda: "Probe" in sm.registered_nodes(NAMESPACE))
                 client = StateManager(namespace=NAMESPACE, state_manager_uri=sm.uri, key=sm.api_key)
-                node = GraphNodeModel(node_name="Probe", namespace=NAMESPACE, identifier="probe",
-                                      inputs={"tag": "none"})
-                await client.upsert_graph(GRAPH, [node], {})  # type: ignore[arg-type]
-                for _ in range(STATES):
+                await client.upsert_graph(GRAPH, graph(chain), {})  # type: ignore[arg-type]
+                for _ in range(1 if chain else STATES):
                     tag = uuid.uuid4().hex
-                    tags.append(tag)
+                    tags.extend([tag + "+" * i for i in range(STATES)] if chain else [tag])
                     run_ids.append((await client.trigger(GRAPH, inputs={"tag": tag}))["run_id"])
                     await wait_until(lambda: sm.run_status(run_ids[-1]) != "PENDING")
                 await asyncio.sleep(0.2)  # the worker ends its spans just after reporting
@@ -128,7 +143,7 @@ async def one_round(condition: tuple[str, RunApiMode, float, bool], mode: str) -
     return [(ENTERED[tag] - arrived[tag]) * 1000 for tag in tags], placed
 
 
-async def main(rounds: int) -> None:
+async def main(rounds: int, chain: bool) -> None:
     modes = ["plain", "instrumented", "wait 0"]
     results: dict[tuple[str, str], list[tuple[list[float], int]]] = {}
     for _ in range(rounds):  # interleaved, so drift in the machine's load hits every mode alike
@@ -136,9 +151,10 @@ async def main(rounds: int) -> None:
             for mode in modes:
                 if mode == "wait 0" and condition[1] != "pass":
                     continue
-                results.setdefault((condition[0], mode), []).append(await one_round(condition, mode))
+                results.setdefault((condition[0], mode), []).append(await one_round(condition, mode, chain))
+    what = "one run of 5 chained nodes" if chain else "each the first of its run"
     print(f"ms from a state's arrival in the queue to execute(), first {STATES} states of a runtime "
-          f"(each the first of its run), median of {rounds} rounds; 'wait 0': placement_wait_ms=0")
+          f"({what}), median of {rounds} rounds; 'wait 0': placement_wait_ms=0")
     print("| set-up | exo_otel | " + " | ".join(f"state {i + 1}" for i in range(STATES)) + " | placed |")
     print("|---|---|" + "---|" * STATES + "---|")
     for condition in CONDITIONS:
@@ -155,7 +171,9 @@ async def main(rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chain", action="store_true", help="one run of 5 chained nodes instead of 5 runs")
     logging.basicConfig(level=logging.ERROR)
     # The slow set-up's proxy still forwards calls it held 2 s after the round's server is gone.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-    asyncio.run(main(parser.parse_args().rounds))
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, args.chain))
