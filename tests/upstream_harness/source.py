@@ -119,7 +119,8 @@ def _extracted(key: str, read_tar: object, find: object = None) -> Path:
         partial.rename(target)
     found = finder(target)  # type: ignore[operator]
     if found is None:
-        raise RuntimeError(f"nothing the harness looks for in the upstream source ({target})")
+        looked_for = "state-manager/app/main.py" if find is None else "python-sdk tests"
+        raise RuntimeError(f"no {looked_for} in the upstream source ({target})")
     return found
 
 
