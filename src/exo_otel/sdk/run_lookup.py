@@ -1,9 +1,9 @@
 """Finding states' runs through the state manager's run APIs, in a background task with a call budget.
 
 A poll only hands the lookup the ids it did not place (no I/O in the poll); a worker that takes a
-state not placed yet may wait a short, bounded time for it, and only while the run APIs have shown they
-answer in time (`can_place_within`); a failed call ends every wait at once, and so does a lookup with
-nothing left to ask. The task and its HTTP session live only while there is work: idle for
+state not placed yet may wait a short, bounded time for it, and only while the run APIs answer in time
+(`can_place_within`); a failed call ends every wait at once, and so does a lookup with nothing left to
+ask. The task and its HTTP session live only while there is work: idle for
 ``IDLE_CLOSE_S``, or cancelled (``close``, or the event loop shutting down), the task ends and closes
 the session, so nothing is left open whether or not the runtime was started with ``Runtime.start()``.
 
@@ -22,9 +22,9 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
@@ -95,6 +95,7 @@ class RunLookup:
         self.index = index if index is not None else RunIndex()
         self._wanted: dict[str, float] = {}
         self._waiting: dict[str, asyncio.Future[RunInfo | None]] = {}
+        self._held: set[asyncio.Future[None]] = set()
         self._watches: list[_Watch] = []
         self._scan_page = 0
         self._scan_started_at = float("-inf")
@@ -154,12 +155,17 @@ class RunLookup:
         """A worker took the state: its spans have started, finding its run is no use any more."""
         self._wanted.pop(state_id, None)
 
+    @property
+    def answered(self) -> bool:
+        """Whether the run APIs have answered usefully at least once (so their latency is known)."""
+        return self.api.successes > 0
+
     def can_place_within(self, seconds: float) -> bool:
-        """Whether waiting ``seconds`` for a placement is worth it: the run APIs have answered, are not
-        failing, and answer fast enough. Before their first answer nothing says so: no wait."""
+        """Whether waiting ``seconds`` for a placement is worth it: the run APIs are not failing, no call
+        has been under way longer than that, and they answer fast enough on average."""
         if not self.enabled or seconds <= 0:
             return False
-        if self.api.successes == 0 or self.api.failing():
+        if self.api.failing():
             return False
         now = time.monotonic()
         if any(now - started > seconds for started in self._in_flight.values()):
@@ -194,6 +200,23 @@ class RunLookup:
             if self._waiting.get(state_id) is future:
                 del self._waiting[state_id]
 
+    async def hold(self, waiting: Coroutine[Any, Any, Any], timeout: float) -> None:
+        """Await ``waiting`` (something the lookup's answers end, e.g. a fan-out's copies getting their
+        spans) for at most ``timeout`` seconds, and no longer than the lookup can answer: a failed call,
+        or nothing left to ask, ends it as it ends `wait`."""
+        task = asyncio.ensure_future(waiting)
+        if timeout <= 0 or not self.enabled:
+            task.cancel()
+            return
+        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._held.add(released)
+        self._poke()
+        try:
+            await asyncio.wait({task, released}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._held.discard(released)
+            task.cancel()
+
     def watch(self, callback: GraphCallback, state_id: str, run_id: str | None) -> None:
         """Call back once with a graph of ``run_id`` fetched from now on (fetched for it, within the budget),
         or, with no run id, with the first graph fetched from now on that holds ``state_id``."""
@@ -222,6 +245,9 @@ class RunLookup:
         for state_id, future in self._waiting.items():
             if not future.done():
                 future.set_result(self.index.known(state_id))
+        for held in self._held:
+            if not held.done():
+                held.set_result(None)
 
     # --- the background task ---
 

@@ -26,6 +26,10 @@ from exo_otel.sdk.state_context import PolledState, RunInfo, has_payload_run, ru
 from exo_otel.sdk.telemetry import Telemetry
 
 TRACING_ATTRIBUTE = "_exo_otel_tracing"
+# Before the run APIs have answered: a placement takes a runs page and a run graph, each presumed to
+# take what the poll took; twice that, and a margin for the lookup's own work.
+FIRST_CONTACT_ROUND_TRIPS: Final = 4
+FIRST_CONTACT_MARGIN_S: Final = 0.01
 
 # The execution the current worker task is in: set when a worker takes a state off the queue,
 # read by the notification wrappers, cleared when the worker marks the task done.
@@ -47,6 +51,8 @@ class RuntimeTracing:
         self._fanouts = FanOutsUnderWay(RunLookup.WATCH_TTL_S)
         self._lookup: RunLookup | None = None
         self._traces: RunTraces | None = None
+        self.poll_s: float | None = None
+        """How long the last poll that brought states took."""
 
     @property
     def traces(self) -> RunTraces:
@@ -169,15 +175,28 @@ class RuntimeTracing:
         return polled
 
     def warm(self) -> None:
-        """The runtime is starting: learn whether the run APIs answer before the first state arrives, so
-        that a worker waits for them only once they have shown they can place it in time."""
-        if self._uses_run_api() and self.telemetry.settings.placement_wait_ms > 0:
+        """The runtime is starting: with ``run_association="run_api"``, learn how the run APIs answer
+        before the first state arrives. With ``auto`` nothing is asked until a poll brings a state
+        without its run, so that with the state manager side a runtime makes no run API call at all."""
+        settings = self.telemetry.settings
+        if (settings.run_association is RunAssociation.RUN_API and settings.run_api_budget > 0
+                and settings.placement_wait_ms > 0):
             self.lookup().probe()
 
     def _wait_s(self) -> float:
-        """How long a worker may wait for the background lookup now (0 when it is failing or slow)."""
+        """How long a worker may wait for the background lookup now (0 when it is failing or slow).
+
+        Before the run APIs have answered once, nothing shows how fast they are: they are presumed as
+        fast as the state manager answered the poll that brought the state (the same server), and the
+        wait is bounded by a few such round trips (none when no poll was timed).
+        """
         wait_s = self.telemetry.settings.placement_wait_ms / 1000
-        return wait_s if self.lookup().can_place_within(wait_s) else 0.0
+        lookup = self.lookup()
+        if not lookup.answered:
+            if self.poll_s is None:
+                return 0.0
+            wait_s = min(wait_s, FIRST_CONTACT_ROUND_TRIPS * self.poll_s + FIRST_CONTACT_MARGIN_S)
+        return wait_s if lookup.can_place_within(wait_s) else 0.0
 
     def _upstream_now(
         self, polled: PolledState, run: RunInfo, parent_state_id: str
@@ -200,8 +219,11 @@ class RuntimeTracing:
         self, polled: PolledState, run: RunInfo, parent_state_id: str, deadline: _Deadline
     ) -> SpanContext | None:
         """The upstream state's node span once this runtime's fan-outs of the run have their spans, or
-        the wait is over (then only a span known to be emitted is named)."""
-        await self._fanouts.wait(run.run_id, deadline.left())
+        the wait is over (then only a span known to be emitted is named). The copies get their spans from
+        a run graph the lookup fetches: the wait ends too when the lookup can fetch none."""
+        left = deadline.left()
+        if left > 0:
+            await self.lookup().hold(self._fanouts.wait(run.run_id, left), left)
         answer = self._upstream_now(polled, run, parent_state_id)
         return None if isinstance(answer, _AfterFanOuts) else answer
 
@@ -379,9 +401,10 @@ def make_poll_wrapper(telemetry: Telemetry) -> AsyncMethod:
         with suppress_http_instrumentation():
             answer = await wrapped(*args, **kwargs)
             with guard("recording a poll"):
-                telemetry.metrics.poll_duration.record(
-                    time.perf_counter() - started, {attr.NAMESPACE: tracing.namespace}
-                )
+                elapsed = time.perf_counter() - started
+                telemetry.metrics.poll_duration.record(elapsed, {attr.NAMESPACE: tracing.namespace})
+                if isinstance(answer, dict) and answer.get("states"):
+                    tracing.poll_s = elapsed
                 tracing.on_polled(answer)
         return answer
 
