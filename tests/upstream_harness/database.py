@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .processes import watch
 from .source import work_dir
 from .venvs import tools_python
 
@@ -47,7 +48,9 @@ def secantus_database(
     log = work_dir() / "secantus.log"
     with log.open("a") as stderr:
         proc = subprocess.Popen([str(tools_python()), "-c", _SERVE, str(storage), str(ttl_sweep_seconds)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                start_new_session=True)
+    watch(proc)
     try:
         uri = _read_uri(proc, log)
         yield Database(uri, proc)

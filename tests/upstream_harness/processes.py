@@ -20,6 +20,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -70,6 +71,27 @@ class UpstreamServer:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+
+# Kills a process group once the process that started it is gone; ends with the group.
+_WATCHDOG = """
+import os, signal, sys, time
+parent, group = int(sys.argv[1]), int(sys.argv[2])
+try:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+        os.killpg(group, 0)
+    os.killpg(group, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
+
+
+def watch(process: subprocess.Popen[str]) -> None:
+    """Make sure ``process`` (started with ``start_new_session``) and everything in its group die when
+    this process does, however it dies: a test run killed outright leaves no server behind."""
+    subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(process.pid)],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def free_port() -> int:
@@ -126,6 +148,7 @@ def in_process_server(
     with log.open("w") as stderr:
         proc = subprocess.Popen(command, cwd=state_manager_source(), stdout=subprocess.PIPE, stderr=stderr,
                                 text=True, env=_server_env(settings, env), start_new_session=True)
+    watch(proc)
     try:
         uris = _read_lines(proc, "UPSTREAM_SM_URI=", instances, log)
         # Keep draining stdout: a console exporter in the server would otherwise block on it.
@@ -166,6 +189,7 @@ def start_uvicorn(
     stderr = log.open("w")
     proc = subprocess.Popen(command, cwd=state_manager_source(), stdout=stderr, stderr=subprocess.STDOUT,
                             text=True, env=_server_env(settings, env), start_new_session=True)
+    watch(proc)
     stderr.close()
     try:
         _wait_started(proc, log, workers)
