@@ -26,8 +26,8 @@ from exo_otel.sdk.state_context import PolledState, RunInfo, has_payload_run, ru
 from exo_otel.sdk.telemetry import Telemetry
 
 TRACING_ATTRIBUTE = "_exo_otel_tracing"
-# Before the run APIs have answered: a placement takes a runs page and a run graph, each presumed to
-# take what the poll took; twice that, and a margin for the lookup's own work.
+# Before the run APIs have answered: their first call is presumed to take what the poll took; a call
+# under way four times that, and a margin for the lookup's own work, shows they are slower.
 FIRST_CONTACT_ROUND_TRIPS: Final = 4
 FIRST_CONTACT_MARGIN_S: Final = 0.01
 
@@ -170,7 +170,12 @@ class RuntimeTracing:
             lookup = self.lookup()
             run = lookup.known(polled.state_id)
             if run is None and deadline.left() > 0:
-                run = await lookup.wait(polled.state_id, deadline.left())
+                # Before the run APIs' first answer, they are presumed as fast as the state manager
+                # answered the poll that brought the state (the same server): a call under way longer
+                # than a few such round trips shows they are not.
+                unanswered_s = (FIRST_CONTACT_ROUND_TRIPS * self.poll_s + FIRST_CONTACT_MARGIN_S
+                                if self.poll_s is not None else 0.0)
+                run = await lookup.wait(polled.state_id, deadline.left(), unanswered_s)
             polled = replace(polled, run=run)
         return polled
 
@@ -184,18 +189,12 @@ class RuntimeTracing:
             self.lookup().probe()
 
     def _wait_s(self) -> float:
-        """How long a worker may wait for the background lookup now (0 when it is failing or slow).
-
-        Before the run APIs have answered once, nothing shows how fast they are: they are presumed as
-        fast as the state manager answered the poll that brought the state (the same server), and the
-        wait is bounded by a few such round trips (none when no poll was timed).
-        """
+        """How long a worker may wait for the background lookup now (0 when it is failing or slow, and
+        before the run APIs' first answer when no poll was timed: nothing to presume their speed from)."""
         wait_s = self.telemetry.settings.placement_wait_ms / 1000
         lookup = self.lookup()
-        if not lookup.answered:
-            if self.poll_s is None:
-                return 0.0
-            wait_s = min(wait_s, FIRST_CONTACT_ROUND_TRIPS * self.poll_s + FIRST_CONTACT_MARGIN_S)
+        if not lookup.answered and self.poll_s is None:
+            return 0.0
         return wait_s if lookup.can_place_within(wait_s) else 0.0
 
     def _upstream_now(
