@@ -312,7 +312,7 @@ class TracedStateQueue(asyncio.Queue[Any]):
         except asyncio.CancelledError as cancelled:
             # Cancelled while exo_otel waited: without exo_otel this worker would be running the node
             # by now. So it does, placed with what is known, and the cancellation lands at its next
-            # await, as it would have: no state is taken and dropped, none waits longer than it would.
+            # await, as it would have: no state is taken off the queue and dropped.
             with guard("placing a state"):
                 placement = await tracing.place(state, wait=False)
             self._start(state, placement)
@@ -341,7 +341,9 @@ class TracedStateQueue(asyncio.Queue[Any]):
 
 def _cancel_again(cancelled: asyncio.CancelledError) -> None:
     """Request again the cancellation this task just caught, so it is raised at the task's next await.
-    The count of requests (`Task.cancelling`) stays what it was: timeouts and task groups see one."""
+    The count of requests (`Task.cancelling`) stays what it was: timeouts and task groups see one. A
+    CancelledError no one requested of the task (a future exo_otel awaited was cancelled) ends only
+    exo_otel's wait."""
     task = asyncio.current_task()
     if task is not None and task.cancelling() > 0:
         task.uncancel()
