@@ -181,6 +181,7 @@ async def run_load(
     n: int,
     sdk: bool,
     trigger_uri: str | None = None,
+    settle_seconds_per_run: float = 6.0,
 ) -> LoadResult:
     """``n`` runs of the 11-state test graph started at once; their traces checked against the server's
     states."""
@@ -190,7 +191,8 @@ async def run_load(
         trigger_at = trigger_uri or server.uri
         client = StateManager(namespace=namespace, state_manager_uri=trigger_at, key=server.api_key)
         run_ids = await trigger_runs(client, trigger_at, server.api_key, namespace, n, sdk)
-        await wait_settled(server.uri, server.api_key, namespace, run_ids, timeout=60 + 6.0 * n)
+        timeout = 60 + settle_seconds_per_run * n
+        await wait_settled(server.uri, server.api_key, namespace, run_ids, timeout=timeout)
         settled = time.monotonic()
         roots = {format_trace_id(r) for r in run_ids}
 

@@ -51,12 +51,13 @@ class StatusHistory:
         write running meanwhile could change them again), then by reading back the states it touched,
         or every state when its filter does not name them by id."""
         now = time.time()
-        if write == "insert_one" and args:
-            self._note(args[0], now)
-            return
-        if write == "insert_many" and args:
-            for doc in args[0]:
-                self._note(doc, now)
+        if write in ("insert_one", "insert_many") and args:
+            docs = [args[0]] if write == "insert_one" else list(args[0])
+            ids = [getattr(result, "inserted_id", None)] if write == "insert_one" else list(
+                getattr(result, "inserted_ids", None) or [None] * len(docs))
+            for doc, inserted_id in zip(docs, ids, strict=False):
+                if isinstance(doc, dict):
+                    self._note({"_id": inserted_id, **doc}, now)
             return
         if write.startswith("find_one_and_"):
             if kwargs.get("return_document"):  # ReturnDocument.AFTER: the document as written
@@ -77,7 +78,7 @@ class StatusHistory:
             self._note(doc, now)
 
     def _note(self, doc: Any, now: float) -> None:
-        if not isinstance(doc, dict) or "_id" not in doc:
+        if not isinstance(doc, dict) or doc.get("_id") is None:
             return
         key = str(doc["_id"])
         status = doc.get("status")
