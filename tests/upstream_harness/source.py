@@ -70,7 +70,7 @@ def source_unavailable() -> str | None:
     if archive is None:
         return ("the upstream state manager source is not available: set UPSTREAM_GIT_DIR (a git directory "
                 "of exospherehost/exospherehost), UPSTREAM_SRC (an extracted state-manager folder) or "
-                "UPSTREAM_ARCHIVE (a source archive); see README, 'Testing against the real server'")
+                "UPSTREAM_ARCHIVE (a source archive); see the README, section 'The real state manager'")
     return None if archive.is_file() else f"UPSTREAM_ARCHIVE={archive} is not a file"
 
 
