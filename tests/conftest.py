@@ -19,5 +19,16 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
     for path, by_outcome in sorted(counts.items()):
         outcomes = ", ".join(f"{n} {o}" for o, n in sorted(by_outcome.items()))
         terminalreporter.write_line(f"{path}: {outcomes}")
+    measured = [
+        line
+        for report in terminalreporter.stats.get("passed", [])
+        if "upstream" in getattr(report, "keywords", {}) and report.when == "call"
+        for line in report.capstdout.splitlines()
+        if line.strip()
+    ]
+    if measured:
+        terminalreporter.write_line("what they printed (loads, placement, times):")
+        for line in measured:
+            terminalreporter.write_line(f"  {line}")
     total = {o: sum(c.get(o, 0) for c in counts.values()) for o in ("passed", "failed", "error", "skipped")}
     terminalreporter.write_line("total: " + ", ".join(f"{n} {o}" for o, n in total.items()))
