@@ -26,10 +26,6 @@ from exo_otel.sdk.state_context import PolledState, RunInfo, has_payload_run, ru
 from exo_otel.sdk.telemetry import Telemetry
 
 TRACING_ATTRIBUTE = "_exo_otel_tracing"
-# Before the run APIs have answered: their first call is presumed to take what the poll took; a call
-# under way four times that, and a margin for the lookup's own work, shows they are slower.
-FIRST_CONTACT_ROUND_TRIPS: Final = 4
-FIRST_CONTACT_MARGIN_S: Final = 0.01
 
 # The execution the current worker task is in: set when a worker takes a state off the queue,
 # read by the notification wrappers, cleared when the worker marks the task done.
@@ -170,11 +166,10 @@ class RuntimeTracing:
             lookup = self.lookup()
             run = lookup.known(polled.state_id)
             if run is None and deadline.left() > 0:
-                # Before the run APIs' first answer, they are presumed as fast as the state manager
-                # answered the poll that brought the state (the same server): a call under way longer
-                # than a few such round trips shows they are not.
-                unanswered_s = (FIRST_CONTACT_ROUND_TRIPS * self.poll_s + FIRST_CONTACT_MARGIN_S
-                                if self.poll_s is not None else 0.0)
+                # Before the run APIs' first answer nothing shows how fast they are: the first call
+                # may take the whole bound (a failure ends the wait at once). Their first answers'
+                # speed then rules (`_wait_s`). With no timed poll, no wait at all.
+                unanswered_s = None if self.poll_s is not None else 0.0
                 run = await lookup.wait(polled.state_id, deadline.left(), unanswered_s)
             polled = replace(polled, run=run)
         return polled
