@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import upstream_graph as ug
 from exo_otel.core.ids import format_trace_id
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from otlp_receiver import OtlpHttpReceiver
 from upstream_harness import Settings, UpstreamServer, secantus_database, uvicorn_server
-from upstream_side import SIDE_PIP, LoadResult, otel_env, run_load, side_server
+from upstream_side import SIDE_PIP, assert_every_run_whole, otel_env, run_load, side_server
 from upstream_sm import require_upstream
 
 pytestmark = pytest.mark.upstream
@@ -80,16 +79,6 @@ def deployment(
             assert errors == [], f"{server.log}: {errors[:5]}"
 
 
-def _check(result: LoadResult, runs: int) -> None:
-    report = result.report
-    assert report.problems[:5] == []
-    assert report.placed == report.states == runs * ug.STATES_PER_RUN
-    assert report.roots_per_run == {1: runs}
-    assert report.duplicate_span_ids == report.dangling_parents == report.dangling_links == 0
-    assert report.executes_misplaced == 0
-    assert result.proxy_calls.get("run_api", 0) == 0
-
-
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("sdk", [True, False], ids=["sdk-trigger", "http-trigger"])
 @pytest.mark.parametrize("runs", [10, pytest.param(50, marks=pytest.mark.long_load)])
@@ -120,8 +109,8 @@ async def test_every_state_in_its_runs_trace_across_processes(
         f"{baseline.settle_seconds:.1f} s ({result.settle_seconds / baseline.settle_seconds:.1f}x); "
         f"spans complete after settling: {result.spans_seconds:.1f} s / {baseline.spans_seconds:.1f} s"
     )
-    _check(result, runs)
-    _check(baseline, runs)
+    assert_every_run_whole(result, runs)
+    assert_every_run_whole(baseline, runs)
     # Every server process's sweep claimed and emitted some of them (each exactly once: checked above).
     assert None not in emitters
     assert len(emitters) == (4 if name == "workers-4" else 2)

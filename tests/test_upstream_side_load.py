@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from otlp_receiver import OtlpHttpReceiver
-from upstream_side import EXECUTES_PER_RUN, run_load, side_server
+from upstream_side import assert_every_run_whole, run_load, side_server
 from upstream_sm import UpstreamServer, require_upstream
 
 pytestmark = pytest.mark.upstream
@@ -52,12 +52,4 @@ async def test_every_state_in_its_runs_trace(
         f"polls={result.proxy_calls.get('enqueue', 0)} settled in {result.settle_seconds:.1f}s, "
         f"spans complete {result.spans_seconds:.1f}s later"
     )
-    assert report.problems[:5] == []
-    assert report.states == runs * 11
-    assert report.placed == report.states
-    assert report.roots_per_run == {1: runs}
-    assert report.roots_without_status == 0
-    assert report.duplicate_span_ids == 0
-    assert report.dangling_parents == report.dangling_links == 0
-    assert report.executes == runs * EXECUTES_PER_RUN and report.executes_misplaced == 0
-    assert result.proxy_calls.get("run_api", 0) == 0
+    assert_every_run_whole(result, runs)

@@ -169,6 +169,19 @@ class LoadResult:
     spans_seconds: float
 
 
+def assert_every_run_whole(result: LoadResult, runs: int) -> None:
+    """docs/trace-model.md, section "Traces never dangle", for a load of the test graph with the side:
+    every state placed under its run's one root, every execute under its node span, nothing dangling
+    or duplicated, and the runtime asked the run APIs nothing."""
+    report = result.report
+    assert report.problems[:5] == []
+    assert report.placed == report.states == runs * ug.STATES_PER_RUN
+    assert report.roots_per_run == {1: runs} and report.roots_without_status == 0
+    assert report.duplicate_span_ids == report.dangling_parents == report.dangling_links == 0
+    assert report.executes == runs * EXECUTES_PER_RUN and report.executes_misplaced == 0
+    assert result.proxy_calls.get("run_api", 0) == 0
+
+
 def spans_of(run_ids: list[str], *sources: list[Span]) -> list[Span]:
     traces = {format_trace_id(run_id) for run_id in run_ids}
     return [s for source in sources for s in source if s.trace_id in traces]

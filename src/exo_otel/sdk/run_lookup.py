@@ -180,11 +180,9 @@ class RunLookup:
             self._probe_due = True
             self._poke()
 
-    async def wait(self, state_id: str, timeout: float, unanswered_s: float | None = None) -> RunInfo | None:
+    async def wait(self, state_id: str, timeout: float) -> RunInfo | None:
         """The state's run, waiting at most ``timeout`` seconds for the background task to find it; less
-        when a call fails or the lookup has nothing more to ask (then what is known now). With
-        ``unanswered_s``, also less while the run APIs have never answered: the wait ends once a call has
-        been under way that long with no answer yet."""
+        when a call fails or the lookup has nothing more to ask (then what is known now)."""
         info = self.index.known(state_id)
         if info is not None or not self.enabled or timeout <= 0:
             return info
@@ -194,18 +192,10 @@ class RunLookup:
         if future is None:
             future = self._waiting[state_id] = asyncio.get_running_loop().create_future()
         self._poke()
-        deadline = time.monotonic() + timeout
         try:
-            while True:
-                now = time.monotonic()
-                left = deadline - now
-                if unanswered_s is not None and not self.answered:
-                    under_way = now - min(self._in_flight.values(), default=now)
-                    left = min(left, unanswered_s - under_way)
-                if left <= 0:
-                    return self.index.known(state_id)
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(future), left)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return self.index.known(state_id)
         finally:
             if self._waiting.get(state_id) is future:
                 del self._waiting[state_id]

@@ -166,11 +166,9 @@ class RuntimeTracing:
             lookup = self.lookup()
             run = lookup.known(polled.state_id)
             if run is None and deadline.left() > 0:
-                # Before the run APIs' first answer nothing shows how fast they are: the first call
-                # may take the whole bound (a failure ends the wait at once). Their first answers'
-                # speed then rules (`_wait_s`). With no timed poll, no wait at all.
-                unanswered_s = None if self.poll_s is not None else 0.0
-                run = await lookup.wait(polled.state_id, deadline.left(), unanswered_s)
+                # Before the run APIs' first answer the first call may take the whole bound (a failure
+                # ends the wait at once); after it their speed rules (`_wait_s`).
+                run = await lookup.wait(polled.state_id, deadline.left())
             polled = replace(polled, run=run)
         return polled
 
