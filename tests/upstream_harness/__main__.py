@@ -26,7 +26,10 @@ def main() -> None:
     serve.add_argument("--pip", nargs="*", default=[])
     args = parser.parse_args()
     if args.command == "source":
-        print(state_manager_source())
+        try:
+            print(state_manager_source())
+        except RuntimeError as exc:
+            raise SystemExit(f"upstream_harness: {exc}") from None
     elif args.command == "python":
         print(server_python(args.pip))
     elif args.db == "memory":

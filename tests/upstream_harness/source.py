@@ -98,7 +98,14 @@ def state_manager_source() -> Path:
 
 
 def _git(git_dir: str, *args: str) -> bytes:
-    return subprocess.run(["git", "--git-dir", git_dir, *args], capture_output=True, check=True).stdout
+    done = subprocess.run(["git", "--git-dir", git_dir, *args], capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"UPSTREAM_GIT_DIR={git_dir}: git {' '.join(args)} failed ({done.stderr.decode().strip()}); it must "
+            "be a git directory of exospherehost/exospherehost with the tag (UPSTREAM_REV, default "
+            f"{DEFAULT_REV})"
+        )
+    return done.stdout
 
 
 def _extracted(key: str, read_tar: object, find: object = None) -> Path:
