@@ -46,7 +46,7 @@ async def wait_for_spans(exporter: InMemorySpanExporter, run_ids: list[str], tim
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         spans = flatten(exporter.get_finished_spans())
-        roots = sum(1 for s in spans if s.name.startswith("run ") and s.trace_id in traces)
+        roots = sum(1 for s in spans if s.name.startswith("settle ") and s.trace_id in traces)
         executes = sum(1 for s in spans if s.name.startswith("execute ") and s.trace_id in traces)
         if roots >= len(run_ids) and executes >= EXECUTES_PER_RUN * len(run_ids):
             return
@@ -88,7 +88,7 @@ async def test_every_state_in_its_runs_trace_embedded(
     )
     assert report.problems[:5] == []
     assert report.placed == report.states == runs * ug.STATES_PER_RUN
-    assert report.roots_per_run == {1: runs} and report.roots_without_status == 0
+    assert report.roots_per_run == report.outcomes_per_run == {1: runs} and report.outcomes_malformed == 0
     assert report.duplicate_span_ids == report.dangling_parents == report.dangling_links == 0
     assert report.executes == runs * EXECUTES_PER_RUN and report.executes_misplaced == 0
     assert calls.get("run_api", 0) == 0
@@ -126,7 +126,8 @@ async def test_caller_baggage_reaches_every_node_and_a_graph_sampler_gives_whole
         provider.shutdown()
     spans = flatten(exporter.get_finished_spans())
     report = check_runs(spans_of(kept, spans), states_by_run(sm, kept), ug.GRAPH)
-    assert report.placed == report.states == 3 * ug.STATES_PER_RUN and report.roots_per_run == {1: 3}
+    assert report.placed == report.states == 3 * ug.STATES_PER_RUN
+    assert report.roots_per_run == report.outcomes_per_run == {1: 3}
     assert report.executes == 3 * EXECUTES_PER_RUN and sum(s.name.startswith("trigger ") for s in spans) == 3
     assert spans_of(dropped, spans) == []
     assert len(ug.SEEN) == 6 * EXECUTES_PER_RUN

@@ -100,7 +100,7 @@ async def test_every_state_in_its_runs_trace_across_processes(
     emitters = {
         s.process_pid
         for s in receiver.spans()
-        if s.name.startswith(("run ", "node ")) and s.trace_id in traces
+        if s.name.startswith(("settle ", "node ")) and s.trace_id in traces
     }
     print(
         f"\n[{name} on SecantusDB] runs={runs} trigger={'sdk' if sdk else 'http'} {result.report.summary()} "

@@ -165,7 +165,7 @@ async def test_caller_baggage_and_a_graph_sampler_across_processes(
     # Each runtime process counts attempts on its own: a state requeued or retried in the other one
     # may go round once more, so a run may have more than 11 states. All must be placed.
     assert report.placed == report.states >= 5 * ug.STATES_PER_RUN
-    assert report.roots_per_run == {1: 5}
+    assert report.roots_per_run == report.outcomes_per_run == {1: 5}
     assert report.executes >= 5 * EXECUTES_PER_RUN and report.executes_misplaced == 0
     assert services == {"runtime-a", "runtime-b"}
     assert sum(s.name == f"trigger {ug.GRAPH}" for s in spans) == 5
@@ -273,5 +273,6 @@ async def test_a_cron_triggered_run_has_its_root_and_every_node_span(
     report = check_runs(spans, {run_ids[0]: histories}, ug.GRAPH)
     print(f"\n[cron] {report.summary()}")
     assert report.problems[:5] == []
-    assert report.placed == report.states == ug.STATES_PER_RUN and report.roots_per_run == {1: 1}
+    assert report.placed == report.states == ug.STATES_PER_RUN
+    assert report.roots_per_run == report.outcomes_per_run == {1: 1}
     assert report.duplicate_span_ids == report.dangling_parents == report.dangling_links == 0

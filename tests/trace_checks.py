@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from exo_otel.core.ids import format_trace_id, run_span_id, state_span_id
+from exo_otel.core.ids import format_trace_id, outcome_span_id, run_span_id, state_span_id
 from otlp_receiver import Span
 
 
@@ -50,14 +50,17 @@ class RunReport:
     states: int = 0
     placed: int = 0  # node span in the run's trace, parent = the run root
     roots_per_run: Counter[int] = field(default_factory=Counter)
-    roots_without_status: int = 0
+    # The state manager side's outcome span (`settle {graph}`): per run, and those not under the root
+    # or without the run's status.
+    outcomes_per_run: Counter[int] = field(default_factory=Counter)
+    outcomes_malformed: int = 0
     duplicate_span_ids: int = 0
     dangling_parents: int = 0
     dangling_links: int = 0
     executes_misplaced: int = 0
     executes: int = 0
-    # Per run: the root's end minus the last node span's end (how long after settling the root ended).
-    root_lag_ms: list[float] = field(default_factory=list)
+    # Per run: the outcome's end minus the last node span's end (how long after settling it ended).
+    outcome_lag_ms: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -67,16 +70,17 @@ class RunReport:
     def summary(self) -> str:
         return (
             f"runs={self.runs} states={self.states} placed={self.placed_percent:.1f}% "
-            f"roots/run={dict(self.roots_per_run)} duplicate_ids={self.duplicate_span_ids} "
+            f"roots/run={dict(self.roots_per_run)} outcomes/run={dict(self.outcomes_per_run)} "
+            f"duplicate_ids={self.duplicate_span_ids} "
             f"dangling_parents={self.dangling_parents} dangling_links={self.dangling_links} "
             f"executes={self.executes} executes_misplaced={self.executes_misplaced} "
-            f"root_end_after_last_node_ms(p50/max)={self._lag()}"
+            f"outcome_end_after_last_node_ms(p50/max)={self._lag()}"
         )
 
     def _lag(self) -> str:
-        if not self.root_lag_ms:
+        if not self.outcome_lag_ms:
             return "-"
-        lags = sorted(self.root_lag_ms)
+        lags = sorted(self.outcome_lag_ms)
         return f"{lags[len(lags) // 2]:.0f}/{lags[-1]:.0f}"
 
 
@@ -104,12 +108,21 @@ def check_runs(
         root_id = f"{run_span_id(run_id):016x}"
         roots = [s for s in trace if s.name == f"run {graph_name}" and s.span_id == root_id]
         report.roots_per_run[len(roots)] += 1
-        for root in roots:
-            if root.parent_span_id is not None or "exosphere.run.status" not in root.attributes:
-                report.roots_without_status += 1
+        outcome_id = f"{outcome_span_id(run_id):016x}"
+        outcomes = [s for s in trace if s.span_id == outcome_id]
+        report.outcomes_per_run[len(outcomes)] += 1
+        for outcome in outcomes:
+            if (
+                outcome.name != f"settle {graph_name}"
+                or outcome.parent_span_id != root_id
+                or "exosphere.run.status" not in outcome.attributes
+            ):
+                report.outcomes_malformed += 1
+                report.problems.append(f"malformed outcome span of run {run_id}: {outcome}")
         node_ids = {s.span_id: s for s in trace if s.name.startswith("node ")}
-        if len(roots) == 1 and node_ids:
-            report.root_lag_ms.append((roots[0].end_ns - max(n.end_ns for n in node_ids.values())) / 1e6)
+        if len(outcomes) == 1 and node_ids:
+            last_node_end = max(n.end_ns for n in node_ids.values())
+            report.outcome_lag_ms.append((outcomes[0].end_ns - last_node_end) / 1e6)
         for state in states:
             report.states += 1
             node = node_ids.get(f"{state_span_id(state['state_id']):016x}")

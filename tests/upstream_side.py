@@ -176,7 +176,7 @@ def assert_every_run_whole(result: LoadResult, runs: int) -> None:
     report = result.report
     assert report.problems[:5] == []
     assert report.placed == report.states == runs * ug.STATES_PER_RUN
-    assert report.roots_per_run == {1: runs} and report.roots_without_status == 0
+    assert report.roots_per_run == report.outcomes_per_run == {1: runs} and report.outcomes_malformed == 0
     assert report.duplicate_span_ids == report.dangling_parents == report.dangling_links == 0
     assert report.executes == runs * EXECUTES_PER_RUN and report.executes_misplaced == 0
     assert result.proxy_calls.get("run_api", 0) == 0
@@ -210,7 +210,7 @@ async def run_load(
         roots = {format_trace_id(r) for r in run_ids}
 
         def complete() -> bool:
-            server_roots = sum(1 for s in rx.spans() if s.name.startswith("run ") and s.trace_id in roots)
+            server_roots = sum(1 for s in rx.spans() if s.name.startswith("settle ") and s.trace_id in roots)
             executes = sum(
                 1
                 for s in flatten(exporter.get_finished_spans())

@@ -100,8 +100,9 @@ def state_manager_source() -> Path:
 def _git(git_dir: str, *args: str) -> bytes:
     done = subprocess.run(["git", "--git-dir", git_dir, *args], capture_output=True)
     if done.returncode != 0:
+        reason = done.stderr.decode().strip()
         raise RuntimeError(
-            f"UPSTREAM_GIT_DIR={git_dir}: git {' '.join(args)} failed ({done.stderr.decode().strip()}); it must "
+            f"UPSTREAM_GIT_DIR={git_dir}: git {' '.join(args)} failed ({reason}); it must "
             "be a git directory of exospherehost/exospherehost with the tag (UPSTREAM_REV, default "
             f"{DEFAULT_REV})"
         )

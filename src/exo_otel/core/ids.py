@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
 RUN_KIND: Final = "exosphere.run"
 STATE_KIND: Final = "exosphere.state"
+OUTCOME_KIND: Final = "exosphere.run-outcome"
 STATE_TRACE_PREFIX: Final = "exosphere.state-trace:"
 _NON_UUID_PREFIX: Final = "exosphere.run-id:"
 _MASK_128: Final = (1 << 128) - 1
@@ -27,8 +28,13 @@ def h64(kind: str, value: str) -> int:
 
 
 def run_span_id(run_id: str) -> int:
-    """Span id of a run's root (trigger) span."""
+    """Span id of a run's root: the state manager side's ``run`` span, else the client's ``trigger``."""
     return h64(RUN_KIND, run_id)
+
+
+def outcome_span_id(run_id: str) -> int:
+    """Span id of a run's outcome span (``settle``, state manager side)."""
+    return h64(OUTCOME_KIND, run_id)
 
 
 def state_span_id(state_id: str) -> int:

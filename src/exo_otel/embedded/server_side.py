@@ -62,7 +62,7 @@ class MemoryRunStore:
         self.claims: set[str] = set()
 
     async def save_run(self, run: RunContext) -> None:
-        self.runs[run.run_id] = {"run": run, "ready": False, "open": True, "dequeued": {}}
+        self.runs[run.run_id] = {"run": run, "ready": False, "open": True}
 
     async def mark_ready(self, run_id: str) -> None:
         self.runs[run_id]["ready"] = True
@@ -72,11 +72,6 @@ class MemoryRunStore:
 
     async def load_runs(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
         return {r: self.runs[r]["run"] for r in run_ids if r in self.runs}
-
-    async def note_dequeued(self, taken: Sequence[tuple[str, str, int]]) -> None:
-        for run_id, state_id, t_ns in taken:
-            if run_id in self.runs:
-                self.runs[run_id]["dequeued"].setdefault(state_id, t_ns)
 
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         token = uuid.uuid4().hex
@@ -103,11 +98,8 @@ class MemoryRunStore:
         with self.db.lock:
             states = {r: [_record(s) for s in self.db.run_states.get(r, [])] for r in run_ids}
         run_of = {s.state_id: r for r, records in states.items() for s in records}
-        notes: dict[str, RunNotes] = {}
+        notes: dict[str, RunNotes] = {run_id: RunNotes() for run_id in run_ids}
         now = time.time_ns()
-        for run_id in run_ids:
-            entry = self.runs[run_id]
-            notes[run_id] = RunNotes(dequeued_ns=dict(entry["dequeued"]))
         for token in tokens:
             owner = next((run_of[s] for s in token["ids"] if s in run_of), None)
             if owner is None:
@@ -128,10 +120,10 @@ class MemoryRunStore:
         self.claims |= won
         return {key.removeprefix("node:") for key in won}
 
-    async def claim_roots(self, run_ids: Sequence[str]) -> set[str]:
-        won = {f"root:{r}" for r in run_ids} - self.claims
+    async def claim_outcomes(self, run_ids: Sequence[str]) -> set[str]:
+        won = {f"outcome:{r}" for r in run_ids} - self.claims
         self.claims |= won
-        return {key.removeprefix("root:") for key in won}
+        return {key.removeprefix("outcome:") for key in won}
 
     async def close_runs(self, run_ids: Sequence[str], state_ids: Sequence[str]) -> None:
         for run_id in run_ids:

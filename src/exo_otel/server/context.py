@@ -1,6 +1,6 @@
 """A run's context on the state manager side: what is decided once at trigger time and carried to every state.
 
-The run root is ``run {graph_name}``: trace id ``trace_id_for_run(run_id)``, span id
+The run root is ``run {graph_name}`` (PRODUCER): trace id ``trace_id_for_run(run_id)``, span id
 ``h64("exosphere.run", run_id)``, sampled as the server's sampler decided when the run started.
 The caller's baggage (from the trigger request's W3C headers) travels with it.
 """
@@ -29,6 +29,10 @@ NODE_SPANS_SERVER: Final = "server"
 
 def root_name(graph_name: str) -> str:
     return f"run {graph_name}".rstrip()
+
+
+def outcome_name(graph_name: str) -> str:
+    return f"settle {graph_name}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def new_run_context(
             None,
             trace_id_for_run(run_id),
             root_name(graph_name),
-            SpanKind.INTERNAL,
+            SpanKind.PRODUCER,
             {attr.NAMESPACE: namespace, attr.GRAPH_NAME: graph_name, attr.RUN_ID: run_id},
         )
         sampled = result.decision is Decision.RECORD_AND_SAMPLE

@@ -58,7 +58,6 @@ class MongoRunStore:
             **run.to_document(),
             "ready": False,
             "open": True,
-            "dequeued": {},
         }
         await self._runs().insert_one(document)
 
@@ -72,15 +71,8 @@ class MongoRunStore:
         wanted = sorted(set(run_ids))
         if not wanted:
             return {}
-        found = await self._runs().find({"_id": {"$in": wanted}}, {"dequeued": 0}).to_list(None)
+        found = await self._runs().find({"_id": {"$in": wanted}}).to_list(None)
         return {str(doc["_id"]): RunContext.from_document(doc) for doc in found}
-
-    async def note_dequeued(self, taken: Sequence[tuple[str, str, int]]) -> None:
-        by_run: dict[str, dict[str, int]] = {}
-        for run_id, state_id, t_ns in taken:
-            by_run.setdefault(run_id, {})[f"dequeued.{state_id}"] = t_ns
-        for run_id, fields in by_run.items():
-            await self._runs().update_one({"_id": run_id}, {"$min": fields})
 
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         result = await self._notes().insert_one(
@@ -106,7 +98,7 @@ class MongoRunStore:
         await self._runs().update_one({"_id": run_id}, {"$set": {"open": True}})
 
     async def open_runs(self, limit: int) -> list[RunContext]:
-        cursor = self._runs().find({"ready": True, "open": True}, {"dequeued": 0})
+        cursor = self._runs().find({"ready": True, "open": True})
         found = await cursor.sort("start_ns", 1).limit(limit).to_list(None)
         return [RunContext.from_document(doc) for doc in found]
 
@@ -114,7 +106,6 @@ class MongoRunStore:
         self, run_ids: Sequence[str]
     ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
         # Notes first, states after (see RunStore.run_records).
-        runs = await self._runs().find({"_id": {"$in": list(run_ids)}}, {"dequeued": 1}).to_list(None)
         raw_notes = await self._notes().find({}).to_list(None)
         found = await self._states().find({"run_id": {"$in": list(run_ids)}}, _STATE_FIELDS).to_list(None)
         states: dict[str, list[StateRecord]] = {run_id: [] for run_id in run_ids}
@@ -123,9 +114,6 @@ class MongoRunStore:
             states.setdefault(record.run_id, []).append(record)
         run_of = {state.state_id: run_id for run_id, records in states.items() for state in records}
         notes = {run_id: RunNotes() for run_id in states}
-        for doc in runs:
-            run_notes = notes.setdefault(str(doc["_id"]), RunNotes())
-            run_notes.dequeued_ns = {str(k): int(v) for k, v in (doc.get("dequeued") or {}).items()}
         now = time.time_ns()
         for note in raw_notes:
             _apply_note(note, run_of, notes, now)
@@ -154,9 +142,9 @@ class MongoRunStore:
         won = await self._claim([f"node:{state_id}" for state_id in state_ids])
         return {key.removeprefix("node:") for key in won}
 
-    async def claim_roots(self, run_ids: Sequence[str]) -> set[str]:
-        won = await self._claim([f"root:{run_id}" for run_id in run_ids])
-        return {key.removeprefix("root:") for key in won}
+    async def claim_outcomes(self, run_ids: Sequence[str]) -> set[str]:
+        won = await self._claim([f"outcome:{run_id}" for run_id in run_ids])
+        return {key.removeprefix("outcome:") for key in won}
 
     async def close_runs(self, run_ids: Sequence[str], state_ids: Sequence[str]) -> None:
         await self._runs().update_many({"_id": {"$in": list(run_ids)}}, {"$set": {"open": False}})

@@ -81,7 +81,6 @@ class StateRecord:
 class RunNotes:
     """What the hooks noted about a run's states, beyond the states themselves."""
 
-    dequeued_ns: dict[str, int] = field(default_factory=dict)
     requeues: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # state: [(t_ns, delay_ms)]
     copy_of: dict[str, str] = field(default_factory=dict)  # fan-out copy: its original
     final_ns: dict[str, int] = field(default_factory=dict)  # fan-out copy: when it became final

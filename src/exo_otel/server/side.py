@@ -17,8 +17,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import Sampler
 
 from exo_otel.core import attributes as attr
+from exo_otel.core.spans import guard
 from exo_otel.server.context import RunContext, enqueue_extension, new_run_context
-from exo_otel.server.spans import ServerMetrics
+from exo_otel.server.spans import ServerMetrics, emit_run_root
 from exo_otel.server.store import RunStore
 from exo_otel.server.sweeper import Sweeper
 
@@ -69,7 +70,12 @@ class ServerSide:
         return run
 
     async def run_started(self, run: RunContext) -> None:
-        """The trigger completed: the run may settle from now on."""
+        """The trigger completed: the run's root is emitted now, and the run may settle from now on.
+
+        Only the process handling the trigger gets here, once per run: the root needs no claim.
+        """
+        with guard("emitting a run's root"):
+            emit_run_root(self.tracer, run, time.time_ns())
         await self.store.mark_ready(run.run_id)
         self.sweeper.nudge()
 
@@ -95,7 +101,6 @@ class ServerSide:
             return {}
         now = time.time_ns()
         runs = await self.contexts(state.run_id for state in taken)
-        await self.store.note_dequeued([(s.run_id, s.state_id, now) for s in taken if s.run_id in runs])
         extensions: dict[str, dict[str, Any]] = {}
         for state in taken:
             run = runs.get(state.run_id)

@@ -1,7 +1,9 @@
-"""The state manager side's spans: each state's ``node {identifier}`` and the run's ``run {graph_name}``.
+"""The state manager side's spans: the run's root ``run {graph_name}``, each state's ``node {identifier}``
+and the run's outcome ``settle {graph_name}``.
 
-Both are made once the thing they describe is over (their start is backdated), with the decision the
-server's sampler made when the run started (`exo_otel.server.sampling`).
+The root is made when the trigger is handled, so a run is visible from its first second; node spans
+and the outcome once what they describe is over (their start is backdated). All with the decision
+the server's sampler made when the run started (`exo_otel.server.sampling`).
 """
 
 from __future__ import annotations
@@ -16,19 +18,17 @@ from opentelemetry.metrics import Histogram, Meter
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from exo_otel.core import attributes as attr
-from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
-from exo_otel.core.spans import start_span
-from exo_otel.server.context import RunContext, root_name
+from exo_otel.core.ids import outcome_span_id, run_span_id, state_span_id, trace_id_for_run
+from exo_otel.core.spans import end_span, start_span
+from exo_otel.server.context import RunContext, outcome_name, root_name
 from exo_otel.server.records import OUTCOME_BY_STATUS, RunNotes, StateRecord, run_outcome
 from exo_otel.server.sampling import stored_decision
 
 RUN_STATUS: Final = "exosphere.run.status"
 RUN_STATES_PREFIX: Final = "exosphere.run.states."
 STATE_STATUS: Final = "exosphere.state.status"
-# The queue wait split: waiting for the state's enqueue_after, then waiting for a runtime to take it.
+# How long the state waited for its enqueue_after before any runtime could take it (when it did).
 STATE_SCHEDULE_WAIT_MS: Final = "exosphere.state.schedule_wait_ms"
-STATE_RUNTIME_WAIT_MS: Final = "exosphere.state.runtime_wait_ms"
-EVENT_DEQUEUED: Final = "exosphere.dequeued"
 LINK_RETRY_OF: Final = "exosphere.link.retry_of"
 
 RUN_DURATION: Final = "exosphere.run.duration"
@@ -66,9 +66,10 @@ def _remote(trace_id: int, span_id: int, sampled: bool) -> SpanContext:
     return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
 
 
-def _state_link(run: RunContext, state_id: str, **extra: Any) -> Link:
+def _state_link(run: RunContext, state_id: str, **marker: Any) -> Link:
+    # No state id on the link: the span it names carries it (spans sized for big runs).
     context = _remote(trace_id_for_run(run.run_id), state_span_id(state_id), run.sampled)
-    return Link(context, {attr.STATE_ID: state_id, **extra})
+    return Link(context, marker or None)
 
 
 def retried_state(state: StateRecord, by_id: Mapping[str, StateRecord], notes: RunNotes) -> str | None:
@@ -103,17 +104,17 @@ def emit_node_span(
     end = notes.final_ns.get(state.state_id) if original is not None else None
     end = max(end or state.updated_ns, start)
     outcome = OUTCOME_BY_STATUS.get(state.status, state.status.lower())
+    # What the trace says already is not repeated: the run (trace id), its namespace and graph (the
+    # root), the identifier (the span's name). See docs/trace-model.md, section "Attributes".
     attributes: dict[str, Any] = {
-        attr.NAMESPACE: run.namespace,
-        attr.GRAPH_NAME: run.graph_name,
-        attr.RUN_ID: run.run_id,
-        attr.NODE_NAME: state.node_name,
-        attr.NODE_IDENTIFIER: state.identifier,
         attr.STATE_ID: state.state_id,
+        attr.NODE_NAME: state.node_name,
         attr.STATE_OUTCOME: outcome,
-        STATE_STATUS: state.status,
-        attr.STATE_RETRY_COUNT: state.retry_count,
     }
+    if state.retry_count:
+        attributes[attr.STATE_RETRY_COUNT] = state.retry_count
+    if outcome == attr.OUTCOME_ERRORED:
+        attributes[STATE_STATUS] = state.status  # which failure: ERRORED, RETRY_CREATED, NEXT_CREATED_ERROR
     links: list[Link] = []
     if state.parent_ids and state.parent_ids[-1] in by_id:
         links.append(_state_link(run, state.parent_ids[-1]))
@@ -123,12 +124,9 @@ def emit_node_span(
     retried = retried_state(state, by_id, notes)
     if retried is not None and retried in by_id:
         links.append(_state_link(run, retried, **{LINK_RETRY_OF: True}))
-    dequeued = notes.dequeued_ns.get(state.state_id)
-    if dequeued is not None:
-        ready = max(state.created_ns, (state.enqueue_after_ms or 0) * 1_000_000)
-        attributes[attr.STATE_QUEUE_WAIT_MS] = max(0, dequeued - state.created_ns) / 1e6
-        attributes[STATE_SCHEDULE_WAIT_MS] = max(0, ready - state.created_ns) / 1e6
-        attributes[STATE_RUNTIME_WAIT_MS] = max(0, dequeued - ready) / 1e6
+    due_ns = (state.enqueue_after_ms or 0) * 1_000_000
+    if due_ns > state.created_ns:
+        attributes[STATE_SCHEDULE_WAIT_MS] = (due_ns - state.created_ns) / 1e6
     parent = trace.set_span_in_context(trace.NonRecordingSpan(run.root_span_context()), Context())
     with stored_decision(run.sampled):
         span = start_span(
@@ -140,8 +138,6 @@ def emit_node_span(
             attributes=attributes,
             links=links,
         )
-    if dequeued is not None:
-        span.add_event(EVENT_DEQUEUED, timestamp=max(dequeued, start))
     for when, delay_ms in notes.requeues.get(state.state_id, []):
         span.add_event(
             attr.EVENT_REQUEUED, {attr.EVENT_REQUEUE_DELAY_MS: delay_ms}, timestamp=max(when, start)
@@ -149,32 +145,49 @@ def emit_node_span(
     if outcome == attr.OUTCOME_PRUNED:
         span.add_event(attr.EVENT_PRUNED, timestamp=end)
     if outcome == attr.OUTCOME_ERRORED:
-        span.set_attribute(attr.ERROR_TYPE, "_OTHER")
+        span.set_attribute(attr.ERROR_TYPE, attr.ERROR_TYPE_OTHER)
         span.set_status(Status(StatusCode.ERROR, f"state {state.status}"))
-    span.end(end)
+    end_span(span, end)
 
 
-def emit_run_root(
+def _run_attributes(run: RunContext) -> dict[str, Any]:
+    return {attr.NAMESPACE: run.namespace, attr.GRAPH_NAME: run.graph_name, attr.RUN_ID: run.run_id}
+
+
+def emit_run_root(tracer: trace.Tracer, run: RunContext, end_ns: int) -> None:
+    """The run's root, ``run {graph_name}`` (PRODUCER: the run's states are the messages it sends to
+    the node queues): from the trigger's start to the trigger handled, exported at once, so every
+    span of the run has its parent from the run's first second. Links to the caller's span."""
+    if not run.sampled:
+        return
+    links = []
+    if run.caller_trace_id and run.caller_span_id:
+        links.append(Link(_remote(run.caller_trace_id, run.caller_span_id, True)))
+    with stored_decision(True):
+        span = start_span(
+            tracer,
+            root_name(run.graph_name),
+            kind=SpanKind.PRODUCER,
+            context=Context(),
+            trace_id=trace_id_for_run(run.run_id),
+            span_id=run_span_id(run.run_id),
+            start_time=run.start_ns,
+            attributes=_run_attributes(run),
+            links=links,
+        )
+    end_span(span, max(end_ns, run.start_ns))
+
+
+def emit_run_outcome(
     tracer: trace.Tracer,
     metrics: ServerMetrics | None,
     run: RunContext,
     states: list[StateRecord],
     end_ns: int,
 ) -> None:
-    """The run's root span, ``run {graph_name}``: from the trigger to now, status and state counts."""
+    """The run's outcome, ``settle {graph_name}``, under the root: from the trigger to the run settled
+    (its duration is the run's), with the run's status and its states by final status."""
     status, counts = run_outcome(states)
-    attributes: dict[str, Any] = {
-        attr.NAMESPACE: run.namespace,
-        attr.GRAPH_NAME: run.graph_name,
-        attr.RUN_ID: run.run_id,
-        RUN_STATUS: status,
-        RUN_STATES_PREFIX + "total": len(states),
-    }
-    for name, count in counts.items():
-        attributes[RUN_STATES_PREFIX + name.lower()] = count
-    links = []
-    if run.caller_trace_id and run.caller_span_id:
-        links.append(Link(_remote(run.caller_trace_id, run.caller_span_id, True)))
     end = max(end_ns, run.start_ns, *(s.updated_ns for s in states))
     if metrics is not None:
         metrics.run_duration.record(
@@ -183,19 +196,24 @@ def emit_run_root(
         )
     if not run.sampled:
         return
+    attributes: dict[str, Any] = {
+        **_run_attributes(run),
+        RUN_STATUS: status,
+        RUN_STATES_PREFIX + "total": len(states),
+    }
+    for name, count in counts.items():
+        attributes[RUN_STATES_PREFIX + name.lower()] = count
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(run.root_span_context()), Context())
     with stored_decision(True):
         span = start_span(
             tracer,
-            root_name(run.graph_name),
-            kind=SpanKind.INTERNAL,
-            context=Context(),
-            trace_id=trace_id_for_run(run.run_id),
-            span_id=run_span_id(run.run_id),
+            outcome_name(run.graph_name),
+            context=parent,
+            span_id=outcome_span_id(run.run_id),
             start_time=run.start_ns,
             attributes=attributes,
-            links=links,
         )
     if status == "FAILED":
-        span.set_attribute(attr.ERROR_TYPE, "_OTHER")
+        span.set_attribute(attr.ERROR_TYPE, attr.ERROR_TYPE_OTHER)
         span.set_status(Status(StatusCode.ERROR, "run failed"))
-    span.end(end)
+    end_span(span, end)

@@ -29,9 +29,6 @@ class RunStore(Protocol):
     async def load_runs(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
         """The contexts of these runs (those that have one)."""
 
-    async def note_dequeued(self, taken: Sequence[tuple[str, str, int]]) -> None:
-        """States a runtime took: (run_id, state_id, t_ns); the first time counts."""
-
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         """Next states are being created after these states (the first is the original, the rest
         its fan-out copies): their runs cannot settle until `end_next_states`. Returns a token."""
@@ -61,8 +58,8 @@ class RunStore(Protocol):
     async def claim_nodes(self, state_ids: Sequence[str]) -> set[str]:
         """Atomically claim these states' node spans (any runs, in one go); returns those this caller won."""
 
-    async def claim_roots(self, run_ids: Sequence[str]) -> set[str]:
-        """Atomically claim these runs' roots (once ever each); returns those this caller won."""
+    async def claim_outcomes(self, run_ids: Sequence[str]) -> set[str]:
+        """Atomically claim these runs' outcome spans (once ever each); returns those this caller won."""
 
     async def close_runs(self, run_ids: Sequence[str], state_ids: Sequence[str]) -> None:
         """These runs are settled and their spans emitted: stop sweeping them, drop their notes."""

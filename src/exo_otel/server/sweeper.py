@@ -19,8 +19,8 @@ from opentelemetry import trace
 
 from exo_otel.core.spans import guard
 from exo_otel.server.context import RunContext
-from exo_otel.server.records import RunNotes, is_settled
-from exo_otel.server.spans import ServerMetrics, emit_node_span, emit_run_root
+from exo_otel.server.records import RunNotes, StateRecord, is_settled
+from exo_otel.server.spans import ServerMetrics, emit_node_span, emit_run_outcome
 from exo_otel.server.store import RunStore
 
 _logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class SweepStats:
     passes: int = 0
     seconds: float = 0.0
     node_spans: int = 0
-    roots: int = 0
+    outcomes: int = 0
     errors: int = 0
 
 
@@ -118,21 +118,24 @@ class Sweeper:
         won = await self.store.claim_nodes(finished) if finished else set()
         # Lost claims are another process's spans: not tried again while the run is open.
         self._attempted.update(finished)
+        states_by_run: dict[str, dict[str, StateRecord]] = {}
         for state_id in won:
             state = by_id[state_id]
             run = by_run[state.run_id]
             if run.sampled:
                 with guard("emitting a node span"):
-                    run_states = {s.state_id: s for s in states[state.run_id]}
+                    run_states = states_by_run.get(run.run_id)
+                    if run_states is None:
+                        run_states = states_by_run[run.run_id] = {s.state_id: s for s in states[run.run_id]}
                     emit_node_span(self.tracer, run, state, run_states, notes.get(state.run_id) or RunNotes())
                     self.stats.node_spans += 1
         settled = [r for r in by_run if is_settled(states.get(r, []), notes.get(r) or RunNotes())]
         if not settled:
             return
-        for run_id in await self.store.claim_roots(settled):
-            with guard("emitting a run root"):
-                emit_run_root(self.tracer, self.metrics, by_run[run_id], states[run_id], time.time_ns())
-                self.stats.roots += 1
+        for run_id in await self.store.claim_outcomes(settled):
+            with guard("emitting a run's outcome"):
+                emit_run_outcome(self.tracer, self.metrics, by_run[run_id], states[run_id], time.time_ns())
+                self.stats.outcomes += 1
         closed_states = [s.state_id for r in settled for s in states.get(r, [])]
         await self.store.close_runs(settled, closed_states)
         self._attempted.difference_update(closed_states)
