@@ -351,6 +351,65 @@ def test_run_lookup(dashboard: dict[str, Any]) -> None:
     assert '{ span.exosphere.run.id = "$run_id" }' in traceql
 
 
+def _service_names(services: dict[str, Any]) -> dict[str, str]:
+    """Compose service -> its OTEL_SERVICE_NAME, for the services that have one."""
+    names = {}
+    for name, service in services.items():
+        environment = service.get("environment") or {}
+        if isinstance(environment, list):
+            environment = dict(item.split("=", 1) for item in environment if "=" in item)
+        if "OTEL_SERVICE_NAME" in environment:
+            names[name] = str(environment["OTEL_SERVICE_NAME"])
+    return names
+
+
+def test_trace_links_name_the_spans_and_attributes_the_run_has(
+    dashboard: dict[str, Any], services: dict[str, Any]
+) -> None:
+    """Every TraceQL query and Jaeger search of the dashboard names spans the stack emits (the state
+    manager side is loaded: root `run {graph}`, outcome `settle {graph}`), and attributes of the span
+    it must match; a query on a run's status names the outcome span, never the root. (What they
+    select is checked against real runs by tests/test_find_a_run.py.)"""
+    from exo_otel.core import attributes
+    from exo_otel.server import spans
+    from exo_otel.server.context import outcome_name, root_name
+    from test_find_a_run import dashboard_trace_queries, parse_traceql
+
+    graph = "score-batch"
+    names = {"run": root_name(graph), "settle": outcome_name(graph), "node": "node fetch",
+             "execute": "execute FetchBatch", "trigger": f"trigger {graph}"}
+    known = {v for m in (attributes, spans) for v in vars(m).values() if isinstance(v, str)}
+    # What the run's root and outcome carry: a Jaeger search of the state manager matches those.
+    run_keys = {attributes.NAMESPACE, attributes.GRAPH_NAME, attributes.RUN_ID, spans.RUN_STATUS}
+    state_manager = _service_names(services)["state-manager"]
+    queries = dashboard_trace_queries(dashboard)
+    assert {q.traceql is not None for q in queries} == {True, False}  # both kinds are there
+    for query in queries:
+        if query.jaeger is not None:
+            assert query.jaeger.service == state_manager, query  # where run and settle come from
+            assert query.jaeger.operation in (None, names["run"], names["settle"]), query
+            assert {key for key, _ in query.jaeger.tags} <= run_keys, query
+            continue
+        assert query.traceql is not None
+        conditions = parse_traceql(query.traceql.replace("$run_id", "9d2c6f0e-3b1a-4c5d-8e7f-001122334455"))
+        matched = set(names)
+        for condition in conditions:
+            if condition.field == "name":
+                test = re.fullmatch if condition.op == "=~" else str.__eq__
+                matched = {kind for kind in matched if test(condition.value, names[kind])}
+                assert matched, query  # the name matches a span the stack emits
+            elif condition.field.startswith("span."):
+                key = condition.field.removeprefix("span.")
+                assert key in known or key.startswith(spans.RUN_STATES_PREFIX), query
+        # A run's status is on its outcome span (the root is emitted before the run has one): a query
+        # on the span status must pick the outcome by name; one on exosphere.run.status may not exclude it.
+        fields = {c.field for c in conditions}
+        if "status" in fields:
+            assert matched == {"settle"}, query
+        if f"span.{spans.RUN_STATUS}" in fields:
+            assert "settle" in matched, query
+
+
 def test_queries_use_only_exo_otel_series() -> None:
     for title, expr in dashboard_queries():
         if (title, expr) in COLLECTOR_OR_TEMPO_ONLY_QUERIES:

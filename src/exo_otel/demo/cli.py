@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
                       help="bound on each wait of the demo (default 30)")
+    demo.add_argument(
+        "--server-side", action="store_true",
+        help="load exo_otel's state manager side into the embedded state manager, as in production: "
+        "the server emits each run's root (run GRAPH), its outcome (settle GRAPH) and the node spans",
+    )
     serve = _command(
         commands, "state-manager", "serve the embedded, in-memory state manager",
         "The upstream state manager's HTTP API, in memory, until Ctrl-C. It prints the settings a runtime "
@@ -173,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_demo(
         DemoOptions(
             runs=args.runs, hold_s=args.hold, interval_s=args.interval, prometheus=args.prometheus,
-            timeout_s=args.timeout,
+            timeout_s=args.timeout, server_side=args.server_side,
         )
     )
 

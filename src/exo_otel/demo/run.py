@@ -1,9 +1,13 @@
 """`exo-otel demo`: run the demo graph, instrumented, on the embedded state manager; print each run's trace.
 
 Everything runs in this process: the embedded state manager, an exospherehost Runtime and the
-trigger side. Spans are kept in memory for the terminal waterfall; with ``OTEL_EXPORTER_OTLP_ENDPOINT``
-set they (and the metrics) are also exported over OTLP, and with ``OTEL_METRICS_EXPORTER=prometheus``
-the metrics are served for a Prometheus scraper.
+trigger side. With ``server_side`` the embedded state manager runs exo_otel's state manager side (the
+set-up the README recommends): the server emits each run's root ``run {graph}``, its outcome
+``settle {graph}`` and the ``node`` spans, the runtime the ``execute`` spans, and the client's
+``trigger`` span is a child of ``run``. Without it the ``trigger`` span is the root and the runtime
+emits the ``node`` spans too. Spans are kept in memory for the terminal waterfall; with
+``OTEL_EXPORTER_OTLP_ENDPOINT`` set they (and the metrics) are also exported over OTLP, and with
+``OTEL_METRICS_EXPORTER=prometheus`` the metrics are served for a Prometheus scraper.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Final
 
 from exospherehost import Runtime, StateManager
 
-from exo_otel.core.ids import run_span_id, state_span_id
+from exo_otel.core.ids import outcome_span_id, run_span_id, state_span_id
 from exo_otel.demo.graph import (
     FAILURE_TEXT,
     GRAPH_NAME,
@@ -37,6 +41,7 @@ from exo_otel.demo.telemetry import DemoTelemetry, TelemetryError
 from exo_otel.demo.waterfall import render_waterfall
 from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel.server.spans import RUN_STATUS
 
 RUNTIME_NAME: Final = "exo-otel-demo"
 POLL_INTERVAL_S: Final = 0.05
@@ -60,6 +65,7 @@ class DemoOptions:
         interval_s: pause between two triggers (spreads the runs over several metric scrapes).
         prometheus: serve metrics for Prometheus; None reads ``OTEL_METRICS_EXPORTER``.
         timeout_s: bound on each wait.
+        server_side: run the embedded state manager with exo_otel's state manager side.
     """
 
     runs: int = DEFAULT_RUNS
@@ -67,6 +73,7 @@ class DemoOptions:
     interval_s: float = 0.0
     prometheus: bool | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    server_side: bool = False
 
 
 class DemoError(Exception):
@@ -93,14 +100,33 @@ async def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> An
     return result
 
 
-def _spans_complete(telemetry: DemoTelemetry, sm: EmbeddedStateManager, run_id: str) -> bool:
-    """True once the trigger span and the node span of every state a runtime executed have ended.
+def _spans_complete(
+    telemetry: DemoTelemetry, sm: EmbeddedStateManager, run_id: str, server_side: bool
+) -> bool:
+    """True once the run's root and the node span of every state a runtime executed have ended, and,
+    with the state manager side, the run's outcome (``settle``) and every state's node span.
 
-    Fan-out copies of a state were never queued (no runtime executed them), so they are not awaited.
+    The root's span id is the run's either way: the trigger's, or the server's ``run``. Without the
+    side, fan-out copies of a state were never queued (no runtime executed them), so they are not
+    awaited; the side emits them with the rest, and the outcome once the run has settled.
     """
     ended = {span.context.span_id for span in telemetry.run_spans(run_id) if span.context is not None}
-    executed = (s for s in sm.states(run_id) if any(c.status == "QUEUED" for c in s.history))
-    return {run_span_id(run_id)} | {state_span_id(state.id) for state in executed} <= ended
+    states = sm.states(run_id)
+    if server_side:
+        expected = {run_span_id(run_id), outcome_span_id(run_id)} | {state_span_id(s.id) for s in states}
+    else:
+        executed = (s for s in states if any(c.status == "QUEUED" for c in s.history))
+        expected = {run_span_id(run_id)} | {state_span_id(state.id) for state in executed}
+    return expected <= ended
+
+
+def _traced_status(telemetry: DemoTelemetry, run_id: str) -> str | None:
+    """The run's status as its trace says it: the ``settle`` span's ``exosphere.run.status``."""
+    for span in telemetry.run_spans(run_id):
+        if span.context is not None and span.context.span_id == outcome_span_id(run_id) and span.attributes:
+            status = span.attributes.get(RUN_STATUS)  # SUCCESS or FAILED
+            return str(status) if status is not None else None
+    return None
 
 
 def _settled(telemetry: DemoTelemetry, quiet_s: float = 0.1) -> Callable[[], bool]:
@@ -160,7 +186,9 @@ def _report(telemetry: DemoTelemetry, finished: list[tuple[_Run, str]]) -> None:
         _say(f"run {run.index}")
         _say(f"  run id:     {run.run_id}")
         _say(f"  trace id:   {links.trace_id}")
-        _say(f"  run status: {status}")
+        # As the trace says it (the settle span, with the state manager side), which is what a
+        # backend shows; the state manager's own answer when the trace has no outcome.
+        _say(f"  run status: {_traced_status(telemetry, run.run_id) or status}")
         if telemetry.exports_spans:  # links only where the spans went
             _say(f"  jaeger:     {links.jaeger}")
             _say(f"  grafana:    {links.grafana}")
@@ -185,8 +213,15 @@ async def _hold(seconds: float) -> None:
 
 
 async def _demo(options: DemoOptions, telemetry: DemoTelemetry) -> int:
-    async with EmbeddedStateManager(expose_run_context=True) as sm:
+    async with EmbeddedStateManager(
+        expose_run_context=not options.server_side,
+        server_side=options.server_side,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+    ) as sm:
         _say(f"embedded state manager on {sm.uri}")
+        if options.server_side:
+            _say("  with exo_otel's state manager side: the server emits the run, settle and node spans")
         runtime = Runtime(
             namespace=NAMESPACE,
             name=RUNTIME_NAME,
@@ -208,8 +243,8 @@ async def _demo(options: DemoOptions, telemetry: DemoTelemetry) -> int:
             finished = await _trigger_and_wait(options, sm)
             for run, _status in finished:
                 run_id = run.run_id
-                await _wait(functools.partial(_spans_complete, telemetry, sm, run_id), options.timeout_s,
-                            f"the spans of run {run_id}")
+                complete = functools.partial(_spans_complete, telemetry, sm, run_id, options.server_side)
+                await _wait(complete, options.timeout_s, f"the spans of run {run_id}")
             # Spans the instrumentation makes besides the awaited ones (fan-out copies) end within
             # moments of them: wait until nothing new arrives for a little while.
             await _wait(_settled(telemetry), options.timeout_s, "the spans to settle")

@@ -1,4 +1,10 @@
-"""A terminal waterfall of one trace: indented spans on a shared time axis, errors and retries marked."""
+"""A terminal waterfall of one trace: indented spans on a shared time axis, errors and retries marked.
+
+With the state manager side a run's trace is ``run {graph}`` (the root), the client's ``trigger``,
+the ``node`` spans and the run's outcome ``settle {graph}`` under it, and ``execute`` spans under the
+nodes; without it the root is ``trigger {graph}``. Both draw the same way: children under their
+parent in start order, the outcome last among its siblings.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,12 @@ BAR: Final = "█"
 ERROR_MARK: Final = "✗"
 RETRY_COUNT: Final = "exosphere.state.retry_count"
 FANOUT_OF: Final = "exosphere.state.fanout_of"
+ERROR_TYPE: Final = "error.type"
+ERROR_TYPE_OTHER: Final = "_OTHER"
+# What the state manager side says of a failure it saw no exception for (error.type _OTHER).
+STATE_STATUS: Final = "exosphere.state.status"
+RUN_STATUS: Final = "exosphere.run.status"
+OUTCOME_PREFIX: Final = "settle "
 
 
 def retry_numbers(spans: Sequence[ReadableSpan]) -> dict[int, int]:
@@ -61,18 +73,13 @@ def render_waterfall(spans: Sequence[ReadableSpan], width: int = 40, label_width
     lines = [f"{'span':<{label_width}} {'0':<{width // 2}}{_ms(total):>{width - width // 2}}  duration"]
 
     def walk(parent: int | None, depth: int) -> None:
-        for span in sorted(children.get(parent, []), key=lambda s: (s.start_time or 0, s.name)):
+        for span in sorted(children.get(parent, []), key=_order):
             start = (span.start_time or 0) - origin
             end = (span.end_time or 0) - origin
             first = min(int(start * width / total), width - 1)
             last = max(first + 1, round(end * width / total))
             bar = " " * first + BAR * (last - first)
-            failed = span.status.status_code is StatusCode.ERROR
-            mark = (
-                f" {ERROR_MARK} {span.attributes.get('error.type', 'error')}"
-                if failed and span.attributes
-                else ""
-            )
+            mark = f" {ERROR_MARK} {failure(span)}" if span.status.status_code is StatusCode.ERROR else ""
             copy = " (copy)" if span.attributes and FANOUT_OF in span.attributes else ""
             retry = span.context.span_id if span.context is not None else None
             retried = f" (retry {retries[retry]})" if retry in retries else ""
@@ -83,6 +90,22 @@ def render_waterfall(spans: Sequence[ReadableSpan], width: int = 40, label_width
 
     walk(None, 0)
     return "\n".join(lines)
+
+
+def _order(span: ReadableSpan) -> tuple[bool, int, str]:
+    # The run's outcome spans the run: drawn after the nodes it sums up, not among them.
+    return (span.name.startswith(OUTCOME_PREFIX), span.start_time or 0, span.name)
+
+
+def failure(span: ReadableSpan) -> str:
+    """What failed: the exception's type; for a span the state manager side made without one
+    (``error.type`` ``_OTHER``), the state's or the run's status (``ERRORED``, ``FAILED``)."""
+    attributes = span.attributes or {}
+    error_type = attributes.get(ERROR_TYPE)
+    if error_type is not None and error_type != ERROR_TYPE_OTHER:
+        return str(error_type)
+    status = attributes.get(STATE_STATUS, attributes.get(RUN_STATUS))
+    return str(status if status is not None else error_type if error_type is not None else "error")
 
 
 def _ms(nanoseconds: int) -> str:
