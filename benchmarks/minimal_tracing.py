@@ -47,24 +47,12 @@ class MinimalTracingQueue(asyncio.Queue[Any]):
 
     async def get(self) -> Any:
         state = await super().get()
-        node_attributes = {
-            attr.NAMESPACE: self.namespace,
-            attr.NODE_NAME: state["node_name"],
-            attr.NODE_IDENTIFIER: state["identifier"],
-            attr.STATE_ID: state["state_id"],
-            attr.RUN_ID: state.get("run_id", ""),
-            attr.GRAPH_NAME: state.get("graph_name", ""),
-        }
+        node_attributes = {attr.STATE_ID: state["state_id"], attr.NODE_NAME: state["node_name"]}
         parents = state.get("parents") or {}
-        links = [Link(_UPSTREAM, {attr.STATE_ID: p}) for p in list(parents.values())[-1:]]
+        links = [Link(_UPSTREAM) for _ in list(parents.values())[-1:]]
         node = self.tracer.start_span(f"node {state['identifier']}", context=_ROOT,
                                       attributes=node_attributes, links=links)
-        execute_attributes = {
-            **node_attributes,
-            attr.STATE_QUEUE_WAIT_MS: 1.0,
-            attr.RUNTIME_NAME: self.runtime_name,
-            **attr.execute_messaging(state["node_name"], state["state_id"]),
-        }
+        execute_attributes: dict[str, Any] = {attr.STATE_QUEUE_WAIT_MS: 1.0, **attr.execute_messaging()}
         node_context = trace.set_span_in_context(node, _ROOT)
         execute = self.tracer.start_span(f"execute {state['node_name']}", context=node_context,
                                          kind=SpanKind.CONSUMER, attributes=execute_attributes)

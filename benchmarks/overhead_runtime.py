@@ -43,6 +43,7 @@ from exo_otel.core.metrics import ExosphereMetrics
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 
 NAMESPACE = "exo-otel-bench"
+GRAPH = "chain"  # runtime_overhead.py's
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(otelTraceID)s %(exosphere_run_id)s] %(message)s"
 WORK_S = float(os.environ.get("EXO_OTEL_BENCH_WORK_MS", "0")) / 1000
 
@@ -90,13 +91,18 @@ class RecordedSpans(SpanProcessor):
         self.executes: dict[object, ReadableSpan] = {}
 
     def on_end(self, span: ReadableSpan) -> None:
-        state_id = (span.attributes or {}).get(attr.STATE_ID)
-        kept = self.nodes if span.name.startswith("node ") else self.executes
-        if len(kept) < self.LIMIT and span.name.startswith(("node ", "execute ")):
-            kept.setdefault(state_id, span)
+        # Paired by the node span's id: the execute span's parent (neither names the state otherwise).
+        if span.name.startswith("node ") and span.context is not None:
+            kept, key = self.nodes, span.context.span_id
+        elif span.name.startswith("execute ") and span.parent is not None:
+            kept, key = self.executes, span.parent.span_id
+        else:
+            return
+        if len(kept) < self.LIMIT:
+            kept.setdefault(key, span)
 
     def pairs(self) -> list[tuple[ReadableSpan, ReadableSpan]]:
-        return [(node, self.executes[state]) for state, node in self.nodes.items() if state in self.executes]
+        return [(node, self.executes[key]) for key, node in self.nodes.items() if key in self.executes]
 
 
 def _configure_logging() -> None:
@@ -122,13 +128,14 @@ def floor(
     root = SpanContext(0x1234_5678_9ABC_DEF0_1234_5678_9ABC_DEF0, 0x1111_2222_3333_4444, is_remote=True,
                        trace_flags=TraceFlags(TraceFlags.SAMPLED))
     parent = trace.set_span_in_context(NonRecordingSpan(root))
-    keys = (attr.NAMESPACE, attr.GRAPH_NAME, attr.NODE_NAME)
     replays = []
     outcome_key = attr.STATE_OUTCOME  # known at the end only: set then, as exo_otel does
     for node, execute in recorded.pairs():
         node_attributes = {k: v for k, v in (node.attributes or {}).items() if k != outcome_key}
         execute_attributes = {k: v for k, v in (execute.attributes or {}).items() if k != outcome_key}
-        metric_attributes = {k: v for k, v in node_attributes.items() if k in keys}
+        # As exo_otel takes them: namespace and graph from the run (the spans do not carry them).
+        metric_attributes = {attr.NAMESPACE: NAMESPACE, attr.GRAPH_NAME: GRAPH,
+                             attr.NODE_NAME: node_attributes[attr.NODE_NAME]}
         replays.append((
             node.name, node_attributes, list(node.links), execute.name, execute_attributes,
             [(e.name, dict(e.attributes or {})) for e in execute.events],

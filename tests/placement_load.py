@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import placement_graph as pg
-from exo_otel.core.ids import trace_id_for_run
+from exo_otel.core.ids import state_span_id, trace_id_for_run
 from http_proxy import CountingProxy, RunApiMode, counting_proxy
 
 
@@ -213,10 +213,13 @@ def measure(
             traces = node_trace.get(node["id"], [])
             spanless += not traces
             placed += traces == [trace_id_for_run(run_id)]
-    all_states = {node["id"] for graph in graphs.values() for node in graph["nodes"]}
+    # An execute span names its state by its parent: the state's node span id.
+    state_of_span = {
+        state_span_id(node["id"]): node["id"] for graph in graphs.values() for node in graph["nodes"]
+    }
     attempts = Counter(
-        str((s.attributes or {}).get("exosphere.state.id")) for s in spans
-        if s.name.startswith("execute ") and (s.attributes or {}).get("exosphere.state.id") in all_states
+        state_of_span[s.parent.span_id] for s in spans
+        if s.name.startswith("execute ") and s.parent is not None and s.parent.span_id in state_of_span
     )
     executions = sum(attempts.values())
     # A state executed more than twice (the requeue) would be a duplicate: counted as more than one.

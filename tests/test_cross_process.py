@@ -84,8 +84,14 @@ def _missing(spans: list[Span], expected: dict[str, set[str]]) -> dict[str, set[
 def _assert_one_trace(spans: list[Span], run_id: str, state_span_ids: set[str]) -> None:
     trace_id = format_trace_id(run_id)
     in_trace = [span for span in spans if span.trace_id == trace_id]
-    # Nothing that names the run lives outside its trace.
-    strays = [s for s in spans if s.attributes.get("exosphere.run.id") == run_id and s.trace_id != trace_id]
+    # Nothing of the run lives outside its trace: no state's node span (its id is the state's) and no
+    # execute span under one, and no span naming the run.
+    strays = [
+        s for s in spans
+        if s.trace_id != trace_id
+        and (s.span_id in state_span_ids or s.parent_span_id in state_span_ids
+             or s.attributes.get("exosphere.run.id") == run_id)
+    ]
     assert strays == []
 
     roots = [span for span in in_trace if span.parent_span_id is None]

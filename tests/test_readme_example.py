@@ -180,7 +180,8 @@ def run_example(tmp_path: Path, receiver: OtlpGrpcReceiver, runtime: Command, tr
             assert (node.kind, node.parent_span_id, node.service_name) == (KIND_INTERNAL, root.span_id,
                                                                             "hello-runtime")
             assert (execute.kind, execute.parent_span_id) == (KIND_CONSUMER, node.span_id)
-            assert execute.attributes["exosphere.run.id"] == run_id
+            # In the run's trace (`_trace` takes only those), under the state's node span.
+            assert execute.trace_id == node.trace_id == format_trace_id(run_id)
 
         # The same trigger without the launcher: the runtime still fills the run's trace, under the
         # root span id nobody emits (what the README says about an uninstrumented trigger).

@@ -150,6 +150,9 @@ async def test_broken_run_apis_leave_execution_alone_and_give_traces_of_their_ow
         assert span.context is not None and span.context.trace_id == trace_id_for_state(str(state_id))
         assert span.context.span_id == state_span_id(str(state_id))
         assert "exosphere.run.id" not in (span.attributes or {})
+        # The root of a trace no run names: the only span of it that can say the namespace.
+        assert (span.attributes or {})["exosphere.namespace"] == CHAIN_NAMESPACE
         (execute,) = [s for s in spans if s.parent is not None and s.parent.span_id == span.context.span_id]
         assert execute.context is not None and execute.context.trace_id == span.context.trace_id
+        assert "exosphere.namespace" not in (execute.attributes or {})
     assert [s.name for s in run_spans(spans, run_id)] == ["trigger chain"]

@@ -8,7 +8,6 @@ from typing import Final
 # them in its incubating module (as the contrib messaging instrumentations import them).
 from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
     MESSAGING_DESTINATION_NAME,
-    MESSAGING_MESSAGE_ID,
     MESSAGING_OPERATION_NAME,
     MESSAGING_OPERATION_TYPE,
     MESSAGING_SYSTEM,
@@ -30,7 +29,6 @@ STATE_OUTCOME: Final = "exosphere.state.outcome"
 STATE_QUEUE_WAIT_MS: Final = "exosphere.state.queue_wait_ms"
 STATE_FANOUT_OF: Final = "exosphere.state.fanout_of"
 STATE_RETRY_COUNT: Final = "exosphere.state.retry_count"
-RUNTIME_NAME: Final = "exosphere.runtime.name"
 TRIGGER_START_DELAY_MS: Final = "exosphere.trigger.start_delay_ms"
 NODE_INPUTS: Final = "exosphere.node.inputs"
 NODE_OUTPUTS: Final = "exosphere.node.outputs"
@@ -38,7 +36,6 @@ NODE_OUTPUTS: Final = "exosphere.node.outputs"
 __all__ = [
     "ERROR_TYPE",
     "MESSAGING_DESTINATION_NAME",
-    "MESSAGING_MESSAGE_ID",
     "MESSAGING_OPERATION_NAME",
     "MESSAGING_OPERATION_TYPE",
     "MESSAGING_SYSTEM",
@@ -78,12 +75,11 @@ def trigger_messaging(graph_name: str) -> dict[str, str]:
     }
 
 
-def execute_messaging(node_name: str, state_id: str) -> dict[str, str]:
-    """The messaging attributes of an ``execute`` (CONSUMER) span."""
+def execute_messaging() -> dict[str, str]:
+    """The messaging attributes of an ``execute`` (CONSUMER) span. No destination or message id: the
+    span's name says the node (the queue), its parent the state (the message)."""
     return {
         MESSAGING_SYSTEM: MESSAGING_SYSTEM_EXOSPHERE,
         MESSAGING_OPERATION_TYPE: MessagingOperationTypeValues.PROCESS.value,
         MESSAGING_OPERATION_NAME: OPERATION_EXECUTE,
-        MESSAGING_DESTINATION_NAME: node_name,
-        MESSAGING_MESSAGE_ID: state_id,
     }

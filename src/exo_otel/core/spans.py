@@ -47,8 +47,9 @@ def start_span(
     """Start (not activate) a span, pinning its trace id (roots only) and span id when given.
 
     The ids take effect with an SDK tracer whose id generator is a `RunIdGenerator`; elsewhere the
-    span gets ordinary ids and the caller's attributes still name the run. ``cleaned`` says the
-    name, the attributes and the links' attributes went through `exo_otel.core.sanitize` already.
+    span gets ordinary ids (and a state's spans, which leave the run to the trace id, name no run).
+    ``cleaned`` says the name, the attributes and the links' attributes went through
+    `exo_otel.core.sanitize` already.
     """
     if not cleaned:
         name = clean_text(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -35,12 +36,8 @@ _UNKNOWN_FAILURE: Final = Status(StatusCode.ERROR, "state errored")
 # A context with no span, for records that must carry no exemplar. Not empty: the SDK takes an empty
 # context (falsy) for "none given" and uses the current one.
 _NO_SPAN: Final = context.set_value(context.create_key("exo_otel.no_exemplar"), True, context.Context())
-# The execute span's messaging attributes that are the same for every state.
-_EXECUTE_MESSAGING: Final = {
-    key: value
-    for key, value in attr.execute_messaging("", "").items()
-    if key not in (attr.MESSAGING_DESTINATION_NAME, attr.MESSAGING_MESSAGE_ID)
-}
+# The execute span's messaging attributes: the same for every state.
+_EXECUTE_MESSAGING: Final = attr.execute_messaging()
 FINAL_OUTCOMES = frozenset(
     {attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED, attr.OUTCOME_PRUNED, attr.OUTCOME_INTERRUPTED}
 )
@@ -62,29 +59,28 @@ class Execution:
     error: BaseException | None = None
     requeue_delay_ms: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
-    """Both spans' attributes at the start (cleaned); shared, never changed."""
+    """The node span's attributes at its start (cleaned); never changed."""
     metric_attributes: dict[str, str] = field(default_factory=dict)
+    """Namespace, graph and node name (`metric_attributes`): shared, never changed."""
     # The values of the secrets the node received: never written to telemetry.
     secrets: Redactor = field(default_factory=Redactor, repr=False)
 
-    def common_attributes(self) -> dict[str, Any]:
-        """The attributes both of the state's spans carry (cleaned), a copy."""
-        return dict(self.attributes)
 
-
-def state_attributes(state: PolledState, run_attributes: dict[str, Any]) -> dict[str, Any]:
-    """The attributes of a state's node and execute spans, cleaned (docs/trace-model.md, section
+def state_attributes(state: PolledState, namespace: str | None = None) -> dict[str, Any]:
+    """The attributes of a state's node span at its start, cleaned (docs/trace-model.md, section
     "Attributes").
 
-    ``run_attributes`` holds the cleaned namespace, run id and graph name (`RunTrace.attributes`).
+    Only what the trace does not say already: the trace id names the run, the span name the node's
+    identifier, the parent the run root. ``namespace`` (cleaned) is given for a state placed in no
+    run, whose node span is the only span of its trace that could say it.
     """
     attributes: dict[str, Any] = {
-        **run_attributes,
-        attr.NODE_NAME: clean_str(state.node_name),
-        attr.NODE_IDENTIFIER: clean_str(state.identifier),
         attr.STATE_ID: clean_str(state.state_id),
+        attr.NODE_NAME: clean_str(state.node_name),
     }
-    if state.retry_count is not None:
+    if namespace is not None:
+        attributes[attr.NAMESPACE] = namespace
+    if state.retry_count:
         attributes[attr.STATE_RETRY_COUNT] = state.retry_count
     return attributes
 
@@ -111,7 +107,10 @@ def begin(
     if traces is None:
         traces = RunTraces(namespace, telemetry.sampler)
     run_trace = traces.of(run) if run is not None else None
-    attributes = state_attributes(state, run_trace.attributes if run_trace is not None else traces.no_run)
+    run_attributes = run_trace.attributes if run_trace is not None else traces.no_run
+    attributes = state_attributes(state, None if run_trace is not None else run_attributes[attr.NAMESPACE])
+    identifier = clean_str(state.identifier)
+    node_name = attributes[attr.NODE_NAME]
     execution = Execution(
         telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now,
         attributes=attributes,
@@ -124,32 +123,26 @@ def begin(
         # The server emits the node span: execute spans go under its deterministic id.
         node_span: trace.Span = trace.NonRecordingSpan(run_trace.state_context(state.state_id))
     else:
-        parent_state_id = run.parent_state_id if run is not None else None
         node_span = start_span(
             telemetry.tracer,
-            f"node {attributes[attr.NODE_IDENTIFIER]}",
+            f"node {identifier}",
             context=parent,
             trace_id=trace_id_for_state(state.state_id) if run is None and state.state_id else None,
             span_id=state_span_id(state.state_id) if state.state_id else None,
             start_time=created,
             attributes=attributes,
-            links=link_to_state(upstream, clean_str(parent_state_id) if parent_state_id else None),
+            links=link_to_state(upstream),
             cleaned=True,
         )
     queue_wait_ns = max(0, now - created)
-    execute_attributes = {
-        **attributes,
-        attr.STATE_QUEUE_WAIT_MS: queue_wait_ns / 1e6,
-        attr.RUNTIME_NAME: clean_str(runtime_name),
-        **_EXECUTE_MESSAGING,
-        attr.MESSAGING_DESTINATION_NAME: attributes[attr.NODE_NAME],
-        attr.MESSAGING_MESSAGE_ID: attributes[attr.STATE_ID],
-    }
+    # Nothing its name (the node name) and its parent (the node span: state, run) say already, and no
+    # runtime name (the resource names the process): a state's spans stay under 500 bytes of OTLP.
+    execute_attributes: dict[str, Any] = {attr.STATE_QUEUE_WAIT_MS: queue_wait_ns / 1e6, **_EXECUTE_MESSAGING}
     if telemetry.settings.capture_io:
         execute_attributes[attr.NODE_INPUTS] = clean_text(_truncated(payload.get("inputs"), telemetry))
     execute_span = start_span(
         telemetry.tracer,
-        f"execute {attributes[attr.NODE_NAME]}",
+        f"execute {node_name}",
         context=trace.set_span_in_context(node_span, parent),
         kind=SpanKind.CONSUMER,
         attributes=execute_attributes,
@@ -162,12 +155,13 @@ def begin(
     current = execution_context(
         base,
         execute_span,
-        {attr.NODE_IDENTIFIER: attributes[attr.NODE_IDENTIFIER], attr.STATE_ID: attributes[attr.STATE_ID]},
+        {attr.NODE_IDENTIFIER: identifier, attr.STATE_ID: attributes[attr.STATE_ID]},
         LogFields(execute_span, safe_run_id, execution.secrets),
     )
     execution.node_span = node_span
     execution.execute_span = execute_span
-    execution.metric_attributes = metric_attributes(attributes)
+    # From the run's attributes, not the spans': the spans no longer carry namespace and graph.
+    execution.metric_attributes = metric_attributes(run_attributes, node_name)
     # In the execute span's context, so a sampled run gives the histogram an exemplar.
     telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, execution.metric_attributes, context=current)
     inflight.add(execution)
@@ -176,23 +170,28 @@ def begin(
     return execution
 
 
-_METRIC_ATTRIBUTE_KEYS: Final = (attr.NAMESPACE, attr.GRAPH_NAME, attr.NODE_NAME)
+_RUN_METRIC_KEYS: Final = (attr.NAMESPACE, attr.GRAPH_NAME)
 # Few distinct sets (namespaces x graphs x nodes x outcomes): one dict each, shared by all states.
 _metric_attribute_sets: dict[tuple[Any, ...], dict[str, str]] = {}
 _MAX_METRIC_ATTRIBUTE_SETS: Final = 4096
 
 
 def metric_attributes(
-    attributes: dict[str, Any], outcome: str | None = None, failure: str | None = None
+    run_attributes: Mapping[str, Any],
+    node_name: str,
+    outcome: str | None = None,
+    failure: str | None = None,
 ) -> dict[str, str]:
     """The metric attributes of a state (namespace, graph, node name; never ids: docs/trace-model.md,
-    section "Metrics"), and its outcome and ``error.type`` when given. The same dict for the same
-    values: callers must not change it."""
-    get = attributes.get
-    key = (get(attr.NAMESPACE), get(attr.GRAPH_NAME), get(attr.NODE_NAME), outcome, failure)
+    section "Metrics"), and its outcome and ``error.type`` when given. The namespace and graph are
+    taken from ``run_attributes`` (the run's cleaned attributes, or a set this returned). The same
+    dict for the same values: callers must not change it."""
+    get = run_attributes.get
+    key = (get(attr.NAMESPACE), get(attr.GRAPH_NAME), node_name, outcome, failure)
     found = _metric_attribute_sets.get(key)
     if found is None:
-        found = {k: attributes[k] for k in _METRIC_ATTRIBUTE_KEYS if k in attributes}
+        found = {k: run_attributes[k] for k in _RUN_METRIC_KEYS if k in run_attributes}
+        found[attr.NODE_NAME] = node_name
         if outcome is not None:
             found[attr.STATE_OUTCOME] = outcome
         else:
@@ -273,12 +272,14 @@ def _end_spans(execution: Execution) -> None:
             span.set_attribute(attr.ERROR_TYPE, attr.ERROR_TYPE_OTHER)
             span.set_status(_UNKNOWN_FAILURE)
     metrics = execution.telemetry.metrics
-    outcome_attributes = metric_attributes(execution.attributes, outcome)
+    base = execution.metric_attributes
+    node_name = base.get(attr.NODE_NAME, "")
+    outcome_attributes = metric_attributes(base, node_name, outcome)
     duration_attributes = outcome_attributes
     if outcome in (attr.OUTCOME_ERRORED, attr.OUTCOME_INTERRUPTED):
         # error.type on the duration of failed executions (docs/trace-model.md, section "Metrics").
         failure = error_type(execution.error) if execution.error is not None else attr.ERROR_TYPE_OTHER
-        duration_attributes = metric_attributes(execution.attributes, outcome, failure)
+        duration_attributes = metric_attributes(base, node_name, outcome, failure)
     # Recorded while the execute span is current, so sampled runs give the histogram exemplars.
     metrics.node_duration.record((end - execution.started_ns) / 1e9, duration_attributes)
     # Exemplars are for histograms (docs/trace-model.md, section "Metrics"): the counter gets none.

@@ -117,7 +117,8 @@ class FanOut:
             memory,
             execution.state.state_id,
             execution.state.identifier,
-            execution.common_attributes(),
+            # A copy is in a run: no namespace (only the root of a state's own trace carries it).
+            {k: v for k, v in execution.attributes.items() if k != attr.NAMESPACE},
             execution.node_span.get_span_context(),
             int(start),
             under_way,
@@ -133,9 +134,6 @@ class FanOut:
             run = RunInfo(run_id, graph.graph_name, graph.parent_of.get(copy_id))
             sampled = run_is_sampled(self.telemetry.sampler, run)
             attributes = dict(self.attributes)
-            attributes[attr.RUN_ID] = run_id
-            if run.graph_name:
-                attributes[attr.GRAPH_NAME] = run.graph_name
             attributes[attr.STATE_ID] = copy_id
             attributes[attr.STATE_FANOUT_OF] = self.state_id
             attributes[attr.STATE_OUTCOME] = attr.OUTCOME_EXECUTED
@@ -146,7 +144,7 @@ class FanOut:
                 span_id=state_span_id(copy_id),
                 start_time=self.start_ns,
                 attributes=attributes,
-                links=link_to_state(self.original, self.state_id),
+                links=link_to_state(self.original),
             )
             self.memory.remember(copy_id, run, span.get_span_context())
             end_span(span, end)

@@ -46,7 +46,8 @@ class RunTrace:
     run_id_for_logs: str
     """The run id as log records carry it (cleaned, control characters escaped)."""
     attributes: dict[str, str]
-    """The run's span attributes (namespace, run id, graph name), cleaned; shared, never changed."""
+    """The run's baggage entries (namespace, run id, graph name), cleaned, where its states' metric
+    attributes take namespace and graph from (their spans do not carry them); shared, never changed."""
 
     def state_context(self, state_id: str) -> SpanContext:
         """The remote context of a state's node span in this run."""
@@ -85,7 +86,7 @@ def with_baggage(context: Context, entries: dict[str, str]) -> Context:
 
 def run_baggage(run: RunInfo | None, namespace: str) -> dict[str, str]:
     """The run-wide baggage entries an execution carries (the keys of docs/trace-model.md, section
-    "Baggage", that are not per state); the same as the run-wide span attributes."""
+    "Baggage", that are not per state)."""
     entries = {attr.NAMESPACE: clean_text(namespace)}
     if run is not None:
         entries[attr.RUN_ID] = clean_text(run.run_id)
@@ -106,7 +107,8 @@ class RunTraces:
         self._max = max(1, max_runs)
         self._traces: dict[tuple[str, str | None, tuple[tuple[str, str], ...], bool], RunTrace] = {}
         self.no_run: dict[str, str] = run_baggage(None, namespace)
-        """The run-wide attributes of a state placed in no run: the namespace alone."""
+        """The run-wide entries of a state placed in no run: the namespace alone (its node span, the
+        root of the state's own trace, carries it)."""
         self.outside_any_run: Context = with_baggage(Context(), self.no_run)
         """The base context of an execution placed in no run: the namespace entry, nothing else."""
 

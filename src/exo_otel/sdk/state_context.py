@@ -11,7 +11,6 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
-from exo_otel.core import attributes as attr
 from exo_otel.core.ids import run_span_id, trace_id_for_run
 
 # The W3C fields of the run's carrier in an enqueued state, and the marker that the server emits
@@ -161,13 +160,16 @@ def run_root_context(run: RunInfo, sampled: bool) -> SpanContext:
     )
 
 
-def link_to_state(context: SpanContext | None, state_id: str | None) -> list[Link]:
-    """A link to a state's node span at ``context``; none when where that span is is not known."""
-    if context is None or state_id is None or not context.is_valid:
+def link_to_state(context: SpanContext | None) -> list[Link]:
+    """A link to a state's node span at ``context``; none when where that span is is not known.
+
+    No attributes: the span linked to carries its state id.
+    """
+    if context is None or not context.is_valid:
         return []
     if not context.is_remote:
         context = SpanContext(context.trace_id, context.span_id, True, context.trace_flags)
-    return [Link(context, {attr.STATE_ID: state_id})]
+    return [Link(context)]
 
 
 def parent_context(root: SpanContext) -> Context:
