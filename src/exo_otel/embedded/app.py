@@ -240,11 +240,17 @@ class Api:
 
     async def errored(self, request: web.Request) -> web.Response:
         _, body = await self._body(request, bodies.fields_parser({"error": "str"}))
-        return respond(signals.errored(self.db, request.match_info["state_id"], body["error"]))
+        answer = signals.errored(self.db, request.match_info["state_id"], body["error"])
+        if self.side is not None:
+            await self.side.settled(request.match_info["state_id"])
+        return respond(answer)
 
     async def prune(self, request: web.Request) -> web.Response:
         _, body = await self._body(request, bodies.fields_parser({"data": "dict"}))
-        return respond(signals.prune(self.db, request.match_info["state_id"], body["data"]))
+        answer = signals.prune(self.db, request.match_info["state_id"], body["data"])
+        if self.side is not None:
+            await self.side.settled(request.match_info["state_id"])
+        return respond(answer)
 
     async def re_enqueue_after(self, request: web.Request) -> web.Response:
         _, body = await self._body(request, bodies.fields_parser({"enqueue_after": "int>0"}))
@@ -257,7 +263,10 @@ class Api:
     async def manual_retry(self, request: web.Request) -> web.Response:
         namespace, body = await self._body(request, bodies.fields_parser({"fanout_id": "str"}))
         state_id = request.match_info["state_id"]
-        return respond(signals.manual_retry(self.db, namespace, state_id, body["fanout_id"]))
+        answer = signals.manual_retry(self.db, namespace, state_id, body["fanout_id"])
+        if self.side is not None:
+            await self.side.retried(answer, state_id)
+        return respond(answer)
 
     async def secrets(self, request: web.Request) -> web.Response:
         namespace = self._authorize(request)

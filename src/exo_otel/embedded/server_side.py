@@ -8,10 +8,10 @@ one process). The handlers call `EmbeddedServerSide` at the same moments the ups
 
 from __future__ import annotations
 
+import itertools
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import metrics, trace
 
@@ -21,13 +21,11 @@ from exo_otel.embedded.models import State, StateStatus
 from exo_otel.embedded.operations import Job
 from exo_otel.embedded.store import Database
 from exo_otel.server.context import RunContext
-from exo_otel.server.records import RunNotes, StateRecord, epoch_ns
+from exo_otel.server.records import PENDING_STATUSES, RunNotes, StateRecord, apply_note, epoch_ns
 from exo_otel.server.sampling import install_stored_decision
 from exo_otel.server.side import ServerSide, TakenState
 from exo_otel.server.spans import ServerMetrics
 from exo_otel.version import __version__
-
-_STALE_NS = 120 * 1_000_000_000
 
 
 def _record(state: State) -> StateRecord:
@@ -52,68 +50,143 @@ def _record(state: State) -> StateRecord:
 
 
 class MemoryRunStore:
-    """`exo_otel.server.store.RunStore` beside the embedded database (one process: claims are plain sets)."""
+    """`exo_otel.server.store.RunStore` beside the embedded database (one process: claims are plain sets).
+
+    Notes are kept per run in the same form as the MongoDB store's documents (`apply_note` reads both).
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.runs: dict[str, dict[str, Any]] = {}
-        self.next_tokens: dict[str, dict[str, Any]] = {}
-        self.requeues: dict[str, list[tuple[int, int]]] = {}
+        self.notes: dict[str, dict[int, dict[str, Any]]] = {}
         self.claims: set[str] = set()
+        self._note_ids = itertools.count()
+
+    def _run_of(self, state_id: str) -> str | None:
+        with self.db.lock:
+            state = self.db.states.get(state_id)
+        return None if state is None or state.run_id not in self.runs else state.run_id
+
+    def _note(self, run_id: str, note: dict[str, Any]) -> int:
+        note_id = next(self._note_ids)
+        self.notes.setdefault(run_id, {})[note_id] = {**note, "_id": note_id, "run_id": run_id, "seen": False}
+        return note_id
+
+    def _touch(self, run_id: str) -> None:
+        if run_id in self.runs:
+            self.runs[run_id]["touched"] = True
 
     async def save_run(self, run: RunContext) -> None:
-        self.runs[run.run_id] = {"run": run, "ready": False, "open": True}
+        self.runs[run.run_id] = {"run": run, "ready": False, "open": True, "touched": False}
 
     async def mark_ready(self, run_id: str) -> None:
-        self.runs[run_id]["ready"] = True
+        self.runs[run_id].update(ready=True, touched=True)
 
     async def discard_run(self, run_id: str) -> None:
         self.runs.pop(run_id, None)
+        self.notes.pop(run_id, None)
 
     async def load_runs(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
         return {r: self.runs[r]["run"] for r in run_ids if r in self.runs}
 
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
-        token = uuid.uuid4().hex
-        self.next_tokens[token] = {"ids": list(state_ids), "t_start": time.time_ns(), "t_end": None}
-        return token
+        run_id = self._run_of(state_ids[0])
+        if run_id is None:
+            return None
+        note = {"kind": "next", "state_ids": list(state_ids), "t_start": time.time_ns(), "done": False}
+        return (run_id, self._note(run_id, note))
 
     async def end_next_states(self, token: object, t_ns: int) -> None:
-        self.next_tokens[str(token)]["t_end"] = t_ns
+        if token is None:
+            return
+        run_id, note_id = cast(tuple[str, int], token)
+        note = self.notes.get(run_id, {}).get(note_id)
+        if note is not None:
+            note.update(done=True, t_end=t_ns)
+        self._touch(run_id)
+
+    async def note_settled(self, state_id: str) -> None:
+        run_id = self._run_of(state_id)
+        if run_id is not None:
+            self._note(run_id, {"kind": "settled", "state_ids": [state_id]})
+            self._touch(run_id)
 
     async def note_requeue(self, state_id: str, t_ns: int, delay_ms: int) -> None:
-        self.requeues.setdefault(state_id, []).append((t_ns, delay_ms))
+        run_id = self._run_of(state_id)
+        if run_id is not None:
+            self._note(run_id, {"kind": "requeue", "state_id": state_id, "t": t_ns, "delay_ms": delay_ms})
 
     async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> None:
-        return None  # the embedded server has no manual retry
+        if run_id in self.runs:
+            self._note(run_id, {"kind": "retry", "state_id": state_id, "of": retried_state_id})
+            self.runs[run_id].update(open=True, touched=True)
 
-    async def open_runs(self, limit: int) -> list[RunContext]:
-        open_runs = [entry["run"] for entry in self.runs.values() if entry["ready"] and entry["open"]]
-        return sorted(open_runs, key=lambda run: run.start_ns)[:limit]
+    def _live(self) -> list[dict[str, Any]]:
+        return [entry for entry in self.runs.values() if entry["ready"] and entry["open"]]
+
+    async def touched_runs(self, limit: int) -> list[RunContext]:
+        return [entry["run"] for entry in self._live() if entry["touched"]][:limit]
+
+    async def open_runs_after(self, start_ns: int, limit: int) -> list[RunContext]:
+        later = [entry["run"] for entry in self._live() if entry["run"].start_ns > start_ns]
+        return sorted(later, key=lambda run: run.start_ns)[:limit]
+
+    async def untouch(self, run_ids: Sequence[str]) -> None:
+        for run_id in run_ids:
+            if run_id in self.runs:
+                self.runs[run_id]["touched"] = False
+
+    def _notes_of(self, run_ids: Sequence[str], unseen_only: bool) -> dict[str, RunNotes]:
+        now = time.time_ns()
+        notes = {run_id: RunNotes() for run_id in run_ids}
+        for run_id in run_ids:
+            for note in list(self.notes.get(run_id, {}).values()):
+                if not (unseen_only and note["seen"] and note["kind"] in ("next", "settled")):
+                    apply_note(note, notes[run_id], now)
+        return notes
+
+    async def run_changes(
+        self, run_ids: Sequence[str]
+    ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
+        notes = self._notes_of(run_ids, unseen_only=True)  # notes before states
+        states: dict[str, list[StateRecord]] = {}
+        with self.db.lock:
+            for run_id in run_ids:
+                run_notes = notes[run_id]
+                wanted = run_notes.changed | set(run_notes.copy_of.values())
+                found = [self.db.states[s] for s in wanted if s in self.db.states]
+                earlier = [
+                    other
+                    for s in found
+                    if s.retry_count > 0 and s.id not in run_notes.retry_of
+                    for other in self.db.run_states.get(run_id, [])
+                    if other.identifier == s.identifier and other.retry_count == s.retry_count - 1
+                ]
+                states[run_id] = [_record(s) for s in {s.id: s for s in [*found, *earlier]}.values()]
+        return states, notes
 
     async def run_records(
         self, run_ids: Sequence[str]
     ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
-        tokens = [dict(token) for token in self.next_tokens.values()]  # notes before states
+        notes = self._notes_of(run_ids, unseen_only=False)  # notes before states
         with self.db.lock:
             states = {r: [_record(s) for s in self.db.run_states.get(r, [])] for r in run_ids}
-        run_of = {s.state_id: r for r, records in states.items() for s in records}
-        notes: dict[str, RunNotes] = {run_id: RunNotes() for run_id in run_ids}
-        now = time.time_ns()
-        for token in tokens:
-            owner = next((run_of[s] for s in token["ids"] if s in run_of), None)
-            if owner is None:
-                continue
-            if token["t_end"] is None:
-                notes[owner].next_states_pending |= now - token["t_start"] < _STALE_NS
-                continue
-            for copy in token["ids"][1:]:
-                notes[owner].copy_of[copy] = token["ids"][0]
-                notes[owner].final_ns[copy] = token["t_end"]
-        for state_id, events in self.requeues.items():
-            if state_id in run_of:
-                notes[run_of[state_id]].requeues[state_id] = list(events)
         return states, notes
+
+    async def unsettled_runs(self, run_ids: Sequence[str]) -> set[str]:
+        with self.db.lock:
+            return {
+                run_id
+                for run_id in run_ids
+                if not self.db.run_states.get(run_id)
+                or any(s.status.value in PENDING_STATUSES for s in self.db.run_states[run_id])
+            }
+
+    async def notes_seen(self, note_ids: Sequence[object]) -> None:
+        wanted = set(note_ids)
+        for run_notes in self.notes.values():
+            for note_id in wanted & run_notes.keys():
+                run_notes[note_id]["seen"] = True  # type: ignore[index]
 
     async def claim_nodes(self, state_ids: Sequence[str]) -> set[str]:
         won = {f"node:{s}" for s in state_ids} - self.claims
@@ -125,15 +198,10 @@ class MemoryRunStore:
         self.claims |= won
         return {key.removeprefix("outcome:") for key in won}
 
-    async def close_runs(self, run_ids: Sequence[str], state_ids: Sequence[str]) -> None:
+    async def close_runs(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
-            self.runs[run_id]["open"] = False
-        ids = set(state_ids)
-        for token, value in list(self.next_tokens.items()):
-            if value["ids"] and value["ids"][0] in ids:
-                del self.next_tokens[token]
-        for state_id in ids:
-            self.requeues.pop(state_id, None)
+            self.runs[run_id].update(open=False, touched=False)
+            self.notes.pop(run_id, None)
 
 
 class EmbeddedServerSide:
@@ -205,6 +273,22 @@ class EmbeddedServerSide:
     async def requeued(self, state_id: str, delay_ms: int, t_ns: int) -> None:
         with guard("noting a requeue"):
             await self.side.store.note_requeue(state_id, t_ns, delay_ms)
+
+    async def settled(self, state_id: str) -> None:
+        """A state errored or was pruned."""
+        with guard("noting a settled state"):
+            await self.side.store.note_settled(state_id)
+            self.side.sweeper.nudge()
+
+    async def retried(self, answer: dict[str, Any], retried_state_id: str) -> None:
+        """A manual retry: link the new state to the one it retries, reopen the run."""
+        with guard("noting a manual retry"):
+            new_id = str(answer.get("id", ""))
+            with self.db.lock:
+                state = self.db.states.get(new_id)
+            if state is not None:
+                await self.side.store.note_retry(new_id, retried_state_id, state.run_id)
+                self.side.sweeper.nudge()
 
     async def close(self) -> None:
         """A last sweep (runs that settled just now get their spans), then stop sweeping."""

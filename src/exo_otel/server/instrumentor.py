@@ -36,6 +36,7 @@ from exo_otel.server.upstream import (
     make_request_wrapper,
     make_requeue_wrapper,
     make_run_insert_wrapper,
+    make_settled_wrapper,
     make_trigger_wrapper,
 )
 from exo_otel.version import __version__
@@ -95,6 +96,18 @@ PATCHES: Final[tuple[Patch, ...]] = (
         "create_next_states",
         make_next_states_wrapper,
         ("state_ids", "identifier", "namespace", "graph_name", "parents_ids"),
+    ),
+    Patch(
+        "app.routes",
+        "errored_state",
+        make_settled_wrapper,
+        ("namespace_name", "state_id", "body", "x_exosphere_request_id"),
+    ),
+    Patch(
+        "app.routes",
+        "prune_signal",
+        make_settled_wrapper,
+        ("namespace_name", "state_id", "body", "x_exosphere_request_id"),
     ),
     Patch(
         "app.routes",

@@ -1,28 +1,35 @@
-"""`RunStore` in the upstream state manager's MongoDB: two collections of exo_otel's own beside the app's.
+"""`RunStore` in the upstream state manager's MongoDB: three collections of exo_otel's own beside the app's.
 
-``exo_otel_runs``: one document per run (``_id`` = run id): its context, whether it is ready and
-open, when each state was first taken. ``exo_otel_notes``: next-states-in-progress tokens, requeues
-and manual retries. ``exo_otel_claims``: one document per emitted span (``_id`` = ``node:<state id>``
-or ``root:<run id>``); a claim is an insert, atomic by the unique ``_id``, and a sweep pass claims
-all it needs in one unordered ``insert_many``, whatever the number of runs.
-The app's ``State`` collection is only read.
+``exo_otel_runs``: one document per run (``_id`` = run id): its context, whether it is ready, open,
+and touched since its last sweep. ``exo_otel_notes``: what the hooks saw, one document per event,
+with its run: next states being created (then the states that settled), errored and pruned states,
+requeues, manual retries. ``exo_otel_claims``: one document per emitted span (``_id`` =
+``node:<state id>`` or ``outcome:<run id>``); a claim is an insert, atomic by the unique ``_id``, and
+a sweep pass claims all it needs in one unordered ``insert_many``, whatever the number of runs.
+Every query on them is served by an index `ensure_indexes` creates. The app's ``State`` collection
+is only read, by ``_id`` or by its own ``run_id, status`` index.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from exo_otel.server.context import RunContext
-from exo_otel.server.records import RunNotes, StateRecord
+from exo_otel.server.records import PENDING_STATUSES, RunNotes, StateRecord, apply_note
 
 RUNS_COLLECTION: Final = "exo_otel_runs"
 NOTES_COLLECTION: Final = "exo_otel_notes"
 CLAIMS_COLLECTION: Final = "exo_otel_claims"
 _DUPLICATE_KEY: Final = 11000
-# A next-states token older than this is from a process that died mid-way: it no longer holds a run open.
-STALE_TOKEN_NS: Final = 120 * 1_000_000_000
+# (collection, keys, name): every query below names its index in a comment.
+INDEXES: Final = (
+    (RUNS_COLLECTION, [("touched", 1), ("open", 1), ("ready", 1)], "exo_otel_touched"),
+    (RUNS_COLLECTION, [("open", 1), ("ready", 1), ("start_ns", 1)], "exo_otel_open_by_start"),
+    (NOTES_COLLECTION, [("run_id", 1), ("seen", 1)], "exo_otel_notes_by_run"),
+)
 _STATE_FIELDS: Final = {
     "run_id": 1,
     "identifier": 1,
@@ -42,6 +49,7 @@ class MongoRunStore:
 
     def __init__(self, state_collection: Callable[[], Any]) -> None:
         self._state_collection = state_collection
+        self._indexed = False
 
     def _states(self) -> Any:
         return self._state_collection()
@@ -52,17 +60,24 @@ class MongoRunStore:
     def _notes(self) -> Any:
         return self._states().database[NOTES_COLLECTION]
 
+    def _claims(self) -> Any:
+        return self._states().database[CLAIMS_COLLECTION]
+
+    async def ensure_indexes(self) -> None:
+        """Create exo_otel's indexes (idempotent: every process does it once, at its first sweep)."""
+        if self._indexed:
+            return
+        database = self._states().database
+        for collection, keys, name in INDEXES:
+            await database[collection].create_index(keys, name=name)
+        self._indexed = True
+
     async def save_run(self, run: RunContext) -> None:
-        document = {
-            "_id": run.run_id,
-            **run.to_document(),
-            "ready": False,
-            "open": True,
-        }
+        document = {"_id": run.run_id, **run.to_document(), "ready": False, "open": True, "touched": False}
         await self._runs().insert_one(document)
 
     async def mark_ready(self, run_id: str) -> None:
-        await self._runs().update_one({"_id": run_id}, {"$set": {"ready": True}})
+        await self._runs().update_one({"_id": run_id}, {"$set": {"ready": True, "touched": True}})
 
     async def discard_run(self, run_id: str) -> None:
         await self._runs().delete_one({"_id": run_id})
@@ -74,53 +89,117 @@ class MongoRunStore:
         found = await self._runs().find({"_id": {"$in": wanted}}).to_list(None)
         return {str(doc["_id"]): RunContext.from_document(doc) for doc in found}
 
+    async def _run_of(self, state_id: str) -> str | None:
+        found = await self._states().find_one({"_id": _object_id(state_id)}, {"run_id": 1})
+        return None if found is None else str(found.get("run_id"))
+
+    async def _touch(self, run_id: str, reopen: bool = False) -> None:
+        fields = {"touched": True, "open": True} if reopen else {"touched": True}
+        await self._runs().update_one({"_id": run_id}, {"$set": fields})
+
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
-        result = await self._notes().insert_one(
-            {
-                "kind": "next",
-                "state_ids": [str(s) for s in state_ids],
-                "t_start": time.time_ns(),
-                "done": False,
-            }
-        )
-        return result.inserted_id
+        ids = [str(s) for s in state_ids]
+        run_id = await self._run_of(ids[0])
+        note = {"kind": "next", "run_id": run_id, "state_ids": ids, "t_start": time.time_ns(), "done": False}
+        result = await self._notes().insert_one({**note, "seen": False})
+        return (result.inserted_id, run_id)
 
     async def end_next_states(self, token: object, t_ns: int) -> None:
-        await self._notes().update_one({"_id": token}, {"$set": {"done": True, "t_end": t_ns}})
+        note_id, run_id = cast(tuple[Any, str | None], token)
+        await self._notes().update_one({"_id": note_id}, {"$set": {"done": True, "t_end": t_ns}})
+        if run_id is not None:
+            await self._touch(run_id)
+
+    async def note_settled(self, state_id: str) -> None:
+        run_id = await self._run_of(state_id)
+        if run_id is None:
+            return
+        note = {"kind": "settled", "run_id": run_id, "state_ids": [state_id], "seen": False}
+        await self._notes().insert_one(note)
+        await self._touch(run_id)
 
     async def note_requeue(self, state_id: str, t_ns: int, delay_ms: int) -> None:
+        run_id = await self._run_of(state_id)
+        if run_id is None:
+            return
         await self._notes().insert_one(
-            {"kind": "requeue", "state_id": state_id, "t": t_ns, "delay_ms": delay_ms}
+            {"kind": "requeue", "run_id": run_id, "state_id": state_id, "t": t_ns, "delay_ms": delay_ms}
         )
 
     async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> None:
-        await self._notes().insert_one({"kind": "retry", "state_id": state_id, "of": retried_state_id})
-        await self._runs().update_one({"_id": run_id}, {"$set": {"open": True}})
+        await self._notes().insert_one(
+            {"kind": "retry", "run_id": run_id, "state_id": state_id, "of": retried_state_id}
+        )
+        await self._touch(run_id, reopen=True)
 
-    async def open_runs(self, limit: int) -> list[RunContext]:
-        cursor = self._runs().find({"ready": True, "open": True})
+    async def touched_runs(self, limit: int) -> list[RunContext]:
+        # exo_otel_touched
+        found = await self._runs().find({"touched": True, "open": True, "ready": True}).to_list(limit)
+        return [RunContext.from_document(doc) for doc in found[:limit]]
+
+    async def open_runs_after(self, start_ns: int, limit: int) -> list[RunContext]:
+        # exo_otel_open_by_start
+        cursor = self._runs().find({"open": True, "ready": True, "start_ns": {"$gt": start_ns}})
         found = await cursor.sort("start_ns", 1).limit(limit).to_list(None)
         return [RunContext.from_document(doc) for doc in found]
+
+    async def untouch(self, run_ids: Sequence[str]) -> None:
+        await self._runs().update_many({"_id": {"$in": list(run_ids)}}, {"$set": {"touched": False}})
+
+    async def run_changes(
+        self, run_ids: Sequence[str]
+    ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
+        # Notes first, states after (see RunStore.run_changes). Requeue and retry notes are few and
+        # kept in every read; next-states and settled notes only until seen. exo_otel_notes_by_run.
+        raw_notes = await self._notes().find(
+            {"run_id": {"$in": list(run_ids)}, "seen": {"$ne": True}}
+        ).to_list(None)
+        notes = _notes_by_run(raw_notes, run_ids, time.time_ns())
+        wanted = {s for run_notes in notes.values() for s in run_notes.changed}
+        wanted |= {o for run_notes in notes.values() for o in run_notes.copy_of.values()}
+        found = await self._read_states({"_id": {"$in": [_object_id(s) for s in wanted]}}) if wanted else []
+        # A retry's previous attempt, for its link (retries are few: one query for all of them).
+        attempts = [
+            {"run_id": s.run_id, "identifier": s.identifier, "retry_count": s.retry_count - 1}
+            for s in found
+            if s.retry_count > 0 and s.state_id not in notes[s.run_id].retry_of
+        ]
+        if attempts:
+            found += await self._read_states({"$or": attempts})
+        states: dict[str, list[StateRecord]] = {run_id: [] for run_id in run_ids}
+        for record in {r.state_id: r for r in found}.values():
+            states.setdefault(record.run_id, []).append(record)
+        return states, notes
 
     async def run_records(
         self, run_ids: Sequence[str]
     ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
-        # Notes first, states after (see RunStore.run_records).
-        raw_notes = await self._notes().find({}).to_list(None)
-        found = await self._states().find({"run_id": {"$in": list(run_ids)}}, _STATE_FIELDS).to_list(None)
+        raw_notes = await self._notes().find({"run_id": {"$in": list(run_ids)}}).to_list(None)
+        notes = _notes_by_run(raw_notes, run_ids, time.time_ns())
+        # The app's run_id_status_index serves this.
+        found = await self._read_states({"run_id": {"$in": list(run_ids)}})
         states: dict[str, list[StateRecord]] = {run_id: [] for run_id in run_ids}
-        for document in found:
-            record = StateRecord.from_document(document)
+        for record in found:
             states.setdefault(record.run_id, []).append(record)
-        run_of = {state.state_id: run_id for run_id, records in states.items() for state in records}
-        notes = {run_id: RunNotes() for run_id in states}
-        now = time.time_ns()
-        for note in raw_notes:
-            _apply_note(note, run_of, notes, now)
         return states, notes
 
-    def _claims(self) -> Any:
-        return self._states().database[CLAIMS_COLLECTION]
+    async def _read_states(self, query: dict[str, Any]) -> list[StateRecord]:
+        found = await self._states().find(query, _STATE_FIELDS).to_list(None)
+        return [StateRecord.from_document(document) for document in found]
+
+    async def unsettled_runs(self, run_ids: Sequence[str]) -> set[str]:
+        unsettled = set()
+        for run_id in run_ids:  # the app's run_id_status_index: one index probe per run
+            pending = await self._states().find_one(
+                {"run_id": run_id, "status": {"$in": sorted(PENDING_STATUSES)}}, {"_id": 1}
+            )
+            if pending is not None or await self._states().find_one({"run_id": run_id}, {"_id": 1}) is None:
+                unsettled.add(run_id)
+        return unsettled
+
+    async def notes_seen(self, note_ids: Sequence[object]) -> None:
+        if note_ids:
+            await self._notes().update_many({"_id": {"$in": list(note_ids)}}, {"$set": {"seen": True}})
 
     async def _claim(self, keys: list[str]) -> set[str]:
         if not keys:
@@ -146,34 +225,21 @@ class MongoRunStore:
         won = await self._claim([f"outcome:{run_id}" for run_id in run_ids])
         return {key.removeprefix("outcome:") for key in won}
 
-    async def close_runs(self, run_ids: Sequence[str], state_ids: Sequence[str]) -> None:
-        await self._runs().update_many({"_id": {"$in": list(run_ids)}}, {"$set": {"open": False}})
-        ids = list(state_ids)
-        await self._notes().delete_many({"$or": [{"state_ids.0": {"$in": ids}}, {"state_id": {"$in": ids}}]})
+    async def close_runs(self, run_ids: Sequence[str]) -> None:
+        ids = list(run_ids)
+        await self._runs().update_many({"_id": {"$in": ids}}, {"$set": {"open": False, "touched": False}})
+        await self._notes().delete_many({"run_id": {"$in": ids}})
 
 
-def _apply_note(note: dict[str, Any], run_of: dict[str, str], notes: dict[str, RunNotes], now: int) -> None:
-    kind = note.get("kind")
-    if kind == "next":
-        ids = [str(s) for s in note.get("state_ids") or ()]
-        run_id = next((run_of[s] for s in ids if s in run_of), None)
-        if run_id is None:
-            return
-        run_notes = notes[run_id]
-        if not note.get("done"):
-            if now - int(note.get("t_start") or 0) < STALE_TOKEN_NS:
-                run_notes.next_states_pending = True
-            return
-        for copy in ids[1:]:
-            run_notes.copy_of[copy] = ids[0]
-            run_notes.final_ns[copy] = int(note.get("t_end") or now)
-    elif kind == "requeue":
-        state_id = str(note.get("state_id"))
-        if state_id in run_of:
-            notes[run_of[state_id]].requeues.setdefault(state_id, []).append(
-                (int(note.get("t") or now), int(note.get("delay_ms") or 0))
-            )
-    elif kind == "retry":
-        state_id = str(note.get("state_id"))
-        if state_id in run_of:
-            notes[run_of[state_id]].retry_of[state_id] = str(note.get("of"))
+def _object_id(value: str) -> Any:
+    bson = importlib.import_module("bson")  # the app's (pymongo's), not a dependency of ours
+    return bson.ObjectId(value) if bson.ObjectId.is_valid(value) else value
+
+
+def _notes_by_run(raw_notes: list[dict[str, Any]], run_ids: Sequence[str], now: int) -> dict[str, RunNotes]:
+    notes = {run_id: RunNotes() for run_id in run_ids}
+    for note in raw_notes:
+        run_notes = notes.get(str(note.get("run_id")))
+        if run_notes is not None:
+            apply_note(note, run_notes, now)
+    return notes

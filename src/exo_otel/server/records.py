@@ -13,6 +13,8 @@ from typing import Any, Final
 # Upstream's state statuses: a run is settled when none of its states is pending.
 PENDING_STATUSES: Final = frozenset({"CREATED", "QUEUED", "EXECUTED"})
 ERRORED_STATUSES: Final = frozenset({"ERRORED", "NEXT_CREATED_ERROR"})
+# A next-states note not done after this is from a process that died mid-way: it no longer holds a run open.
+STALE_TOKEN_NS: Final = 120 * 1_000_000_000
 OUTCOME_BY_STATUS: Final = {
     "SUCCESS": "executed",
     "PRUNED": "pruned",
@@ -86,6 +88,10 @@ class RunNotes:
     final_ns: dict[str, int] = field(default_factory=dict)  # fan-out copy: when it became final
     retry_of: dict[str, str] = field(default_factory=dict)  # manual retry: the state it retries
     next_states_pending: bool = False  # next states are being created for one of its states
+    # States that settled since the notes were last swept (named by next-states, errored and pruned
+    # notes), and those notes, to be marked seen once their states are swept.
+    changed: set[str] = field(default_factory=set)
+    unseen: list[object] = field(default_factory=list)
 
 
 def run_outcome(states: list[StateRecord]) -> tuple[str, dict[str, int]]:
@@ -98,3 +104,30 @@ def run_outcome(states: list[StateRecord]) -> tuple[str, dict[str, int]]:
 def is_settled(states: list[StateRecord], notes: RunNotes) -> bool:
     """No state is pending and no next states are being created: the run is over (for now)."""
     return bool(states) and not notes.next_states_pending and all(state.settled for state in states)
+
+
+def apply_note(note: dict[str, Any], notes: RunNotes, now: int) -> None:
+    """Add one stored note to its run's `RunNotes` (shared with the embedded store's notes)."""
+    kind = note.get("kind")
+    ids = [str(s) for s in note.get("state_ids") or ()]
+    if kind == "next":
+        if not note.get("done"):
+            if now - int(note.get("t_start") or 0) < STALE_TOKEN_NS:
+                notes.next_states_pending = True
+            return
+        for copy in ids[1:]:
+            notes.copy_of[copy] = ids[0]
+            notes.final_ns[copy] = int(note.get("t_end") or now)
+        notes.changed.update(ids)
+    elif kind == "settled":
+        notes.changed.update(ids)
+    elif kind == "requeue":
+        state_id = str(note.get("state_id"))
+        requeue = (int(note.get("t") or now), int(note.get("delay_ms") or 0))
+        notes.requeues.setdefault(state_id, []).append(requeue)
+        return  # kept in every read until the run closes
+    elif kind == "retry":
+        notes.retry_of[str(note.get("state_id"))] = str(note.get("of"))
+        return
+    if "_id" in note and not note.get("seen"):
+        notes.unseen.append(note["_id"])

@@ -96,7 +96,8 @@ def emit_node_span(
     notes: RunNotes,
 ) -> None:
     """The state's node span: child of the run root, links to its upstream state, its original, or the
-    state it retries (each only when that state is in the run, so its span is emitted too)."""
+    state it retries (each a state of the run, so its span is emitted too). ``by_id`` holds at least
+    the state's original and previous attempt when it has them."""
     original_id = notes.copy_of.get(state.state_id)
     original = by_id.get(original_id) if original_id else None
     start = (original or state).created_ns
@@ -116,7 +117,7 @@ def emit_node_span(
     if outcome == attr.OUTCOME_ERRORED:
         attributes[STATE_STATUS] = state.status  # which failure: ERRORED, RETRY_CREATED, NEXT_CREATED_ERROR
     links: list[Link] = []
-    if state.parent_ids and state.parent_ids[-1] in by_id:
+    if state.parent_ids:  # always of the same run, whose every settled state the sweep emits
         links.append(_state_link(run, state.parent_ids[-1]))
     if original is not None:
         attributes[attr.STATE_FANOUT_OF] = original.state_id

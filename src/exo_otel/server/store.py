@@ -31,29 +31,51 @@ class RunStore(Protocol):
 
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         """Next states are being created after these states (the first is the original, the rest
-        its fan-out copies): their runs cannot settle until `end_next_states`. Returns a token."""
+        its fan-out copies): their run cannot settle until `end_next_states`. Returns a token."""
 
     async def end_next_states(self, token: object, t_ns: int) -> None:
-        """Next states are created (or failed): the copies became final at ``t_ns``."""
+        """Next states are created (or failed): these states settled, the copies became final at
+        ``t_ns``; their run is touched."""
+
+    async def note_settled(self, state_id: str) -> None:
+        """The state settled outside next-states creation (errored, pruned): its run is touched."""
 
     async def note_requeue(self, state_id: str, t_ns: int, delay_ms: int) -> None:
         """A state was put back in the queue for ``delay_ms``."""
 
     async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> None:
-        """A manual retry: ``state_id`` retries ``retried_state_id``; its run is open again."""
+        """A manual retry: ``state_id`` retries ``retried_state_id``; its run is open again, touched."""
 
-    async def open_runs(self, limit: int) -> list[RunContext]:
-        """Runs whose spans are not all emitted yet, oldest first."""
+    async def touched_runs(self, limit: int) -> list[RunContext]:
+        """Open, ready runs touched since their last sweep (at most ``limit``)."""
+
+    async def open_runs_after(self, start_ns: int, limit: int) -> list[RunContext]:
+        """Open, ready runs that started after ``start_ns``, oldest first: the background check's page."""
+
+    async def untouch(self, run_ids: Sequence[str]) -> None:
+        """These runs are being swept: a touch from now on makes them swept again."""
+
+    async def run_changes(
+        self, run_ids: Sequence[str]
+    ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
+        """The notes of these runs not seen yet, then the states they name (``RunNotes.changed``)
+        with the states their spans refer to (a copy's original, a retry's previous attempt).
+
+        Notes BEFORE states: a next-states token seen done then guarantees that the states it created
+        are in what is read after (else a run could look settled between upstream marking its parents
+        SUCCESS and inserting a unites state).
+        """
 
     async def run_records(
         self, run_ids: Sequence[str]
     ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
-        """Every state of these runs, and their notes.
+        """Every state of these runs and all their notes (notes first, as in `run_changes`)."""
 
-        The notes must be read BEFORE the states: a next-states token seen done then guarantees
-        that the states it created are in the states read after (else a run could look settled
-        between upstream marking its parents SUCCESS and inserting a unites state).
-        """
+    async def unsettled_runs(self, run_ids: Sequence[str]) -> set[str]:
+        """Those of these runs with a state still pending (or no state at all)."""
+
+    async def notes_seen(self, note_ids: Sequence[object]) -> None:
+        """These notes' states are swept: `run_changes` no longer returns them."""
 
     async def claim_nodes(self, state_ids: Sequence[str]) -> set[str]:
         """Atomically claim these states' node spans (any runs, in one go); returns those this caller won."""
@@ -61,5 +83,5 @@ class RunStore(Protocol):
     async def claim_outcomes(self, run_ids: Sequence[str]) -> set[str]:
         """Atomically claim these runs' outcome spans (once ever each); returns those this caller won."""
 
-    async def close_runs(self, run_ids: Sequence[str], state_ids: Sequence[str]) -> None:
+    async def close_runs(self, run_ids: Sequence[str]) -> None:
         """These runs are settled and their spans emitted: stop sweeping them, drop their notes."""

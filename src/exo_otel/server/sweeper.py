@@ -1,10 +1,12 @@
-"""The sweep: emits node spans for finished states and the root of every settled run, from stored truth.
+"""The sweep: emits node spans for finished states and the outcome of every settled run, from stored truth.
 
-Each state manager process runs one sweep loop (started by the first hooked request). A pass reads
-the open runs, their states and notes (three queries, whatever the number of runs), claims the
-node spans of states that finished and, once a run has settled, its root. Claims are atomic in the
-store, so with several processes every span is emitted once. A hook that sees an outcome nudges
-the loop, so a run's root ends well within a second of the run settling.
+Each state manager process runs one sweep loop (started by the first hooked request). Work follows
+activity: a pass takes the runs the hooks touched since their last sweep, reads only the notes not
+seen yet and the states they name, claims the node spans of states that settled and, when a run has
+no pending state left, its outcome. A run with nothing new costs nothing; a bounded background check
+reads a page of open runs in full every `check_interval`, for what no hook saw. Claims are atomic in
+the store, so with several processes every span is emitted once. A hook that sees an outcome nudges
+the loop, so node spans and outcomes follow well within a second.
 """
 
 from __future__ import annotations
@@ -46,14 +48,19 @@ class Sweeper:
     store: RunStore
     tracer: trace.Tracer
     metrics: ServerMetrics | None = None
-    busy_interval: float = 0.25  # between passes while runs are open
+    busy_interval: float = 0.25  # between passes while runs are touched
     idle_interval: float = 1.0
-    max_runs_per_pass: int = 1000
+    max_runs_per_pass: int = 500
+    check_interval: float = 10.0  # the background check: a page of open runs read in full
+    check_page: int = 100
     stats: SweepStats = field(default_factory=SweepStats)
     _task: asyncio.Task[None] | None = None
     _wake: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
+    # Node claims this process tried in runs still open (lost ones are another process's spans).
     _attempted: set[str] = field(default_factory=set)
+    _check_after_ns: int = 0  # where the background check's next page starts (by run start)
+    _next_check: float = 0.0
 
     def nudge(self) -> None:
         """Start the loop in the running event loop if needed, and make it pass soon."""
@@ -73,62 +80,120 @@ class Sweeper:
         self._task = None
 
     async def _run(self) -> None:
-        open_runs = 0
+        busy = 0
         while True:
             wake = self._wake
             assert wake is not None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.busy_interval if open_runs else self.idle_interval)
+                await asyncio.wait_for(wake.wait(), self.busy_interval if busy else self.idle_interval)
             wake.clear()
             started = time.perf_counter()
             try:
-                open_runs = await self.sweep_once()
+                busy = await self.sweep_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.stats.errors += 1
                 _logger.warning("exo_otel: a state manager sweep failed; the next one retries", exc_info=True)
-            if open_runs:
+            if busy:
                 # Several nudges in a row give one pass per busy interval at most, and a slow pass
                 # (a big backlog, a slow database) spaces the next ones out as much as it lasted: the
                 # sweep never takes more than half of the event loop's time. (Its wall time includes
-                # the requests served meanwhile, so a larger factor would delay roots under load.)
+                # the requests served meanwhile, so a larger factor would delay spans under load.)
                 elapsed = time.perf_counter() - started
                 await asyncio.sleep(max(self.busy_interval, PAUSE_PER_PASS_TIME * elapsed))
 
-    async def sweep_once(self) -> int:
-        """One pass; returns how many runs were open at its start.
+    async def sweep_once(self, check_all: bool = False) -> int:
+        """One pass; returns how many runs it swept (0: nothing was new).
 
-        A constant number of store calls whatever the number of runs: read, claim node spans, claim
-        roots, close the settled runs.
+        The touched runs, then, every `check_interval` (or with ``check_all``), a page of open runs
+        read in full. A run touched again while it is swept is swept again at the next pass.
         """
         started = time.perf_counter()
-        runs = await self.store.open_runs(self.max_runs_per_pass)
-        if runs:
-            await self._sweep(runs)
+        ensure_indexes = getattr(self.store, "ensure_indexes", None)
+        if ensure_indexes is not None:
+            await ensure_indexes()
+        touched = await self.store.touched_runs(self.max_runs_per_pass)
+        checked = await self._check_page(check_all, {run.run_id for run in touched})
+        if touched:
+            await self.store.untouch([run.run_id for run in touched])
+            await self._sweep(touched, full=False)
+        if checked:
+            await self._sweep(checked, full=True)
         self.stats.passes += 1
         self.stats.seconds += time.perf_counter() - started
-        return len(runs)
+        return len(touched) + len(checked)
 
-    async def _sweep(self, runs: list[RunContext]) -> None:
-        states, notes = await self.store.run_records([run.run_id for run in runs])
+    async def _check_page(self, check_all: bool, touched: set[str]) -> list[RunContext]:
+        now = time.monotonic()
+        if not check_all and now < self._next_check:
+            return []
+        self._next_check = now + self.check_interval
+        limit = self.max_runs_per_pass if check_all else self.check_page
+        page = await self.store.open_runs_after(0 if check_all else self._check_after_ns, limit)
+        self._check_after_ns = page[-1].start_ns if len(page) == limit else 0
+        return [run for run in page if run.run_id not in touched]
+
+    async def _sweep(self, runs: list[RunContext], full: bool) -> None:
+        run_ids = [run.run_id for run in runs]
+        read = self.store.run_records if full else self.store.run_changes
+        states, notes = await read(run_ids)
         by_run = {run.run_id: run for run in runs}
-        by_id = {state.state_id: state for records in states.values() for state in records}
-        finished = [s.state_id for s in by_id.values() if s.settled and s.state_id not in self._attempted]
+        if full:
+            changed = [s for records in states.values() for s in records]
+        else:
+            known = {s.state_id: s for records in states.values() for s in records}
+            changed = [known[s] for r in run_ids for s in sorted(notes[r].changed) if s in known]
+        await self._emit_nodes(by_run, changed, states, notes)
+        if full:
+            settled = [r for r in run_ids if is_settled(states.get(r, []), notes[r])]
+        else:
+            # Only a state settling can settle its run: ask the store about those runs alone.
+            maybe = [r for r in run_ids if notes[r].changed and not notes[r].next_states_pending]
+            unsettled = await self.store.unsettled_runs(maybe) if maybe else set()
+            settled = [r for r in maybe if r not in unsettled]
+        if settled:
+            runs_settled = [by_run[r] for r in settled]
+            await self._settle(runs_settled, states if full else None, notes if full else None)
+        if not full:
+            await self.store.notes_seen([n for r in run_ids for n in notes[r].unseen])
+
+    async def _emit_nodes(
+        self,
+        by_run: dict[str, RunContext],
+        states: list[StateRecord],
+        run_states: dict[str, list[StateRecord]],
+        notes: dict[str, RunNotes],
+    ) -> None:
+        finished = [s.state_id for s in states if s.settled and s.state_id not in self._attempted]
         won = await self.store.claim_nodes(finished) if finished else set()
         # Lost claims are another process's spans: not tried again while the run is open.
         self._attempted.update(finished)
-        states_by_run: dict[str, dict[str, StateRecord]] = {}
+        by_id = {s.state_id: s for s in states}
+        known: dict[str, dict[str, StateRecord]] = {}
         for state_id in won:
             state = by_id[state_id]
             run = by_run[state.run_id]
             if run.sampled:
                 with guard("emitting a node span"):
-                    run_states = states_by_run.get(run.run_id)
-                    if run_states is None:
-                        run_states = states_by_run[run.run_id] = {s.state_id: s for s in states[run.run_id]}
-                    emit_node_span(self.tracer, run, state, run_states, notes.get(state.run_id) or RunNotes())
+                    of_run = known.get(run.run_id)
+                    if of_run is None:
+                        of_run = known[run.run_id] = {s.state_id: s for s in run_states.get(run.run_id, [])}
+                    emit_node_span(self.tracer, run, state, of_run, notes.get(run.run_id) or RunNotes())
                     self.stats.node_spans += 1
+
+    async def _settle(
+        self,
+        runs: list[RunContext],
+        states: dict[str, list[StateRecord]] | None,
+        notes: dict[str, RunNotes] | None,
+    ) -> None:
+        """Emit the outcome of runs that settled (every state read, once per run), then close them."""
+        by_run = {run.run_id: run for run in runs}
+        if states is None or notes is None:
+            states, notes = await self.store.run_records(list(by_run))
+            # Anything no note named (a hook that failed) gets its node span now.
+            await self._emit_nodes(by_run, [s for r in states.values() for s in r], states, notes)
         settled = [r for r in by_run if is_settled(states.get(r, []), notes.get(r) or RunNotes())]
         if not settled:
             return
@@ -136,6 +201,5 @@ class Sweeper:
             with guard("emitting a run's outcome"):
                 emit_run_outcome(self.tracer, self.metrics, by_run[run_id], states[run_id], time.time_ns())
                 self.stats.outcomes += 1
-        closed_states = [s.state_id for r in settled for s in states.get(r, [])]
-        await self.store.close_runs(settled, closed_states)
-        self._attempted.difference_update(closed_states)
+        await self.store.close_runs(settled)
+        self._attempted.difference_update(s.state_id for r in settled for s in states.get(r, []))

@@ -220,6 +220,23 @@ def make_next_states_wrapper(side: ServerSide) -> AsyncMethod:
     return traced_next_states
 
 
+def make_settled_wrapper(side: ServerSide) -> AsyncMethod:
+    """Around ``errored_state`` and ``prune_signal`` (``namespace_name, state_id, body, ...``): the state
+    settled (ERRORED, RETRY_CREATED or PRUNED), so its run is touched for the sweep."""
+
+    async def traced_settle(
+        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        result = await wrapped(*args, **kwargs)
+        if side.enabled:
+            with guard("noting a settled state"):
+                await side.store.note_settled(str(call_argument(args, kwargs, 1, "state_id", "")))
+                side.sweeper.nudge()
+        return result
+
+    return traced_settle
+
+
 def make_requeue_wrapper(side: ServerSide) -> AsyncMethod:
     """Around ``re_queue_after_signal(namespace_name, state_id, body, ...)``: the requeue as an event."""
 
