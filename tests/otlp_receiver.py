@@ -47,6 +47,9 @@ class Span:
     service_name: str | None
     events: list[str] = field(default_factory=list)
     process_pid: int | None = None  # the resource's process.pid, where the exporter's resource has it
+    # When the export request carrying it reached the receiver (time.time_ns()); None for spans not
+    # received over OTLP (`trace_checks.flatten`).
+    received_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,10 @@ class _Collector:
                 # Condition() wraps an RLock, so the predicate may call spans() while we hold it.
                 self._cond.wait(min(remaining, 0.1))
 
-    def add_traces(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+    def add_traces(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, received_ns: int | None = None
+    ) -> None:
+        received_ns = time.time_ns() if received_ns is None else received_ns
         decoded = []
         for rs in request.resource_spans:
             service = _service(list(rs.resource.attributes))
@@ -152,6 +158,7 @@ class _Collector:
                             service_name=service,
                             events=[e.name for e in s.events],
                             process_pid=int(pid) if pid is not None else None,
+                            received_ns=received_ns,
                         )
                     )
         with self._cond:
@@ -260,7 +267,7 @@ class OtlpGrpcReceiver(_Collector):
 
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:
-                collector.add_traces(request)
+                collector.add_traces(request, time.time_ns())
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
