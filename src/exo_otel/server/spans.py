@@ -184,12 +184,13 @@ def emit_run_outcome(
     metrics: ServerMetrics | None,
     run: RunContext,
     states: list[StateRecord],
-    end_ns: int,
+    notes: RunNotes,
 ) -> None:
-    """The run's outcome, ``settle {graph_name}``, under the root: from the trigger to the run settled
-    (its duration is the run's), with the run's status and its states by final status."""
+    """The run's outcome, ``settle {graph_name}``, under the root: from the trigger to the moment the
+    run settled (the last state's end, as its node span ends: its duration is the run's), with the
+    run's status and its states by final status."""
     status, counts = run_outcome(states)
-    end = max(end_ns, run.start_ns, *(s.updated_ns for s in states))
+    end = max(run.start_ns, *(s.updated_ns for s in states), *notes.final_ns.values())
     if metrics is not None:
         metrics.run_duration.record(
             (end - run.start_ns) / 1e9,

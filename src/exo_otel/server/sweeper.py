@@ -199,7 +199,8 @@ class Sweeper:
             return
         for run_id in await self.store.claim_outcomes(settled):
             with guard("emitting a run's outcome"):
-                emit_run_outcome(self.tracer, self.metrics, by_run[run_id], states[run_id], time.time_ns())
+                run_notes = notes.get(run_id) or RunNotes()
+                emit_run_outcome(self.tracer, self.metrics, by_run[run_id], states[run_id], run_notes)
                 self.stats.outcomes += 1
         await self.store.close_runs(settled)
         self._attempted.difference_update(s.state_id for r in settled for s in states.get(r, []))
