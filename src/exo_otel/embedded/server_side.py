@@ -76,6 +76,9 @@ class MemoryRunStore:
         if run_id in self.runs:
             self.runs[run_id]["touched"] = True
 
+    async def ensure_indexes(self) -> None:
+        return None  # dictionaries by run and by state: nothing to index
+
     async def save_run(self, run: RunContext) -> None:
         self.runs[run.run_id] = {"run": run, "ready": False, "open": True, "touched": False}
 
@@ -178,8 +181,7 @@ class MemoryRunStore:
             return {
                 run_id
                 for run_id in run_ids
-                if not self.db.run_states.get(run_id)
-                or any(s.status.value in PENDING_STATUSES for s in self.db.run_states[run_id])
+                if any(s.status.value in PENDING_STATUSES for s in self.db.run_states.get(run_id, ()))
             }
 
     async def notes_seen(self, note_ids: Sequence[object]) -> None:

@@ -62,6 +62,9 @@ class Patch:
     parameters: tuple[str, ...]
 
 
+# What the routes acting on one state (errored, prune, requeue, manual retry) call their controller with.
+STATE_ROUTE_PARAMETERS: Final = ("namespace_name", "state_id", "body", "x_exosphere_request_id")
+
 PATCHES: Final[tuple[Patch, ...]] = (
     Patch(
         "app.middlewares.request_id_middleware",
@@ -101,25 +104,25 @@ PATCHES: Final[tuple[Patch, ...]] = (
         "app.routes",
         "errored_state",
         make_settled_wrapper,
-        ("namespace_name", "state_id", "body", "x_exosphere_request_id"),
+        STATE_ROUTE_PARAMETERS,
     ),
     Patch(
         "app.routes",
         "prune_signal",
         make_settled_wrapper,
-        ("namespace_name", "state_id", "body", "x_exosphere_request_id"),
+        STATE_ROUTE_PARAMETERS,
     ),
     Patch(
         "app.routes",
         "re_queue_after_signal",
         make_requeue_wrapper,
-        ("namespace_name", "state_id", "body", "x_exosphere_request_id"),
+        STATE_ROUTE_PARAMETERS,
     ),
     Patch(
         "app.routes",
         "manual_retry_state",
         make_manual_retry_wrapper,
-        ("namespace_name", "state_id", "body", "x_exosphere_request_id"),
+        STATE_ROUTE_PARAMETERS,
     ),
 )
 

@@ -134,8 +134,9 @@ class MongoRunStore:
 
     async def touched_runs(self, limit: int) -> list[RunContext]:
         # exo_otel_touched
-        found = await self._runs().find({"touched": True, "open": True, "ready": True}).to_list(limit)
-        return [RunContext.from_document(doc) for doc in found[:limit]]
+        cursor = self._runs().find({"touched": True, "open": True, "ready": True})
+        found = await cursor.limit(limit).to_list(None)
+        return [RunContext.from_document(doc) for doc in found]
 
     async def open_runs_after(self, start_ns: int, limit: int) -> list[RunContext]:
         # exo_otel_open_by_start
@@ -193,7 +194,7 @@ class MongoRunStore:
             pending = await self._states().find_one(
                 {"run_id": run_id, "status": {"$in": sorted(PENDING_STATUSES)}}, {"_id": 1}
             )
-            if pending is not None or await self._states().find_one({"run_id": run_id}, {"_id": 1}) is None:
+            if pending is not None:
                 unsettled.add(run_id)
         return unsettled
 

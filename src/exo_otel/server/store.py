@@ -17,6 +17,9 @@ from exo_otel.server.records import RunNotes, StateRecord
 class RunStore(Protocol):
     """The state manager side's storage, as the hooks and the sweeper use it."""
 
+    async def ensure_indexes(self) -> None:
+        """Make sure every query below is served by an index (idempotent; called before each pass)."""
+
     async def save_run(self, run: RunContext) -> None:
         """Keep a new run's context (not yet swept: `mark_ready` makes it so)."""
 
@@ -72,7 +75,7 @@ class RunStore(Protocol):
         """Every state of these runs and all their notes (notes first, as in `run_changes`)."""
 
     async def unsettled_runs(self, run_ids: Sequence[str]) -> set[str]:
-        """Those of these runs with a state still pending (or no state at all)."""
+        """Those of these runs with a state still pending."""
 
     async def notes_seen(self, note_ids: Sequence[object]) -> None:
         """These notes' states are swept: `run_changes` no longer returns them."""

@@ -110,16 +110,14 @@ class Sweeper:
         read in full. A run touched again while it is swept is swept again at the next pass.
         """
         started = time.perf_counter()
-        ensure_indexes = getattr(self.store, "ensure_indexes", None)
-        if ensure_indexes is not None:
-            await ensure_indexes()
+        await self.store.ensure_indexes()
         touched = await self.store.touched_runs(self.max_runs_per_pass)
         checked = await self._check_page(check_all, {run.run_id for run in touched})
         if touched:
             await self.store.untouch([run.run_id for run in touched])
-            await self._sweep(touched, full=False)
+            await self._sweep_changes(touched)
         if checked:
-            await self._sweep(checked, full=True)
+            await self._sweep_in_full(checked)
         self.stats.passes += 1
         self.stats.seconds += time.perf_counter() - started
         return len(touched) + len(checked)
@@ -134,29 +132,38 @@ class Sweeper:
         self._check_after_ns = page[-1].start_ns if len(page) == limit else 0
         return [run for run in page if run.run_id not in touched]
 
-    async def _sweep(self, runs: list[RunContext], full: bool) -> None:
+    async def _sweep_changes(self, runs: list[RunContext]) -> None:
+        """What changed in these runs since their last sweep; the runs that may have settled in full."""
         run_ids = [run.run_id for run in runs]
-        read = self.store.run_records if full else self.store.run_changes
-        states, notes = await read(run_ids)
+        states, notes = await self.store.run_changes(run_ids)
         by_run = {run.run_id: run for run in runs}
-        if full:
-            changed = [s for records in states.values() for s in records]
-        else:
-            known = {s.state_id: s for records in states.values() for s in records}
-            changed = [known[s] for r in run_ids for s in sorted(notes[r].changed) if s in known]
+        known = {s.state_id: s for records in states.values() for s in records}
+        changed = [known[s] for r in run_ids for s in sorted(notes[r].changed) if s in known]
         await self._emit_nodes(by_run, changed, states, notes)
-        if full:
-            settled = [r for r in run_ids if is_settled(states.get(r, []), notes[r])]
-        else:
-            # Only a state settling can settle its run: ask the store about those runs alone.
-            maybe = [r for r in run_ids if notes[r].changed and not notes[r].next_states_pending]
-            unsettled = await self.store.unsettled_runs(maybe) if maybe else set()
-            settled = [r for r in maybe if r not in unsettled]
+        # Only a state settling can settle its run: ask the store about those runs alone.
+        maybe = [r for r in run_ids if notes[r].changed and not notes[r].next_states_pending]
+        unsettled = await self.store.unsettled_runs(maybe) if maybe else set()
+        settled = [by_run[r] for r in maybe if r not in unsettled]
         if settled:
-            runs_settled = [by_run[r] for r in settled]
-            await self._settle(runs_settled, states if full else None, notes if full else None)
-        if not full:
-            await self.store.notes_seen([n for r in run_ids for n in notes[r].unseen])
+            await self._sweep_in_full(settled)
+        await self.store.notes_seen([n for r in run_ids for n in notes[r].unseen])
+
+    async def _sweep_in_full(self, runs: list[RunContext]) -> None:
+        """Every state and note of these runs: node spans for any state not tried yet (what no note
+        named, for one), and the outcome of those that settled, which are then closed."""
+        by_run = {run.run_id: run for run in runs}
+        states, notes = await self.store.run_records(list(by_run))
+        await self._emit_nodes(by_run, [s for records in states.values() for s in records], states, notes)
+        settled = [r for r in by_run if is_settled(states.get(r, []), notes.get(r) or RunNotes())]
+        if not settled:
+            return
+        for run_id in await self.store.claim_outcomes(settled):
+            with guard("emitting a run's outcome"):
+                run_notes = notes.get(run_id) or RunNotes()
+                emit_run_outcome(self.tracer, self.metrics, by_run[run_id], states[run_id], run_notes)
+                self.stats.outcomes += 1
+        await self.store.close_runs(settled)
+        self._attempted.difference_update(s.state_id for r in settled for s in states.get(r, []))
 
     async def _emit_nodes(
         self,
@@ -181,26 +188,3 @@ class Sweeper:
                         of_run = known[run.run_id] = {s.state_id: s for s in run_states.get(run.run_id, [])}
                     emit_node_span(self.tracer, run, state, of_run, notes.get(run.run_id) or RunNotes())
                     self.stats.node_spans += 1
-
-    async def _settle(
-        self,
-        runs: list[RunContext],
-        states: dict[str, list[StateRecord]] | None,
-        notes: dict[str, RunNotes] | None,
-    ) -> None:
-        """Emit the outcome of runs that settled (every state read, once per run), then close them."""
-        by_run = {run.run_id: run for run in runs}
-        if states is None or notes is None:
-            states, notes = await self.store.run_records(list(by_run))
-            # Anything no note named (a hook that failed) gets its node span now.
-            await self._emit_nodes(by_run, [s for r in states.values() for s in r], states, notes)
-        settled = [r for r in by_run if is_settled(states.get(r, []), notes.get(r) or RunNotes())]
-        if not settled:
-            return
-        for run_id in await self.store.claim_outcomes(settled):
-            with guard("emitting a run's outcome"):
-                run_notes = notes.get(run_id) or RunNotes()
-                emit_run_outcome(self.tracer, self.metrics, by_run[run_id], states[run_id], run_notes)
-                self.stats.outcomes += 1
-        await self.store.close_runs(settled)
-        self._attempted.difference_update(s.state_id for r in settled for s in states.get(r, []))
