@@ -42,6 +42,10 @@ def _env(endpoint: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(
     endpoint: str, launcher: bool = True, server: tuple[str, str] | None = None, by_hand: bool = False,
     **extra: str,
@@ -55,7 +59,10 @@ def start(
     if launcher:
         command = [str(LAUNCHER), *command]
     process = subprocess.Popen(
-        command, env=_env(endpoint, **extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, env=_env(endpoint, **extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell's background job starts with SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler: the runtime gets the disposition a foreground process has.
+        preexec_fn=_default_sigint,
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 60
