@@ -111,6 +111,8 @@ async def test_every_state_in_its_runs_trace_across_processes(
     )
     assert_every_run_whole(result, runs)
     assert_every_run_whole(baseline, runs)
-    # Every server process's sweep claimed and emitted some of them (each exactly once: checked above).
+    # More than one server process's sweep claimed and emitted some of them (each span exactly once:
+    # checked above). Which processes win the claims is a race between their sweeps: with ten runs one
+    # of four workers can win none, so the test asserts sharing, not an even split (printed above).
     assert None not in emitters
-    assert len(emitters) == (4 if name == "workers-4" else 2)
+    assert len(emitters) >= 2
