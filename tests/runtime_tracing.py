@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 import conformance_graph as cg
 from exo_otel.core.ids import trace_id_for_run
@@ -19,37 +20,40 @@ trigger conformance
   node audit [pruned]
     execute AuditNode [pruned]
   node finish [executed]
-    execute FinishNode [executed]
+    execute FinishNode [status OK]
   node flaky [errored] builtins.RuntimeError
     execute FlakyNode [errored] builtins.RuntimeError
   node flaky [errored] builtins.RuntimeError
     execute FlakyNode [errored] builtins.RuntimeError
   node flaky [executed]
-    execute FlakyNode [executed]
+    execute FlakyNode [status OK]
   node merge [executed]
-    execute MergeNode [executed]
+    execute MergeNode [status OK]
   node prep [executed]
-    execute PrepNode [executed]
+    execute PrepNode [status OK]
   node split [executed]
-    execute SplitNode [executed]
+    execute SplitNode [status OK]
   node split [executed] (fan-out copy)
   node split [executed] (fan-out copy)
   node start [executed]
-    execute StartNode [executed]
+    execute StartNode [status OK]
   node work [executed]
-    execute WorkNode [executed]
+    execute WorkNode [status OK]
   node work [executed]
-    execute WorkNode [executed]
+    execute WorkNode [status OK]
   node work [executed]
-    execute WorkNode [executed]
-    execute WorkNode [requeued]"""
+    execute WorkNode [requeued]
+    execute WorkNode [status OK]"""
 
 SPANS_PER_RUN = EXPECTED_RUN_TREE.count("\n") + 1
 
 
 def label(span: ReadableSpan) -> str:
     attributes = span.attributes or {}
-    text = f"{span.name} [{attributes.get('exosphere.state.outcome')}]"
+    outcome = attributes.get("exosphere.state.outcome")
+    if outcome is None and span.status.status_code is StatusCode.OK:
+        outcome = "status OK"  # an executed attempt's execute span: its status says it
+    text = f"{span.name} [{outcome}]"
     if "error.type" in attributes:
         text += f" {attributes['error.type']}".replace(" RuntimeError", " builtins.RuntimeError")
     if "exosphere.state.fanout_of" in attributes:

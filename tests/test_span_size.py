@@ -127,6 +127,8 @@ def _report(label: str, items: int, spans: Sequence[ReadableSpan]) -> float:
         f"bytes={total} per_state={per_state:.0f} executed_state(node+execute)={pair_bytes:.0f} "
         f"copy={copy_bytes:.0f}"
     )
+    # A run of executed states only (a chain, no fan-out) costs this per state: it must fit too.
+    assert pair_bytes <= MAX_BYTES_PER_STATE
     return per_state
 
 

@@ -246,8 +246,12 @@ def _end_spans(execution: Execution) -> None:
     outcome = execution.outcome or attr.OUTCOME_ERRORED
     execute_span, node_span = execution.execute_span, execution.node_span
     secrets = execution.secrets
+    node_span.set_attribute(attr.STATE_OUTCOME, outcome)
+    if outcome != attr.OUTCOME_EXECUTED:
+        # An attempt that executed says so by its OK status (and its node span's outcome): the
+        # attribute is left off the commonest span of a run (docs/trace-model.md, section "Size").
+        execute_span.set_attribute(attr.STATE_OUTCOME, outcome)
     for span in (execute_span, node_span):
-        span.set_attribute(attr.STATE_OUTCOME, outcome)
         if secrets.values:
             # Started before the secrets were known: a payload value may equal one of them.
             redact_recorded(span, secrets)

@@ -29,6 +29,7 @@ RUN_STATES_PREFIX: Final = "exosphere.run.states."
 STATE_STATUS: Final = "exosphere.state.status"
 # How long the state waited for its enqueue_after before any runtime could take it (when it did).
 STATE_SCHEDULE_WAIT_MS: Final = "exosphere.state.schedule_wait_ms"
+_MIN_SCHEDULE_WAIT_NS: Final = 1_000_000
 LINK_RETRY_OF: Final = "exosphere.link.retry_of"
 
 RUN_DURATION: Final = "exosphere.run.duration"
@@ -126,7 +127,9 @@ def emit_node_span(
     if retried is not None and retried in by_id:
         links.append(_state_link(run, retried, **{LINK_RETRY_OF: True}))
     due_ns = (state.enqueue_after_ms or 0) * 1_000_000
-    if due_ns > state.created_ns:
+    # Upstream stamps a new state's enqueue_after (in ms, truncated) just after its created_at: a
+    # difference under a millisecond is that, not a wait.
+    if due_ns - state.created_ns >= _MIN_SCHEDULE_WAIT_NS:
         attributes[STATE_SCHEDULE_WAIT_MS] = (due_ns - state.created_ns) / 1e6
     parent = trace.set_span_in_context(trace.NonRecordingSpan(run.root_span_context()), Context())
     with stored_decision(run.sampled):
