@@ -61,6 +61,8 @@ class RunReport:
     executes: int = 0
     # Per run: the outcome's end minus the last node span's end (how long after settling it ended).
     outcome_lag_ms: list[float] = field(default_factory=list)
+    # Per run received over OTLP: when its root reached the receiver, after the trigger was handled.
+    root_export_ms: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -74,14 +76,16 @@ class RunReport:
             f"duplicate_ids={self.duplicate_span_ids} "
             f"dangling_parents={self.dangling_parents} dangling_links={self.dangling_links} "
             f"executes={self.executes} executes_misplaced={self.executes_misplaced} "
-            f"outcome_end_after_last_node_ms(p50/max)={self._lag()}"
+            f"outcome_end_after_last_node_ms(p50/max)={_p50_max(self.outcome_lag_ms)} "
+            f"root_exported_after_trigger_ms(p50/max)={_p50_max(self.root_export_ms)}"
         )
 
-    def _lag(self) -> str:
-        if not self.outcome_lag_ms:
-            return "-"
-        lags = sorted(self.outcome_lag_ms)
-        return f"{lags[len(lags) // 2]:.0f}/{lags[-1]:.0f}"
+
+def _p50_max(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[len(ordered) // 2]:.0f}/{ordered[-1]:.0f}"
 
 
 def check_runs(
@@ -108,6 +112,9 @@ def check_runs(
         root_id = f"{run_span_id(run_id):016x}"
         roots = [s for s in trace if s.name == f"run {graph_name}" and s.span_id == root_id]
         report.roots_per_run[len(roots)] += 1
+        report.root_export_ms.extend(
+            (root.received_ns - root.start_ns) / 1e6 for root in roots if root.received_ns is not None
+        )
         outcome_id = f"{outcome_span_id(run_id):016x}"
         outcomes = [s for s in trace if s.span_id == outcome_id]
         report.outcomes_per_run[len(outcomes)] += 1
