@@ -50,6 +50,9 @@ class Span:
     # When the export request carrying it reached the receiver (time.time_ns()); None for spans not
     # received over OTLP (`trace_checks.flatten`).
     received_ns: int | None = None
+    # Its size in the export request as the exporter encoded it (the span message with its field tag
+    # and length); 0 for spans not received over OTLP.
+    wire_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,14 @@ def _value(value: AnyValue) -> Any:
     if kind == "kvlist_value":
         return _attrs(value.kvlist_value.values)
     return getattr(value, kind) if kind else None
+
+
+def _wire_size(size: int) -> int:
+    """A message of ``size`` bytes in a repeated field: one tag byte, its varint length, itself."""
+    length = 1
+    while size >= 1 << (7 * length):
+        length += 1
+    return 1 + length + size
 
 
 def _attrs(pairs: Any) -> dict[str, Any]:
@@ -159,6 +170,7 @@ class _Collector:
                             events=[e.name for e in s.events],
                             process_pid=int(pid) if pid is not None else None,
                             received_ns=received_ns,
+                            wire_bytes=_wire_size(s.ByteSize()),
                         )
                     )
         with self._cond:

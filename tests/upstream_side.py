@@ -41,10 +41,12 @@ def otel_env(rx: OtlpHttpReceiver, service: str = "state-manager") -> dict[str, 
 
 
 @contextlib.contextmanager
-def side_server(rx: OtlpHttpReceiver, instances: int = 1, **env: str) -> Iterator[UpstreamServer]:
+def side_server(
+    rx: OtlpHttpReceiver, instances: int = 1, history: bool = True, **env: str
+) -> Iterator[UpstreamServer]:
     """The real state manager under the launcher's auto-initialisation, exporting to ``rx``."""
     with upstream_state_manager(
-        instances, pip=SIDE_PIP, preload=AUTO_INIT, **{**otel_env(rx), **env}
+        instances, pip=SIDE_PIP, preload=AUTO_INIT, history=history, **{**otel_env(rx), **env}
     ) as server:
         yield server
 
