@@ -10,7 +10,8 @@ database: the app's lifespan (beanie, init tasks, the cron scheduler) runs once,
 listens. Prints ``UPSTREAM_SM_URI=http://127.0.0.1:PORT`` per instance once all accept requests, and
 nothing else on stdout. Preload hooks run before the app is imported, so an instrumentation can patch
 what the app uses when it is built. ``GET /__harness/states?run_id=...`` (no key, not in the OpenAPI
-schema) answers every State with the history of its statuses, recorded at each write.
+schema) answers every State with the history of its statuses, recorded at each write;
+``GET /__harness/documents/{collection}`` the number of documents in one of the database's collections.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ def _add_states_route(app: Any, history: StatusHistory | None) -> None:
         return {"enabled": True, "states": history.states(run_id)}
 
     app.add_api_route("/__harness/states", states, methods=["GET"], include_in_schema=False)
+
+    async def documents(collection: str) -> dict[str, Any]:
+        from app.models.db.state import State
+
+        database = State.get_pymongo_collection().database
+        return {"collection": collection, "count": await database[collection].count_documents({})}
+
+    app.add_api_route("/__harness/documents/{collection}", documents, methods=["GET"], include_in_schema=False)
 
 
 def _listening_socket() -> socket.socket:

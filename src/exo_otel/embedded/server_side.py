@@ -8,6 +8,8 @@ one process). The handlers call `EmbeddedServerSide` at the same moments the ups
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +27,7 @@ from exo_otel.server.records import PENDING_STATUSES, RunNotes, StateRecord, app
 from exo_otel.server.sampling import install_stored_decision
 from exo_otel.server.side import ServerSide, TakenState
 from exo_otel.server.spans import ServerMetrics
+from exo_otel.server.sweeper import retention_seconds
 from exo_otel.version import __version__
 
 
@@ -53,13 +56,19 @@ class MemoryRunStore:
     """`exo_otel.server.store.RunStore` beside the embedded database (one process: claims are plain sets).
 
     Notes are kept per run in the same form as the MongoDB store's documents (`apply_note` reads both).
+    What the MongoDB store's indexes serve is kept indexed here too (the touched runs, the open runs by
+    start, the claims by run, the expiries), so a pass costs the same whatever the number of runs.
     """
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.runs: dict[str, dict[str, Any]] = {}
         self.notes: dict[str, dict[int, dict[str, Any]]] = {}
-        self.claims: set[str] = set()
+        self.claims: dict[str, set[str]] = {}  # run id: its claim keys
+        self._claimed: set[str] = set()
+        self._touched: set[str] = set()  # ready, open and touched
+        self._open: list[tuple[int, str]] = []  # (start_ns, run id) of ready, open runs, sorted
+        self._expiries: list[tuple[int, str]] = []  # (expires_ns, run id) of closed runs, a heap
         self._note_ids = itertools.count()
 
     def _run_of(self, state_id: str) -> str | None:
@@ -73,17 +82,31 @@ class MemoryRunStore:
         return note_id
 
     def _touch(self, run_id: str) -> None:
-        if run_id in self.runs:
-            self.runs[run_id]["touched"] = True
+        entry = self.runs.get(run_id)
+        if entry is not None:
+            entry["touched"] = True
+            if entry["ready"] and entry["open"]:
+                self._touched.add(run_id)
+
+    def _reopen(self, run_id: str) -> None:
+        entry = self.runs[run_id]
+        if entry["ready"] and not entry["open"]:
+            bisect.insort(self._open, (entry["run"].start_ns, run_id))
+        entry.update(open=True, expires_ns=None)
 
     async def ensure_indexes(self) -> None:
         return None  # dictionaries by run and by state: nothing to index
 
     async def save_run(self, run: RunContext) -> None:
-        self.runs[run.run_id] = {"run": run, "ready": False, "open": True, "touched": False}
+        entry = {"run": run, "ready": False, "open": True, "touched": False, "expires_ns": None}
+        self.runs[run.run_id] = entry
 
     async def mark_ready(self, run_id: str) -> None:
-        self.runs[run_id].update(ready=True, touched=True)
+        entry = self.runs[run_id]
+        if not entry["ready"]:
+            entry["ready"] = True
+            bisect.insort(self._open, (entry["run"].start_ns, run_id))
+        self._touch(run_id)
 
     async def discard_run(self, run_id: str) -> None:
         self.runs.pop(run_id, None)
@@ -119,25 +142,32 @@ class MemoryRunStore:
         if run_id is not None:
             self._note(run_id, {"kind": "requeue", "state_id": state_id, "t": t_ns, "delay_ms": delay_ms})
 
-    async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> None:
-        if run_id in self.runs:
-            self._note(run_id, {"kind": "retry", "state_id": state_id, "of": retried_state_id})
-            self.runs[run_id].update(open=True, touched=True)
+    async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> bool:
+        if run_id not in self.runs:
+            return False
+        self._reopen(run_id)
+        self._note(run_id, {"kind": "retry", "state_id": state_id, "of": retried_state_id})
+        self._touch(run_id)
+        return True
 
-    def _live(self) -> list[dict[str, Any]]:
-        return [entry for entry in self.runs.values() if entry["ready"] and entry["open"]]
+    async def revive_run(self, run: RunContext) -> None:
+        if run.run_id not in self.runs:
+            await self.save_run(run)
+            await self.mark_ready(run.run_id)
+            self._claim({f"outcome:{run.run_id}": run.run_id})
 
     async def touched_runs(self, limit: int) -> list[RunContext]:
-        return [entry["run"] for entry in self._live() if entry["touched"]][:limit]
+        return [self.runs[run_id]["run"] for run_id in itertools.islice(self._touched, limit)]
 
     async def open_runs_after(self, start_ns: int, limit: int) -> list[RunContext]:
-        later = [entry["run"] for entry in self._live() if entry["run"].start_ns > start_ns]
-        return sorted(later, key=lambda run: run.start_ns)[:limit]
+        first = bisect.bisect_right(self._open, (start_ns, "\uffff"))
+        return [self.runs[run_id]["run"] for _, run_id in self._open[first : first + limit]]
 
     async def untouch(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
             if run_id in self.runs:
                 self.runs[run_id]["touched"] = False
+            self._touched.discard(run_id)
 
     def _notes_of(self, run_ids: Sequence[str], unseen_only: bool) -> dict[str, RunNotes]:
         now = time.time_ns()
@@ -190,20 +220,45 @@ class MemoryRunStore:
             for note_id in wanted & run_notes.keys():
                 run_notes[note_id]["seen"] = True  # type: ignore[index]
 
-    async def claim_nodes(self, state_ids: Sequence[str]) -> set[str]:
-        won = {f"node:{s}" for s in state_ids} - self.claims
-        self.claims |= won
+    def _claim(self, runs_by_key: Mapping[str, str]) -> set[str]:
+        won = set(runs_by_key) - self._claimed
+        self._claimed |= won
+        for key in won:
+            self.claims.setdefault(runs_by_key[key], set()).add(key)
+        return won
+
+    async def claim_nodes(self, runs_by_state: Mapping[str, str]) -> set[str]:
+        won = self._claim({f"node:{state_id}": run_id for state_id, run_id in runs_by_state.items()})
         return {key.removeprefix("node:") for key in won}
 
     async def claim_outcomes(self, run_ids: Sequence[str]) -> set[str]:
-        won = {f"outcome:{r}" for r in run_ids} - self.claims
-        self.claims |= won
+        won = self._claim({f"outcome:{run_id}": run_id for run_id in run_ids})
         return {key.removeprefix("outcome:") for key in won}
 
-    async def close_runs(self, run_ids: Sequence[str]) -> None:
+    async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         for run_id in run_ids:
-            self.runs[run_id].update(open=False, touched=False)
+            entry = self.runs[run_id]
+            if entry["open"] and entry["ready"]:
+                index = bisect.bisect_left(self._open, (entry["run"].start_ns, run_id))
+                if index < len(self._open) and self._open[index][1] == run_id:
+                    del self._open[index]
+            entry.update(open=False, touched=False, expires_ns=expires_ns)
+            self._touched.discard(run_id)
+            heapq.heappush(self._expiries, (expires_ns, run_id))
             self.notes.pop(run_id, None)
+
+    async def purge_expired(self, now_ns: int, limit: int) -> int:
+        gone = 0
+        while self._expiries and self._expiries[0][0] < now_ns and gone < limit:
+            expires_ns, run_id = heapq.heappop(self._expiries)
+            entry = self.runs.get(run_id)
+            if entry is None or entry["open"] or entry["expires_ns"] != expires_ns:
+                continue  # reopened since (a later close pushed its new expiry), or gone already
+            del self.runs[run_id]
+            self.notes.pop(run_id, None)
+            self._claimed -= self.claims.pop(run_id, set())
+            gone += 1
+        return gone
 
 
 class EmbeddedServerSide:
@@ -221,7 +276,10 @@ class EmbeddedServerSide:
         sampler = install_stored_decision(tracer)
         meter = metrics.get_meter(__name__, __version__, meter_provider)
         self.db = db
-        self.side = ServerSide(tracer, MemoryRunStore(db), sampler, ServerMetrics.create(meter))
+        self.side = ServerSide(
+            tracer, MemoryRunStore(db), sampler, ServerMetrics.create(meter),
+            retention_seconds=retention_seconds(),
+        )
 
     async def triggered(
         self,
@@ -289,8 +347,10 @@ class EmbeddedServerSide:
             with self.db.lock:
                 state = self.db.states.get(new_id)
             if state is not None:
-                await self.side.store.note_retry(new_id, retried_state_id, state.run_id)
-                self.side.sweeper.nudge()
+                await self.side.state_retried(
+                    new_id, retried_state_id, state.run_id, state.namespace, state.graph_name,
+                    epoch_ns(state.created_at) or time.time_ns(),
+                )
 
     async def close(self) -> None:
         """A last sweep (runs that settled just now get their spans), then stop sweeping."""

@@ -48,6 +48,9 @@ class RunContext:
     # The caller's span when the trigger request carried a sampled one: the run root links to it.
     caller_trace_id: int | None = None
     caller_span_id: int | None = None
+    # A run revived by a late event after its records were purged: its states created before this
+    # had their node spans emitted already (and its outcome was made at its first settle).
+    emit_from_ns: int = 0
 
     def root_span_context(self) -> SpanContext:
         flags = TraceFlags(TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT)
@@ -79,6 +82,7 @@ class RunContext:
             "caller": None
             if self.caller_trace_id is None
             else [f"{self.caller_trace_id:032x}", f"{self.caller_span_id or 0:016x}"],
+            "emit_from_ns": self.emit_from_ns,
         }
 
     @classmethod
@@ -94,6 +98,7 @@ class RunContext:
             baggage={str(k): str(v) for k, v in raw_baggage.items()} if isinstance(raw_baggage, dict) else {},
             caller_trace_id=int(caller[0], 16) if isinstance(caller, list) and len(caller) == 2 else None,
             caller_span_id=int(caller[1], 16) if isinstance(caller, list) and len(caller) == 2 else None,
+            emit_from_ns=int(document.get("emit_from_ns") or 0),
         )
 
 

@@ -28,6 +28,7 @@ from exo_otel.server.mongo_store import MongoRunStore
 from exo_otel.server.sampling import install_stored_decision
 from exo_otel.server.side import ServerSide
 from exo_otel.server.spans import ServerMetrics
+from exo_otel.server.sweeper import retention_seconds
 from exo_otel.server.upstream import (
     make_enqueue_wrapper,
     make_find_state_wrapper,
@@ -191,7 +192,8 @@ class StateManagerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         sampler = install_stored_decision(tracer)
         meter = metrics.get_meter(__name__, __version__, meter_provider, schema_url=SCHEMA_URL)
         store = MongoRunStore(lambda: importlib.import_module(STATE_MODULE).State.get_pymongo_collection())
-        side = ServerSide(tracer, store, sampler, ServerMetrics.create(meter))
+        retention = retention_seconds(kwargs.get("run_retention_seconds"))
+        side = ServerSide(tracer, store, sampler, ServerMetrics.create(meter), retention_seconds=retention)
         self._side: ServerSide | None = side
         self._patched: list[Patch] = []
         for module_name in dict.fromkeys(patch.module for patch in PATCHES):

@@ -4,8 +4,10 @@
 and touched since its last sweep. ``exo_otel_notes``: what the hooks saw, one document per event,
 with its run: next states being created (then the states that settled), errored and pruned states,
 requeues, manual retries. ``exo_otel_claims``: one document per emitted span (``_id`` =
-``node:<state id>`` or ``outcome:<run id>``); a claim is an insert, atomic by the unique ``_id``, and
-a sweep pass claims all it needs in one unordered ``insert_many``, whatever the number of runs.
+``node:<state id>`` or ``outcome:<run id>``, with the run id); a claim is an insert, atomic by the
+unique ``_id``, and a sweep pass claims all it needs in one unordered ``insert_many``, whatever the
+number of runs. A closed run's document gets ``expires_ns``; past it, the run and its claims are
+removed (`purge_expired`) unless a manual retry reopened the run meanwhile.
 Every query on them is served by an index `ensure_indexes` creates. The app's ``State`` collection
 is only read, by ``_id`` or by its own ``run_id, status`` index.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
 from exo_otel.server.context import RunContext
@@ -28,7 +30,9 @@ _DUPLICATE_KEY: Final = 11000
 INDEXES: Final = (
     (RUNS_COLLECTION, [("touched", 1), ("open", 1), ("ready", 1)], "exo_otel_touched"),
     (RUNS_COLLECTION, [("open", 1), ("ready", 1), ("start_ns", 1)], "exo_otel_open_by_start"),
+    (RUNS_COLLECTION, [("expires_ns", 1)], "exo_otel_expiry"),
     (NOTES_COLLECTION, [("run_id", 1), ("seen", 1)], "exo_otel_notes_by_run"),
+    (CLAIMS_COLLECTION, [("run_id", 1)], "exo_otel_claims_by_run"),
 )
 _STATE_FIELDS: Final = {
     "run_id": 1,
@@ -93,9 +97,8 @@ class MongoRunStore:
         found = await self._states().find_one({"_id": _object_id(state_id)}, {"run_id": 1})
         return None if found is None else str(found.get("run_id"))
 
-    async def _touch(self, run_id: str, reopen: bool = False) -> None:
-        fields = {"touched": True, "open": True} if reopen else {"touched": True}
-        await self._runs().update_one({"_id": run_id}, {"$set": fields})
+    async def _touch(self, run_id: str) -> None:
+        await self._runs().update_one({"_id": run_id}, {"$set": {"touched": True}})
 
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         ids = [str(s) for s in state_ids]
@@ -126,11 +129,27 @@ class MongoRunStore:
             {"kind": "requeue", "run_id": run_id, "state_id": state_id, "t": t_ns, "delay_ms": delay_ms}
         )
 
-    async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> None:
+    async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> bool:
+        # Reopened first (its expiry cleared): a run purged already gets no note nothing would remove.
+        reopened = await self._runs().update_one(
+            {"_id": run_id}, {"$set": {"open": True}, "$unset": {"expires_ns": ""}}
+        )
+        if reopened.matched_count == 0:
+            return False
         await self._notes().insert_one(
             {"kind": "retry", "run_id": run_id, "state_id": state_id, "of": retried_state_id}
         )
-        await self._touch(run_id, reopen=True)
+        await self._touch(run_id)
+        return True
+
+    async def revive_run(self, run: RunContext) -> None:
+        document = {"_id": run.run_id, **run.to_document(), "ready": True, "open": True, "touched": False}
+        for collection, revived in ((self._runs(), document), (self._claims(), _outcome_claim(run.run_id))):
+            try:
+                await collection.insert_one(revived)
+            except Exception as exc:  # pymongo's DuplicateKeyError: another process revived it first
+                if getattr(exc, "code", None) != _DUPLICATE_KEY:
+                    raise
 
     async def touched_runs(self, limit: int) -> list[RunContext]:
         # exo_otel_touched
@@ -202,11 +221,13 @@ class MongoRunStore:
         if note_ids:
             await self._notes().update_many({"_id": {"$in": list(note_ids)}}, {"$set": {"seen": True}})
 
-    async def _claim(self, keys: list[str]) -> set[str]:
+    async def _claim(self, runs_by_key: dict[str, str]) -> set[str]:
+        keys = list(runs_by_key)
         if not keys:
             return set()
         try:
-            await self._claims().insert_many([{"_id": key} for key in keys], ordered=False)
+            documents = [{"_id": key, "run_id": run_id} for key, run_id in runs_by_key.items()]
+            await self._claims().insert_many(documents, ordered=False)
         except Exception as exc:  # pymongo's BulkWriteError (pymongo is the app's, not ours)
             details = getattr(exc, "details", None)
             if not isinstance(details, dict):
@@ -218,18 +239,43 @@ class MongoRunStore:
             return {key for index, key in enumerate(keys) if index not in lost}
         return set(keys)
 
-    async def claim_nodes(self, state_ids: Sequence[str]) -> set[str]:
-        won = await self._claim([f"node:{state_id}" for state_id in state_ids])
+    async def claim_nodes(self, runs_by_state: Mapping[str, str]) -> set[str]:
+        won = await self._claim({f"node:{state_id}": run_id for state_id, run_id in runs_by_state.items()})
         return {key.removeprefix("node:") for key in won}
 
     async def claim_outcomes(self, run_ids: Sequence[str]) -> set[str]:
-        won = await self._claim([f"outcome:{run_id}" for run_id in run_ids])
+        claims = [_outcome_claim(run_id) for run_id in run_ids]
+        won = await self._claim({claim["_id"]: claim["run_id"] for claim in claims})
         return {key.removeprefix("outcome:") for key in won}
 
-    async def close_runs(self, run_ids: Sequence[str]) -> None:
+    async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         ids = list(run_ids)
-        await self._runs().update_many({"_id": {"$in": ids}}, {"$set": {"open": False, "touched": False}})
+        await self._runs().update_many(
+            {"_id": {"$in": ids}}, {"$set": {"open": False, "touched": False, "expires_ns": expires_ns}}
+        )
         await self._notes().delete_many({"run_id": {"$in": ids}})
+
+    async def purge_expired(self, now_ns: int, limit: int) -> int:
+        # exo_otel_expiry. Runs first, each only if still expired (a retry may have reopened it since
+        # the find); then the claims and notes of those that went (exo_otel_claims_by_run,
+        # exo_otel_notes_by_run), never of a run still there.
+        expired = {"expires_ns": {"$lt": now_ns}}
+        found = await self._runs().find(expired, {"_id": 1}).limit(limit).to_list(None)
+        ids = [doc["_id"] for doc in found]
+        if not ids:
+            return 0
+        await self._runs().delete_many({"_id": {"$in": ids}, **expired})
+        still = await self._runs().find({"_id": {"$in": ids}}, {"_id": 1}).to_list(None)
+        kept = {doc["_id"] for doc in still}
+        gone = [run_id for run_id in ids if run_id not in kept]
+        if gone:
+            await self._claims().delete_many({"run_id": {"$in": gone}})
+            await self._notes().delete_many({"run_id": {"$in": gone}})
+        return len(gone)
+
+
+def _outcome_claim(run_id: str) -> dict[str, str]:
+    return {"_id": f"outcome:{run_id}", "run_id": run_id}
 
 
 def _object_id(value: str) -> Any:

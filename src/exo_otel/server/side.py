@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry import trace
@@ -21,9 +21,10 @@ from exo_otel.core.spans import guard
 from exo_otel.server.context import RunContext, enqueue_extension, new_run_context
 from exo_otel.server.spans import ServerMetrics, emit_run_root
 from exo_otel.server.store import RunStore
-from exo_otel.server.sweeper import Sweeper
+from exo_otel.server.sweeper import DEFAULT_RETENTION_SECONDS, Sweeper
 
 _CACHE_SIZE = 10_000
+_CACHE_MAX_AGE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -47,18 +48,30 @@ class ServerSide:
     metrics: ServerMetrics | None = None
     node_spans_by_server: bool = True
     enabled: bool = True
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
     sweeper: Sweeper = field(init=False)
-    _contexts: OrderedDict[str, RunContext] = field(default_factory=OrderedDict)
+    # Run contexts by run id, with when they were read: kept a bounded time, since another process may
+    # purge a run's records once its retention passed, and a run without records gets no extension.
+    _contexts: OrderedDict[str, tuple[RunContext, float]] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
-        self.sweeper = Sweeper(self.store, self.tracer, self.metrics)
+        self.sweeper = Sweeper(
+            self.store, self.tracer, self.metrics, retention_seconds=self.retention_seconds
+        )
 
     def _remember(self, run: RunContext) -> None:
-        # A run's context never changes once made: caching it is always right.
-        self._contexts[run.run_id] = run
+        # A run's context never changes once made; only whether its records still exist does.
+        self._contexts[run.run_id] = (run, time.monotonic())
         self._contexts.move_to_end(run.run_id)
         while len(self._contexts) > _CACHE_SIZE:
             self._contexts.popitem(last=False)
+
+    def _cached(self, run_id: str, now: float) -> RunContext | None:
+        entry = self._contexts.get(run_id)
+        max_age = min(_CACHE_MAX_AGE_SECONDS, self.retention_seconds / 10)
+        if entry is None or now - entry[1] > max_age:
+            return None
+        return entry[0]
 
     async def run_starting(
         self, run_id: str, namespace: str, graph_name: str, start_ns: int, headers: Mapping[str, str] | None
@@ -79,13 +92,34 @@ class ServerSide:
         await self.store.mark_ready(run.run_id)
         self.sweeper.nudge()
 
+    async def state_retried(
+        self,
+        state_id: str,
+        retried_state_id: str,
+        run_id: str,
+        namespace: str,
+        graph_name: str,
+        created_ns: int,
+    ) -> None:
+        """A manual retry made ``state_id``: note it with its run, reopened. A run whose records were
+        purged (its retention passed) is revived from its id: its sampling decided again (the same
+        for trace-id ratio samplers), its baggage lost, node spans for its states from this one on."""
+        if not await self.store.note_retry(state_id, retried_state_id, run_id):
+            revived = new_run_context(run_id, namespace, graph_name, created_ns, self.sampler)
+            run = replace(revived, emit_from_ns=created_ns)
+            await self.store.revive_run(run)
+            self._remember(run)
+            await self.store.note_retry(state_id, retried_state_id, run_id)
+        self.sweeper.nudge()
+
     async def run_failed_to_start(self, run_id: str) -> None:
         self._contexts.pop(run_id, None)
         await self.store.discard_run(run_id)
 
     async def contexts(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
         wanted = set(run_ids)
-        found = {run_id: self._contexts[run_id] for run_id in wanted if run_id in self._contexts}
+        now = time.monotonic()
+        found = {run_id: run for run_id in wanted if (run := self._cached(run_id, now)) is not None}
         missing = wanted - set(found)
         if missing:
             loaded = await self.store.load_runs(missing)

@@ -7,7 +7,7 @@ each span is emitted by exactly one process.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from exo_otel.server.context import RunContext
@@ -46,8 +46,13 @@ class RunStore(Protocol):
     async def note_requeue(self, state_id: str, t_ns: int, delay_ms: int) -> None:
         """A state was put back in the queue for ``delay_ms``."""
 
-    async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> None:
-        """A manual retry: ``state_id`` retries ``retried_state_id``; its run is open again, touched."""
+    async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> bool:
+        """A manual retry: ``state_id`` retries ``retried_state_id``; its run is open again (its expiry
+        cleared), touched. False, and nothing noted, when the run's records are gone."""
+
+    async def revive_run(self, run: RunContext) -> None:
+        """Keep again the context of a run whose records were purged, ready and open, its outcome
+        claimed (it was made when the run first settled). Another process reviving it too is fine."""
 
     async def touched_runs(self, limit: int) -> list[RunContext]:
         """Open, ready runs touched since their last sweep (at most ``limit``)."""
@@ -80,11 +85,17 @@ class RunStore(Protocol):
     async def notes_seen(self, note_ids: Sequence[object]) -> None:
         """These notes' states are swept: `run_changes` no longer returns them."""
 
-    async def claim_nodes(self, state_ids: Sequence[str]) -> set[str]:
-        """Atomically claim these states' node spans (any runs, in one go); returns those this caller won."""
+    async def claim_nodes(self, runs_by_state: Mapping[str, str]) -> set[str]:
+        """Atomically claim these states' node spans (state id to run id, any runs, in one go); returns
+        the state ids this caller won."""
 
     async def claim_outcomes(self, run_ids: Sequence[str]) -> set[str]:
         """Atomically claim these runs' outcome spans (once ever each); returns those this caller won."""
 
-    async def close_runs(self, run_ids: Sequence[str]) -> None:
-        """These runs are settled and their spans emitted: stop sweeping them, drop their notes."""
+    async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
+        """These runs are settled and their spans emitted: stop sweeping them, drop their notes; their
+        records (context, claims) may go once ``expires_ns`` has passed, unless a retry reopens them."""
+
+    async def purge_expired(self, now_ns: int, limit: int) -> int:
+        """Remove the records of at most ``limit`` closed runs whose expiry passed (not reopened since);
+        returns how many runs went."""

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+from typing import Final
 
 from opentelemetry import trace
 
@@ -28,6 +30,35 @@ from exo_otel.server.store import RunStore
 _logger = logging.getLogger(__name__)
 
 PAUSE_PER_PASS_TIME = 1.0
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
+# Node claims remembered as tried, at most: past it the memory is dropped, and claims lost to another
+# process are asked again (and lost again: correct, one more database round).
+MAX_ATTEMPTED = 200_000
+
+
+RETENTION_ENV: Final = "OTEL_PYTHON_EXOSPHERE_RUN_RETENTION_SECONDS"
+"""Seconds a settled run's records are kept in the state manager's database. Default 7 days."""
+
+
+def retention_seconds(explicit: float | None = None) -> float:
+    """The retention: ``explicit`` when given (a number >= 0, else ValueError), else the environment's
+    (a bad value is logged and the default used: the launcher's start-up must not fail on it)."""
+    if explicit is not None:
+        value = float(explicit)
+        if not 0 <= value < float("inf"):
+            raise ValueError(f"run_retention_seconds must be a number >= 0, not {explicit!r}")
+        return value
+    raw = os.environ.get(RETENTION_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETENTION_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        _logger.warning("%s=%r is not a number >= 0; using %s", RETENTION_ENV, raw, DEFAULT_RETENTION_SECONDS)
+        return DEFAULT_RETENTION_SECONDS
+    return value
 
 
 @dataclass
@@ -39,6 +70,7 @@ class SweepStats:
     node_spans: int = 0
     outcomes: int = 0
     errors: int = 0
+    purged: int = 0  # runs whose records went after their retention
 
 
 @dataclass
@@ -53,6 +85,10 @@ class Sweeper:
     max_runs_per_pass: int = 500
     check_interval: float = 10.0  # the background check: a page of open runs read in full
     check_page: int = 100
+    # How long a settled run's records (context, claims) are kept: a late event within it (a manual
+    # retry of one of its states) is still placed and emitted once; after it, runtimes place it.
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
+    purge_page: int = 1000
     stats: SweepStats = field(default_factory=SweepStats)
     _task: asyncio.Task[None] | None = None
     _wake: asyncio.Event | None = None
@@ -61,6 +97,7 @@ class Sweeper:
     _attempted: set[str] = field(default_factory=set)
     _check_after_ns: int = 0  # where the background check's next page starts (by run start)
     _next_check: float = 0.0
+    _purge_due: bool = False
 
     def nudge(self) -> None:
         """Start the loop in the running event loop if needed, and make it pass soon."""
@@ -118,6 +155,9 @@ class Sweeper:
             await self._sweep_changes(touched)
         if checked:
             await self._sweep_in_full(checked)
+        if self._purge_due:
+            self._purge_due = False
+            self.stats.purged += await self.store.purge_expired(time.time_ns(), self.purge_page)
         self.stats.passes += 1
         self.stats.seconds += time.perf_counter() - started
         return len(touched) + len(checked)
@@ -127,6 +167,7 @@ class Sweeper:
         if not check_all and now < self._next_check:
             return []
         self._next_check = now + self.check_interval
+        self._purge_due = True
         limit = self.max_runs_per_pass if check_all else self.check_page
         page = await self.store.open_runs_after(0 if check_all else self._check_after_ns, limit)
         self._check_after_ns = page[-1].start_ns if len(page) == limit else 0
@@ -162,7 +203,7 @@ class Sweeper:
                 run_notes = notes.get(run_id) or RunNotes()
                 emit_run_outcome(self.tracer, self.metrics, by_run[run_id], states[run_id], run_notes)
                 self.stats.outcomes += 1
-        await self.store.close_runs(settled)
+        await self.store.close_runs(settled, time.time_ns() + int(self.retention_seconds * 1e9))
         self._attempted.difference_update(s.state_id for r in settled for s in states.get(r, []))
 
     async def _emit_nodes(
@@ -172,9 +213,17 @@ class Sweeper:
         run_states: dict[str, list[StateRecord]],
         notes: dict[str, RunNotes],
     ) -> None:
-        finished = [s.state_id for s in states if s.settled and s.state_id not in self._attempted]
+        finished = {
+            s.state_id: s.run_id
+            for s in states
+            if s.settled
+            and s.state_id not in self._attempted
+            and s.created_ns >= by_run[s.run_id].emit_from_ns  # a revived run's earlier states: emitted
+        }
         won = await self.store.claim_nodes(finished) if finished else set()
         # Lost claims are another process's spans: not tried again while the run is open.
+        if len(self._attempted) + len(finished) > MAX_ATTEMPTED:
+            self._attempted.clear()
         self._attempted.update(finished)
         by_id = {s.state_id: s for s in states}
         known: dict[str, dict[str, StateRecord]] = {}

@@ -268,11 +268,14 @@ def make_manual_retry_wrapper(side: ServerSide) -> AsyncMethod:
                 new_id = str(getattr(result, "id", ""))
                 state_model = importlib.import_module("app.models.db.state").State
                 found = await state_model.get_pymongo_collection().find_one(
-                    {"_id": _object_id(new_id)}, {"run_id": 1}
+                    {"_id": _object_id(new_id)},
+                    {"run_id": 1, "namespace_name": 1, "graph_name": 1, "created_at": 1},
                 )
                 if found is not None:
-                    await side.store.note_retry(new_id, retried, str(found["run_id"]))
-                    side.sweeper.nudge()
+                    await side.state_retried(
+                        new_id, retried, str(found["run_id"]), str(found.get("namespace_name", "")),
+                        str(found.get("graph_name", "")), epoch_ns(found.get("created_at")) or time.time_ns(),
+                    )
         return result
 
     return traced_retry
