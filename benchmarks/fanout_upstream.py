@@ -23,7 +23,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from exospherehost import GraphNodeModel, StoreConfigModel
@@ -34,34 +33,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from exo_otel.core.ids import format_trace_id, trace_id_for_run
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from otlp_receiver import OtlpHttpReceiver
+from process_cpu import tree_cpu_seconds
 from servers import UpstreamServerUnderTest
 from test_span_size import GRAPH, SizeSplit, SizeWork, scope_bytes
 from upstream_side import side_server
 from upstream_sm import UpstreamServer, require_upstream, upstream_state_manager
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and every process below it."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _TICKS
-    wanted, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, of in parents.items() if of == parent and child not in wanted]
-        wanted.update(children)
-        frontier.extend(children)
-    return sum(cpu.get(each, 0.0) for each in wanted)
 
 
 def graph_nodes(namespace: str) -> list[GraphNodeModel]:
