@@ -127,7 +127,7 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
 @contextlib.contextmanager
 def in_process_server(
     instances: int = 1, *, pip: Sequence[str] = (), preload: Sequence[str] = (), history: bool = True,
-    max_seconds: float = 3600.0, settings: Settings | None = None, **env: str,
+    max_seconds: float = 6 * 3600.0, settings: Settings | None = None, **env: str,
 ) -> Iterator[UpstreamServer]:
     """The real app on the in-process database, ``instances`` servers sharing it; yield; SIGTERM it.
 
@@ -136,6 +136,8 @@ def in_process_server(
         pip: extra pip arguments for the server venv, e.g. ``("-e", "/abs/path/to/exo_otel")``.
         preload: ``module:function`` hooks called before the app is imported.
         history: record every State's status history (each write scans the run's states).
+        max_seconds: the server stops by itself after this (a bound for a server left behind; the
+            session-wide one serves the whole `make test-upstream`, over 80 minutes on a busy machine).
         env: more environment for the server (OTEL_* for instance).
     """
     settings = settings or Settings()
