@@ -69,7 +69,9 @@ def _add_states_route(app: Any, history: StatusHistory | None) -> None:
         database = State.get_pymongo_collection().database
         return {"collection": collection, "count": await database[collection].count_documents({})}
 
-    app.add_api_route("/__harness/documents/{collection}", documents, methods=["GET"], include_in_schema=False)
+    app.add_api_route(
+        "/__harness/documents/{collection}", documents, methods=["GET"], include_in_schema=False
+    )
 
 
 def _listening_socket() -> socket.socket:
