@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from exospherehost import BaseNode, GraphNodeModel, StoreConfigModel
+from exospherehost import GraphNodeModel, StoreConfigModel
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from pydantic import BaseModel
 
 from exo_otel.core.ids import format_trace_id, run_span_id, state_span_id
 from exo_otel.embedded import EmbeddedStateManager
@@ -31,6 +30,7 @@ from exo_otel.server.mongo_store import CLAIMS_COLLECTION, NOTES_COLLECTION, RUN
 from exo_otel.server.sweeper import RETENTION_ENV
 from otlp_receiver import OtlpHttpReceiver, Span
 from servers import EmbeddedServer, Server, UpstreamServerUnderTest
+from stuck_runs import Step
 from trace_checks import flatten
 from upstream_side import side_server
 from upstream_sm import require_upstream
@@ -42,17 +42,6 @@ RETENTION_SECONDS = {
     ("embedded", 200): 8, ("embedded", 2000): 30, ("upstream", 200): 8, ("upstream", 2000): 600,
 }
 COLLECTIONS = (RUNS_COLLECTION, CLAIMS_COLLECTION, NOTES_COLLECTION)
-
-
-class Once(BaseNode):
-    class Inputs(BaseModel):
-        topic: str
-
-    class Outputs(BaseModel):
-        topic: str
-
-    async def execute(self) -> BaseNode.Outputs:
-        return self.Outputs(topic=self.inputs.topic)
 
 
 @dataclass
@@ -154,10 +143,10 @@ async def test_settled_runs_are_forgotten_after_the_retention_and_late_retries_s
 ) -> None:
     server = side.server
     namespace = f"retained-{uuid.uuid4().hex[:8]}"
-    async with server.runtime(namespace, [Once], workers=8, batch_size=32):
+    async with server.runtime(namespace, [Step], workers=8, batch_size=32):
         await server.client(namespace).upsert_graph(
             GRAPH,
-            [GraphNodeModel(node_name="Once", namespace=namespace, identifier="once",
+            [GraphNodeModel(node_name="Step", namespace=namespace, identifier="once",
                             inputs={"topic": "${{ store.topic }}"})],
             {},
             store_config=StoreConfigModel(required_keys=["topic"]),
