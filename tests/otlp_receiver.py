@@ -64,6 +64,7 @@ class MetricPoint:
     exemplar_trace_ids: list[str]
     service_name: str | None
     value: float | None = None  # sum/gauge value, or histogram count
+    total: float | None = None  # a histogram's sum
 
 
 @dataclass(frozen=True)
@@ -187,8 +188,10 @@ class _Collector:
                     if kind is None:
                         continue
                     for p in getattr(metric, kind).data_points:
+                        total = None
                         if kind in ("histogram", "exponential_histogram"):
                             value: float | None = float(p.count)
+                            total = float(p.sum)
                         else:
                             value = float(getattr(p, p.WhichOneof("value") or "as_double"))
                         decoded.append(
@@ -198,6 +201,7 @@ class _Collector:
                                 exemplar_trace_ids=[e.trace_id.hex() for e in p.exemplars if e.trace_id],
                                 service_name=service,
                                 value=value,
+                                total=total,
                             )
                         )
         with self._cond:

@@ -24,7 +24,7 @@ NODE_KEYS = {
 }
 EXECUTE_KEYS = {
     "exosphere.state.outcome", "exosphere.state.queue_wait_ms", "messaging.system",
-    "messaging.operation.type", "messaging.operation.name", "error.type",
+    "messaging.operation.type", "messaging.operation.name", "error.type", "exosphere.execution.cpu_time",
 }
 
 

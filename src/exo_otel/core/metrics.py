@@ -12,6 +12,8 @@ TRIGGER_COUNT: Final = "exosphere.trigger.count"
 NODE_DURATION: Final = "exosphere.node.duration"
 NODE_QUEUE_WAIT: Final = "exosphere.node.queue_wait"
 NODE_EXECUTIONS: Final = "exosphere.node.executions"
+NODE_CPU_TIME: Final = "exosphere.node.cpu_time"
+RUN_CPU_TIME: Final = "exosphere.run.cpu_time"
 RUNTIME_INFLIGHT: Final = "exosphere.runtime.inflight"
 RUNTIME_POLL_DURATION: Final = "exosphere.runtime.poll.duration"
 RUNTIME_UNPLACED: Final = "exosphere.runtime.unplaced"
@@ -36,6 +38,9 @@ _DURATION_BUCKETS: Final = (
     300.0,
 )
 
+# Seconds of CPU: most node steps take well under a millisecond.
+CPU_TIME_BUCKETS: Final = (0.0001, 0.00025, 0.0005, *_DURATION_BUCKETS)
+
 
 @dataclass(frozen=True)
 class ExosphereMetrics:
@@ -45,6 +50,7 @@ class ExosphereMetrics:
     node_duration: Histogram
     queue_wait: Histogram
     executions: Counter
+    node_cpu_time: Histogram
     inflight: ObservableUpDownCounter
     poll_duration: Histogram
     unplaced: Counter
@@ -68,6 +74,12 @@ class ExosphereMetrics:
             ),
             executions=meter.create_counter(
                 NODE_EXECUTIONS, unit="{execution}", description="Node execution attempts, by outcome."
+            ),
+            node_cpu_time=meter.create_histogram(
+                NODE_CPU_TIME,
+                unit="s",
+                description="CPU time one node execution attempt's own code used, by outcome.",
+                explicit_bucket_boundaries_advisory=CPU_TIME_BUCKETS,
             ),
             # Observed, not counted: nothing to record per state.
             inflight=meter.create_observable_up_down_counter(

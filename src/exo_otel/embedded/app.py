@@ -233,6 +233,7 @@ class Api:
         else:
             answer, job = operations.executed(self.db, state_id, body["outputs"])
         if self.side is not None:
+            await self.side.reported(state_id, request.headers)
             copies = list(self.db.states)[known:]
             job = self.side.next_states_job([state_id, *copies], job)
         self._background(job, large)
@@ -242,6 +243,7 @@ class Api:
         _, body = await self._body(request, bodies.fields_parser({"error": "str"}))
         answer = signals.errored(self.db, request.match_info["state_id"], body["error"])
         if self.side is not None:
+            await self.side.reported(request.match_info["state_id"], request.headers)
             await self.side.settled(request.match_info["state_id"])
         return respond(answer)
 
@@ -249,6 +251,7 @@ class Api:
         _, body = await self._body(request, bodies.fields_parser({"data": "dict"}))
         answer = signals.prune(self.db, request.match_info["state_id"], body["data"])
         if self.side is not None:
+            await self.side.reported(request.match_info["state_id"], request.headers)
             await self.side.settled(request.match_info["state_id"])
         return respond(answer)
 
@@ -257,6 +260,7 @@ class Api:
         state_id = request.match_info["state_id"]
         answer = signals.re_enqueue_after(self.db, state_id, body["enqueue_after"])
         if self.side is not None:
+            await self.side.reported(state_id, request.headers)
             await self.side.requeued(state_id, body["enqueue_after"], time.time_ns())
         return respond(answer)
 

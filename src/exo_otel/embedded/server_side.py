@@ -142,6 +142,16 @@ class MemoryRunStore:
         if run_id is not None:
             self._note(run_id, {"kind": "requeue", "state_id": state_id, "t": t_ns, "delay_ms": delay_ms})
 
+    async def note_cost(self, state_id: str, cpu_seconds: float) -> object | None:
+        run_id = self._run_of(state_id)
+        if run_id is None:
+            return None
+        return (run_id, self._note(run_id, {"kind": "cost", "state_id": state_id, "cpu_s": cpu_seconds}))
+
+    async def withdraw_note(self, token: object) -> None:
+        run_id, note_id = cast(tuple[str, int], token)
+        self.notes.get(run_id, {}).pop(note_id, None)
+
     async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> bool:
         if run_id not in self.runs:
             return False
@@ -329,6 +339,12 @@ class EmbeddedServerSide:
                         self.side.sweeper.nudge()
 
         return traced
+
+    async def reported(self, state_id: str, headers: Mapping[str, str]) -> None:
+        """A runtime's report was accepted (executed, errored, pruned, requeued): its attempt's CPU time.
+        Called before the handler's next await, as the report's own change is: nothing settles between."""
+        with guard("noting a reported attempt's CPU time"):
+            await self.side.attempt_reported(state_id, headers)
 
     async def requeued(self, state_id: str, delay_ms: int, t_ns: int) -> None:
         with guard("noting a requeue"):

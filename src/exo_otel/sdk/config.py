@@ -35,6 +35,10 @@ OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS: Final = "OTEL_PYTHON_EXOSPHERE_PLACEMEN
 """Milliseconds a worker may wait, when it takes a state whose run is not known yet, for the
 background lookup to find it. Default 250; ``0`` never waits."""
 
+OTEL_PYTHON_EXOSPHERE_CPU_TIME: Final = "OTEL_PYTHON_EXOSPHERE_CPU_TIME"
+"""``false`` stops measuring each execution's CPU time (``exosphere.execution.cpu_time``, the
+``exosphere.node.cpu_time`` histogram, and the run sums the state manager side makes). Default ``true``."""
+
 DEFAULT_IO_MAX_LENGTH: Final = 256
 DEFAULT_RUN_API_BUDGET: Final = 50.0
 DEFAULT_PLACEMENT_WAIT_MS: Final = 250
@@ -66,6 +70,7 @@ class Settings:
     io_max_length: int = DEFAULT_IO_MAX_LENGTH
     run_api_budget: float = DEFAULT_RUN_API_BUDGET
     placement_wait_ms: int = DEFAULT_PLACEMENT_WAIT_MS
+    cpu_time: bool = True
 
     @classmethod
     def resolve(
@@ -75,6 +80,7 @@ class Settings:
         io_max_length: int | None = None,
         run_api_budget: float | None = None,
         placement_wait_ms: int | None = None,
+        cpu_time: bool | None = None,
     ) -> Settings:
         """Explicit arguments win; the environment fills what is None; bad values raise ValueError."""
         if run_association is None:
@@ -99,12 +105,15 @@ class Settings:
                 placement_wait_ms = DEFAULT_PLACEMENT_WAIT_MS
         elif placement_wait_ms < 0:
             raise ValueError(f"placement_wait_ms must be >= 0, got {placement_wait_ms}")
+        if cpu_time is None:
+            cpu_time = _env_bool(OTEL_PYTHON_EXOSPHERE_CPU_TIME, default=True)
         return cls(
             run_association=association,
             capture_io=capture_io,
             io_max_length=io_max_length,
             run_api_budget=float(run_api_budget),
             placement_wait_ms=int(placement_wait_ms),
+            cpu_time=bool(cpu_time),
         )
 
 

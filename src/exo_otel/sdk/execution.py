@@ -25,6 +25,7 @@ from exo_otel.core.spans import (
     start_span,
 )
 from exo_otel.sdk import inflight
+from exo_otel.sdk.cpu_time import CpuMeter
 from exo_otel.sdk.execution_context import execution_context
 from exo_otel.sdk.logs import LogFields
 from exo_otel.sdk.run_traces import RunTraces
@@ -58,6 +59,8 @@ class Execution:
     outcome: str | None = None
     error: BaseException | None = None
     requeue_delay_ms: int | None = None
+    cpu: CpuMeter | None = None
+    """The CPU time of the node's code, once the node is called (and CPU time is measured)."""
     attributes: dict[str, Any] = field(default_factory=dict)
     """The node span's attributes at its start (cleaned); never changed."""
     metric_attributes: dict[str, str] = field(default_factory=dict)
@@ -286,6 +289,10 @@ def _end_spans(execution: Execution) -> None:
         duration_attributes = metric_attributes(base, node_name, outcome, failure)
     # Recorded while the execute span is current, so sampled runs give the histogram exemplars.
     metrics.node_duration.record((end - execution.started_ns) / 1e9, duration_attributes)
+    if execution.cpu is not None:
+        cpu_seconds = execution.cpu.seconds
+        execute_span.set_attribute(attr.EXECUTION_CPU_TIME, cpu_seconds)
+        metrics.node_cpu_time.record(cpu_seconds, outcome_attributes)
     # Exemplars are for histograms (docs/trace-model.md, section "Metrics"): the counter gets none.
     metrics.executions.add(1, outcome_attributes, context=_NO_SPAN)
     end_span(execute_span, end)

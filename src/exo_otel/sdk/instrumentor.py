@@ -22,11 +22,14 @@ from exo_otel.core.providers import install_run_id_generator, remove_run_id_gene
 from exo_otel.core.spans import guard
 from exo_otel.sdk import inflight
 from exo_otel.sdk.config import RunAssociation, Settings
+from exo_otel.sdk.cpu_time import make_executor_wrapper
 from exo_otel.sdk.logs import install_log_correlation, remove_log_correlation
 from exo_otel.sdk.package import _instruments
+from exo_otel.sdk.request_headers import make_request_headers_wrapper
 from exo_otel.sdk.runtime import (
     make_errored_wrapper,
     make_executed_wrapper,
+    make_node_wrapper,
     make_poll_wrapper,
     make_pruned_wrapper,
     make_requeued_wrapper,
@@ -36,7 +39,7 @@ from exo_otel.sdk.runtime import (
 from exo_otel.sdk.secrets import make_secrets_wrapper
 from exo_otel.sdk.shutdown import SignalFlush
 from exo_otel.sdk.telemetry import Telemetry
-from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_headers_wrapper, make_trigger_wrapper
+from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_wrapper
 from exo_otel.sdk.worker import make_worker_wrapper
 from exo_otel.version import __version__
 
@@ -73,8 +76,13 @@ PATCHES: Final[tuple[tuple[str, str, WrapperFactory], ...]] = (
     ("exospherehost.runtime", "Runtime._worker", make_worker_wrapper),
     # The secrets a node receives, so that no telemetry shows them.
     ("exospherehost.runtime", "Runtime._get_secrets", make_secrets_wrapper),
-    # The SDK's trigger builds its request inside: the caller's W3C headers are added here.
-    ("aiohttp.client", "ClientSession._request", make_trigger_headers_wrapper),
+    # The node's own code, metered for the execution's CPU time (docs/trace-model.md, "CPU time"),
+    # with what it hands to the event loop's executor threads (asyncio.to_thread among them).
+    ("exospherehost.node.BaseNode", "BaseNode._execute", make_node_wrapper),
+    ("asyncio.base_events", "BaseEventLoop.run_in_executor", make_executor_wrapper),
+    # The SDK builds its requests inside: the trigger gets the caller's W3C headers here, a state's
+    # report its execution's CPU time.
+    ("aiohttp.client", "ClientSession._request", make_request_headers_wrapper),
 )
 
 
@@ -98,6 +106,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         io_max_length: int | None = None,
         run_api_budget: float | None = None,
         placement_wait_ms: int | None = None,
+        cpu_time: bool | None = None,
         skip_dep_check: bool = False,
         raise_exception_on_conflict: bool = False,
     ) -> None:
@@ -114,6 +123,8 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 (``OTEL_PYTHON_EXOSPHERE_RUN_API_BUDGET``; default 50; 0 turns the run APIs off).
             placement_wait_ms: how long a worker may wait for its state's run to be found
                 (``OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS``; default 250).
+            cpu_time: measure each execution's CPU time (``OTEL_PYTHON_EXOSPHERE_CPU_TIME``;
+                default on).
             skip_dep_check: do not check the installed exospherehost version.
             raise_exception_on_conflict: raise instead of logging on a version conflict.
 
@@ -122,7 +133,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         """
         # Resolve here so that a bad explicit argument raises at the caller.
         settings = Settings.resolve(
-            run_association, capture_io, io_max_length, run_api_budget, placement_wait_ms
+            run_association, capture_io, io_max_length, run_api_budget, placement_wait_ms, cpu_time
         )
         super().instrument(
             tracer_provider=tracer_provider,

@@ -14,12 +14,15 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, supp
 from opentelemetry.trace import SpanContext
 
 from exo_otel.core import attributes as attr
+from exo_otel.core.cpu_report import CPU_TIME_HEADER, cpu_time_header
 from exo_otel.core.spans import guard
 from exo_otel.core.wrapping import AsyncMethod, call_argument
 from exo_otel.sdk.config import RunAssociation
+from exo_otel.sdk.cpu_time import CpuMeter, metered_node_call
 from exo_otel.sdk.execution import Execution, begin, finish, record_outputs
 from exo_otel.sdk.fanout import FanOut, FanOutsUnderWay
 from exo_otel.sdk.placement import PlacementMemory, UnplacedReporter
+from exo_otel.sdk.request_headers import add_headers, stop_adding
 from exo_otel.sdk.run_lookup import RunLookup
 from exo_otel.sdk.run_traces import RunTraces
 from exo_otel.sdk.state_context import PolledState, RunInfo, has_payload_run, run_from_payload
@@ -412,10 +415,16 @@ def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         execution = _current_execution.get()
+        headers = None
         if execution is not None:
             with guard("noting outcome executed"):
                 _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
-        result = await wrapped(*args, **kwargs)
+                headers = _report_headers(execution)
+        token = add_headers(headers)
+        try:
+            result = await wrapped(*args, **kwargs)
+        finally:
+            stop_adding(token)
         if execution is not None:
             outputs = call_argument(args, kwargs, 1, "outputs", None)
             tracing = getattr(instance, TRACING_ATTRIBUTE, None)
@@ -436,14 +445,41 @@ def _outcome_wrapper(outcome: str) -> Callable[[Telemetry], AsyncMethod]:
             wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             execution = _current_execution.get()
+            headers = None
             if execution is not None:
                 with guard(f"noting outcome {outcome}"):
                     _note_outcome(execution, outcome, instance, args, kwargs)
-            return await wrapped(*args, **kwargs)
+                    headers = _report_headers(execution)
+            token = add_headers(headers)
+            try:
+                return await wrapped(*args, **kwargs)
+            finally:
+                stop_adding(token)
 
         return traced_report
 
     return factory
+
+
+def _report_headers(execution: Execution) -> dict[str, str] | None:
+    """What the state's report request carries for the state manager side: its CPU time, if measured."""
+    if execution.cpu is None:
+        return None
+    return {CPU_TIME_HEADER: cpu_time_header(execution.cpu.seconds)}
+
+
+def make_node_wrapper(telemetry: Telemetry) -> AsyncMethod:
+    """Around ``BaseNode._execute``: the node's coroutine is metered for the execution's CPU time."""
+
+    def meter_for() -> CpuMeter | None:
+        execution = _current_execution.get()
+        if execution is None or not telemetry.settings.cpu_time or not telemetry.enabled:
+            return None
+        if execution.cpu is None:
+            execution.cpu = CpuMeter()
+        return execution.cpu
+
+    return metered_node_call(meter_for)
 
 
 def _note_outcome(

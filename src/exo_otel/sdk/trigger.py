@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextvars
 import time
 from typing import Any
 
-from multidict import CIMultiDict
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
@@ -17,12 +15,8 @@ from exo_otel.core.ids import run_span_id, trace_id_for_run
 from exo_otel.core.sanitize import clean_text
 from exo_otel.core.spans import end_span, guard, record_failure, start_span
 from exo_otel.core.wrapping import AsyncMethod, Wrapper, call_argument
+from exo_otel.sdk.request_headers import add_headers, stop_adding
 from exo_otel.sdk.telemetry import Telemetry
-
-# The caller's W3C headers while its trigger request is being made (read by the aiohttp wrapper).
-_trigger_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
-    "exo_otel_trigger_headers", default=None
-)
 
 
 def _namespace(instance: Any) -> str:
@@ -45,7 +39,7 @@ def make_trigger_wrapper(telemetry: Telemetry) -> Wrapper:
         outgoing: dict[str, str] = {}
         with guard("taking the caller's context"):
             propagate.inject(outgoing)
-        token = _trigger_headers.set(outgoing or None)
+        token = add_headers(outgoing)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -55,7 +49,7 @@ def make_trigger_wrapper(telemetry: Telemetry) -> Wrapper:
                 )
             raise
         finally:
-            _trigger_headers.reset(token)
+            stop_adding(token)
         with guard("recording the trigger span"):
             _run_root_span(telemetry, _trigger_attributes(instance, args, kwargs), start_ns, caller, result)
         return result
@@ -114,28 +108,6 @@ def _server_run_root(result: dict[str, Any], run_id: str) -> Context | None:
     if not root.is_valid or root.trace_id != trace_id_for_run(run_id):
         return None
     return extracted
-
-
-def make_trigger_headers_wrapper(telemetry: Telemetry) -> Wrapper:
-    """Around ``aiohttp.ClientSession._request``: inside a trigger, add the caller's W3C headers.
-
-    Headers already there win (the aiohttp client instrumentation, when on, writes its own after).
-    """
-
-    async def with_trigger_headers(
-        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        carrier = _trigger_headers.get()
-        if carrier:
-            with guard("adding the caller's context to the trigger request"):
-                headers = CIMultiDict(kwargs.get("headers") or {})
-                for key, value in carrier.items():
-                    if key not in headers:
-                        headers[key] = value
-                kwargs = {**kwargs, "headers": headers}
-        return await wrapped(*args, **kwargs)
-
-    return with_trigger_headers
 
 
 def _span_where_the_caller_is(

@@ -31,6 +31,7 @@ from exo_otel.server.spans import ServerMetrics
 from exo_otel.server.sweeper import retention_seconds
 from exo_otel.server.upstream import (
     make_enqueue_wrapper,
+    make_executed_wrapper,
     make_find_state_wrapper,
     make_manual_retry_wrapper,
     make_next_states_wrapper,
@@ -100,6 +101,12 @@ PATCHES: Final[tuple[Patch, ...]] = (
         "create_next_states",
         make_next_states_wrapper,
         ("state_ids", "identifier", "namespace", "graph_name", "parents_ids"),
+    ),
+    Patch(
+        "app.routes",
+        "executed_state",
+        make_executed_wrapper,
+        ("namespace_name", "state_id", "body", "x_exosphere_request_id", "background_tasks"),
     ),
     Patch(
         "app.routes",

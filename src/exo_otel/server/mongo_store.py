@@ -3,11 +3,11 @@
 ``exo_otel_runs``: one document per run (``_id`` = run id): its context, whether it is ready, open,
 and touched since its last sweep. ``exo_otel_notes``: what the hooks saw, one document per event,
 with its run: next states being created (then the states that settled), errored and pruned states,
-requeues, manual retries. ``exo_otel_claims``: one document per emitted span (``_id`` =
-``node:<state id>`` or ``outcome:<run id>``, with the run id); a claim is an insert, atomic by the
-unique ``_id``, and a sweep pass claims all it needs in one unordered ``insert_many``, whatever the
-number of runs. A closed run's document gets ``expires_ns``; past it, the run and its claims are
-removed (`purge_expired`) unless a manual retry reopened the run meanwhile.
+requeues, manual retries, the CPU time of reported attempts. ``exo_otel_claims``: one document per
+emitted span (``_id`` = ``node:<state id>`` or ``outcome:<run id>``, with the run id); a claim is
+an insert, atomic by the unique ``_id``, and a sweep pass claims all it needs in one unordered
+``insert_many``, whatever the number of runs. A closed run's document gets ``expires_ns``; past
+it, the run and its claims are removed (`purge_expired`) unless a manual retry reopened the run.
 Every query on them is served by an index `ensure_indexes` creates. The app's ``State`` collection
 is only read, by ``_id`` or by its own ``run_id, status`` index.
 """
@@ -128,6 +128,17 @@ class MongoRunStore:
         await self._notes().insert_one(
             {"kind": "requeue", "run_id": run_id, "state_id": state_id, "t": t_ns, "delay_ms": delay_ms}
         )
+
+    async def note_cost(self, state_id: str, cpu_seconds: float) -> object | None:
+        run_id = await self._run_of(state_id)
+        if run_id is None:
+            return None
+        note = {"kind": "cost", "run_id": run_id, "state_id": state_id, "cpu_s": cpu_seconds}
+        inserted: object = (await self._notes().insert_one(note)).inserted_id
+        return inserted
+
+    async def withdraw_note(self, token: object) -> None:
+        await self._notes().delete_one({"_id": token})
 
     async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> bool:
         # Reopened first (its expiry cleared): a run purged already gets no note nothing would remove.

@@ -88,6 +88,9 @@ class RunNotes:
     final_ns: dict[str, int] = field(default_factory=dict)  # fan-out copy: when it became final
     retry_of: dict[str, str] = field(default_factory=dict)  # manual retry: the state it retries
     next_states_pending: bool = False  # next states are being created for one of its states
+    # The attempts runtimes reported with their CPU time (docs/trace-model.md, section "CPU time").
+    cpu_seconds: float = 0.0
+    executions: int = 0
     # States that settled since the notes were last swept (named by next-states, errored and pruned
     # notes), and those notes, to be marked seen once their states are swept.
     changed: set[str] = field(default_factory=set)
@@ -129,5 +132,11 @@ def apply_note(note: dict[str, Any], notes: RunNotes, now: int) -> None:
     elif kind == "retry":
         notes.retry_of[str(note.get("state_id"))] = str(note.get("of"))
         return
+    elif kind == "cost":
+        cpu = note.get("cpu_s")
+        if isinstance(cpu, int | float):
+            notes.cpu_seconds += float(cpu)
+            notes.executions += 1
+        return  # kept in every read until the run closes
     if "_id" in note and not note.get("seen"):
         notes.unseen.append(note["_id"])

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import Sampler
 
 from exo_otel.core import attributes as attr
+from exo_otel.core.cpu_report import CPU_TIME_HEADER, read_cpu_time_header
 from exo_otel.core.spans import guard
 from exo_otel.server.context import RunContext, enqueue_extension, new_run_context
 from exo_otel.server.spans import ServerMetrics, emit_run_root
@@ -111,6 +112,20 @@ class ServerSide:
             self._remember(run)
             await self.store.note_retry(state_id, retried_state_id, run_id)
         self.sweeper.nudge()
+
+    async def attempt_reported(self, state_id: str, headers: Mapping[str, str] | None) -> object | None:
+        """A runtime reports an attempt of ``state_id`` (executed, errored, pruned, requeued), with its
+        CPU time in a header when it measured it: noted with the run for its sum, before the report is
+        handled. Returns a token for `report_refused`, or None when nothing was noted."""
+        value = headers.get(CPU_TIME_HEADER) if headers is not None else None
+        seconds = read_cpu_time_header(value)
+        if seconds is None:
+            return None
+        return await self.store.note_cost(state_id, seconds)
+
+    async def report_refused(self, token: object) -> None:
+        """The state manager refused the report `attempt_reported` noted: its CPU time is not the run's."""
+        await self.store.withdraw_note(token)
 
     async def run_failed_to_start(self, run_id: str) -> None:
         self._contexts.pop(run_id, None)

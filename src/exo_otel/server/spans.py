@@ -19,6 +19,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import outcome_span_id, run_span_id, state_span_id, trace_id_for_run
+from exo_otel.core.metrics import CPU_TIME_BUCKETS, RUN_CPU_TIME
 from exo_otel.core.spans import end_span, start_span
 from exo_otel.server.context import RunContext, outcome_name, root_name
 from exo_otel.server.records import OUTCOME_BY_STATUS, RunNotes, StateRecord, run_outcome
@@ -43,6 +44,7 @@ class ServerMetrics:
 
     run_duration: Histogram
     state_queue_wait: Histogram
+    run_cpu_time: Histogram
 
     @classmethod
     def create(cls, meter: Meter) -> ServerMetrics:
@@ -58,6 +60,13 @@ class ServerMetrics:
                 unit="s",
                 description="Time from a state's creation to a runtime taking it.",
                 explicit_bucket_boundaries_advisory=_BUCKETS,
+            ),
+            run_cpu_time=meter.create_histogram(
+                RUN_CPU_TIME,
+                unit="s",
+                description="CPU time a graph run's node code used, summed over every reported "
+                "execution attempt in every runtime, by outcome.",
+                explicit_bucket_boundaries_advisory=CPU_TIME_BUCKETS,
             ),
         )
 
@@ -191,34 +200,43 @@ def emit_run_outcome(
 ) -> None:
     """The run's outcome, ``settle {graph_name}``, under the root: from the trigger to the moment the
     run settled (the last state's end, as its node span ends: its duration is the run's), with the
-    run's status and its states by final status."""
+    run's status, its states by final status and, when runtimes reported them, the CPU time of its
+    execution attempts and their number. Its metrics are recorded in its context (exemplars)."""
     status, counts = run_outcome(states)
     end = max(run.start_ns, *(s.updated_ns for s in states), *notes.final_ns.values())
+    span: trace.Span = trace.INVALID_SPAN
+    if run.sampled:
+        attributes: dict[str, Any] = {
+            **_run_attributes(run),
+            RUN_STATUS: status,
+            RUN_STATES_PREFIX + "total": len(states),
+        }
+        for name, count in counts.items():
+            attributes[RUN_STATES_PREFIX + name.lower()] = count
+        if notes.executions:
+            attributes[attr.RUN_CPU_TIME] = notes.cpu_seconds
+            attributes[attr.RUN_EXECUTIONS] = notes.executions
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(run.root_span_context()), Context())
+        with stored_decision(True):
+            span = start_span(
+                tracer,
+                outcome_name(run.graph_name),
+                context=parent,
+                span_id=outcome_span_id(run.run_id),
+                start_time=run.start_ns,
+                attributes=attributes,
+            )
+        if status == "FAILED":
+            span.set_attribute(attr.ERROR_TYPE, attr.ERROR_TYPE_OTHER)
+            span.set_status(Status(StatusCode.ERROR, "run failed"))
     if metrics is not None:
-        metrics.run_duration.record(
-            (end - run.start_ns) / 1e9,
-            {attr.NAMESPACE: run.namespace, attr.GRAPH_NAME: run.graph_name, RUN_STATUS: status},
-        )
-    if not run.sampled:
-        return
-    attributes: dict[str, Any] = {
-        **_run_attributes(run),
-        RUN_STATUS: status,
-        RUN_STATES_PREFIX + "total": len(states),
-    }
-    for name, count in counts.items():
-        attributes[RUN_STATES_PREFIX + name.lower()] = count
-    parent = trace.set_span_in_context(trace.NonRecordingSpan(run.root_span_context()), Context())
-    with stored_decision(True):
-        span = start_span(
-            tracer,
-            outcome_name(run.graph_name),
-            context=parent,
-            span_id=outcome_span_id(run.run_id),
-            start_time=run.start_ns,
-            attributes=attributes,
-        )
-    if status == "FAILED":
-        span.set_attribute(attr.ERROR_TYPE, attr.ERROR_TYPE_OTHER)
-        span.set_status(Status(StatusCode.ERROR, "run failed"))
-    end_span(span, end)
+        # In the outcome span's context, so a sampled run's points keep an exemplar naming its trace.
+        where = trace.set_span_in_context(span, Context())
+        metric_attributes = {
+            attr.NAMESPACE: run.namespace, attr.GRAPH_NAME: run.graph_name, RUN_STATUS: status
+        }
+        metrics.run_duration.record((end - run.start_ns) / 1e9, metric_attributes, context=where)
+        if notes.executions:
+            metrics.run_cpu_time.record(notes.cpu_seconds, metric_attributes, context=where)
+    if run.sampled:
+        end_span(span, end)

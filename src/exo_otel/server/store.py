@@ -46,6 +46,14 @@ class RunStore(Protocol):
     async def note_requeue(self, state_id: str, t_ns: int, delay_ms: int) -> None:
         """A state was put back in the queue for ``delay_ms``."""
 
+    async def note_cost(self, state_id: str, cpu_seconds: float) -> object | None:
+        """A runtime reports an attempt of ``state_id`` that used ``cpu_seconds`` of CPU: noted with its
+        run BEFORE the report is handled (so the run cannot settle without it). Returns a token for
+        `withdraw_note`, or None when the state has no run here."""
+
+    async def withdraw_note(self, token: object) -> None:
+        """The report `note_cost` noted was refused by the state manager: the note goes."""
+
     async def note_retry(self, state_id: str, retried_state_id: str, run_id: str) -> bool:
         """A manual retry: ``state_id`` retries ``retried_state_id``; its run is open again (its expiry
         cleared), touched. False, and nothing noted, when the run's records are gone."""

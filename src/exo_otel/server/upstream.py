@@ -220,6 +220,36 @@ def make_next_states_wrapper(side: ServerSide) -> AsyncMethod:
     return traced_next_states
 
 
+async def _report(
+    side: ServerSide, wrapped: AsyncMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Call a controller a runtime's report reaches (``namespace_name, state_id, ...``), the attempt's CPU
+    time noted first (then the run cannot settle without it) and withdrawn if the controller refuses."""
+    token = None
+    if side.enabled:
+        with guard("noting a reported attempt's CPU time"):
+            state_id = str(call_argument(args, kwargs, 1, "state_id", ""))
+            token = await side.attempt_reported(state_id, _request_headers.get())
+    try:
+        return await wrapped(*args, **kwargs)
+    except BaseException:
+        if token is not None:
+            with guard("withdrawing a refused report's CPU time"):
+                await side.report_refused(token)
+        raise
+
+
+def make_executed_wrapper(side: ServerSide) -> AsyncMethod:
+    """Around ``executed_state(namespace_name, state_id, body, ...)``: the attempt's CPU time."""
+
+    async def traced_executed(
+        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return await _report(side, wrapped, args, kwargs)
+
+    return traced_executed
+
+
 def make_settled_wrapper(side: ServerSide) -> AsyncMethod:
     """Around ``errored_state`` and ``prune_signal`` (``namespace_name, state_id, body, ...``): the state
     settled (ERRORED, RETRY_CREATED or PRUNED), so its run is touched for the sweep."""
@@ -227,7 +257,7 @@ def make_settled_wrapper(side: ServerSide) -> AsyncMethod:
     async def traced_settle(
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        result = await wrapped(*args, **kwargs)
+        result = await _report(side, wrapped, args, kwargs)
         if side.enabled:
             with guard("noting a settled state"):
                 await side.store.note_settled(str(call_argument(args, kwargs, 1, "state_id", "")))
@@ -244,7 +274,7 @@ def make_requeue_wrapper(side: ServerSide) -> AsyncMethod:
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         now = time.time_ns()
-        result = await wrapped(*args, **kwargs)
+        result = await _report(side, wrapped, args, kwargs)
         if side.enabled:
             with guard("noting a requeue"):
                 body = call_argument(args, kwargs, 2, "body", None)
