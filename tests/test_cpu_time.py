@@ -149,3 +149,43 @@ def _one_point(data: Any, name: str) -> Any:
     points = metric_points(data, name)
     assert len(points) == 1, points
     return points[0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["environment", "argument"])
+async def test_turned_off_nothing_is_measured_nor_reported(
+    tracer_provider: TracerProvider,
+    span_exporter: InMemorySpanExporter,
+    metric_reader: InMemoryMetricReader,
+    meter_provider: MeterProvider,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    Burn.burned = {}
+    instrumentor = ExosphereInstrumentor()
+    if how == "environment":
+        monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_CPU_TIME", "false")
+        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    else:
+        instrumentor.instrument(
+            tracer_provider=tracer_provider, meter_provider=meter_provider, cpu_time=False
+        )
+    namespace = f"cpu-off-{uuid.uuid4().hex[:8]}"
+    try:
+        async with EmbeddedStateManager(server_side=True, tracer_provider=tracer_provider) as sm:
+            client = sdk_state_manager(sm, namespace)
+            async with running_runtime(sm, namespace, [Burn], workers=2):
+                await client.upsert_graph("burn", burn_graph(namespace), {},  # type: ignore[arg-type]
+                                          store_config=StoreConfigModel(required_keys=["ms", "in_thread"]))
+                run_ids = [(await client.trigger("burn", store={"ms": "5", "in_thread": flag}))["run_id"]
+                           for flag in ("no", "yes")]
+                for run_id in run_ids:
+                    assert await wait_for_run(sm, run_id, timeout=30) == "SUCCESS"
+            await wait_until(lambda: len(_named(span_exporter, "settle burn")) == len(run_ids), timeout=30)
+    finally:
+        instrumentor.uninstrument()
+    executes = _named(span_exporter, "execute Burn")
+    assert len(executes) == len(Burn.burned) == 2
+    assert all(attr.EXECUTION_CPU_TIME not in (s.attributes or {}) for s in executes)
+    assert all(attr.RUN_CPU_TIME not in (s.attributes or {}) for s in _named(span_exporter, "settle burn"))
+    assert metric_points(metric_reader.get_metrics_data(), "exosphere.node.cpu_time") == []
