@@ -87,8 +87,9 @@ def demo_serving_metrics(tmp_path: Path, prometheus_available: None) -> Iterator
     output = (tmp_path / "demo.out").open("w", encoding="utf-8")
     env = demo_env(OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1", OTEL_EXPORTER_PROMETHEUS_PORT=str(port))
     demo = subprocess.Popen(
-        [*demo_command(), "demo", "--prometheus", "--runs", str(RUNS), "--interval", str(TRIGGER_INTERVAL_S),
-         "--hold", str(HOLD_S)],
+        # With the state manager side: the run panels read its metrics (exosphere.run.cpu_time).
+        [*demo_command(), "demo", "--prometheus", "--server-side", "--runs", str(RUNS),
+         "--interval", str(TRIGGER_INTERVAL_S), "--hold", str(HOLD_S)],
         stdout=output, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
     )
     try:

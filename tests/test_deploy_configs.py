@@ -52,6 +52,12 @@ EXO_OTEL_SERIES = {
     "exosphere_node_queue_wait_seconds_count",
     "exosphere_node_queue_wait_seconds_sum",
     "exosphere_node_executions_total",
+    "exosphere_node_cpu_time_seconds_bucket",
+    "exosphere_node_cpu_time_seconds_count",
+    "exosphere_node_cpu_time_seconds_sum",
+    "exosphere_run_cpu_time_seconds_bucket",
+    "exosphere_run_cpu_time_seconds_count",
+    "exosphere_run_cpu_time_seconds_sum",
     "exosphere_runtime_inflight",
     "exosphere_runtime_poll_duration_seconds_bucket",
     "exosphere_runtime_poll_duration_seconds_count",
@@ -332,10 +338,12 @@ def test_dashboard_covers_every_metric(dashboard: dict[str, Any]) -> None:
     assert 'exosphere_state_outcome="pruned"' in text
 
 
-def test_latency_panels_show_exemplars(dashboard: dict[str, Any]) -> None:
+def test_latency_and_run_cost_panels_show_exemplars(dashboard: dict[str, Any]) -> None:
     for panel in iter_panels(dashboard):
         for target in panel.get("targets", []):
-            if "exosphere_node_duration_seconds_bucket" in target.get("expr", ""):
+            expr = target.get("expr", "")
+            histograms = ("exosphere_node_duration_seconds_bucket", "exosphere_run_cpu_time_seconds_bucket")
+            if any(name in expr for name in histograms):
                 assert target.get("exemplar") is True, panel["title"]
 
 
