@@ -62,6 +62,8 @@ GRAPH = "find-a-run"
 SLOW_NODE = "work"
 SLOW_S = 3.0
 N_SECONDS = 2  # <N>: the slow run and its slow node last longer, the failed run much less
+BURN_S = 0.2  # CPU the slow run's slow node burns
+CPU_SECONDS = 0.1  # <S>: the slow run used more, the failed run much less
 POLL_INTERVAL = 0.05
 
 
@@ -488,6 +490,9 @@ class Work(BaseNode):  # type: ignore[misc]
     async def execute(self) -> BaseNode.Outputs:
         if self.inputs.fail == "yes":
             raise RuntimeError("the work failed, as planned")
+        burn_started = time.thread_time()
+        while time.thread_time() - burn_started < BURN_S:
+            pass
         await asyncio.sleep(float(self.inputs.delay_s))
         return self.Outputs(done="yes")
 
@@ -528,6 +533,7 @@ class Runs:
         return {
             "<run id>": run.run_id, "<trace id>": run.trace_id, "<graph>": GRAPH,
             "<namespace>": self.namespace, "<identifier>": SLOW_NODE, "<N>": str(N_SECONDS),
+            "<S>": str(CPU_SECONDS),
             "<state manager>": SM_SERVICE, "<runtime>": APP_SERVICE, "<trigger>": APP_SERVICE,
         }
 
@@ -543,7 +549,7 @@ def fill(template: str, values: dict[str, str]) -> str:
 SAMPLE_RUN_ID = "9d2c6f0e-3b1a-4c5d-8e7f-001122334455"
 SAMPLE = {
     "<run id>": SAMPLE_RUN_ID, "<trace id>": "8e2c6f0e3b1a4c5d9d7f001122334455", "<graph>": GRAPH,
-    "<namespace>": "ns", "<identifier>": SLOW_NODE, "<N>": "2", "<state manager>": SM_SERVICE,
+    "<namespace>": "ns", "<identifier>": SLOW_NODE, "<N>": "2", "<S>": "0.5", "<state manager>": SM_SERVICE,
     "<runtime>": APP_SERVICE, "<trigger>": APP_SERVICE,
 }
 
@@ -684,6 +690,11 @@ def _the_slow_node(runs: Runs, _target: Run, spans: list[Span]) -> bool:
     return [s.name for s in spans] == [f"node {SLOW_NODE}"] and spans[0].trace_id == runs.slow.trace_id
 
 
+def _the_busy_execution(runs: Runs, _target: Run, spans: list[Span]) -> bool:
+    return [s.name for s in spans] == ["execute Work"] and spans[0].trace_id == runs.slow.trace_id
+
+
+_BUSY_EXECUTION = Promise(False, _only(lambda r: r.slow), _the_busy_execution, jaeger=False)
 _BY_RUN_ID = Promise(True, lambda _runs, target: {target.trace_id}, _the_root_listed)
 _SLOWEST_NODE = Promise(True, lambda _runs, target: {target.trace_id}, _node_spans_of_the_run)
 _SLOW_NODE = Promise(False, _only(lambda r: r.slow), _the_slow_node)
@@ -697,7 +708,11 @@ PROMISES: dict[str, dict[str, Promise]] = {
         "the runs of a graph slower than N seconds": Promise(
             False, _only(lambda r: r.slow), _settle_of(lambda r: r.slow)
         ),
+        "the runs of a graph that used more than S seconds of CPU": Promise(
+            False, _only(lambda r: r.slow), _settle_of(lambda r: r.slow), jaeger=False
+        ),
         "the runs where a node took longer than N seconds": _SLOW_NODE,
+        "the node executions that used more than S seconds of CPU": _BUSY_EXECUTION,
         "the slowest node of a run": _SLOWEST_NODE,
     },
     WITHOUT_SIDE: {
@@ -709,6 +724,7 @@ PROMISES: dict[str, dict[str, Promise]] = {
             False, _only(lambda r: r.slow), _every_span_of_the_slow_run, jaeger=False
         ),
         "the runs where a node took longer than N seconds": _SLOW_NODE,
+        "the node executions that used more than S seconds of CPU": _BUSY_EXECUTION,
         "the slowest node of a run": _SLOWEST_NODE,
     },
 }
