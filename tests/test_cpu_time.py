@@ -107,6 +107,9 @@ async def test_eight_interleaved_executions_each_measured_and_summed_per_run(
     data = metric_reader.get_metrics_data()
 
     spans = span_exporter.get_finished_spans()
+    # One schema URL for both sides: the runtime's spans and the state manager side's.
+    assert {s.instrumentation_scope.schema_url for s in spans if s.instrumentation_scope} == {attr.SCHEMA_URL}
+    assert {s.name.split(" ")[0] for s in spans} >= {"run", "settle", "node", "execute", "trigger"}
     executes = _named(span_exporter, "execute Burn")
     node_spans = {span.context.span_id: span for span in spans if span.name == "node burn"}
     assert len(executes) == RUNS

@@ -388,7 +388,7 @@ def test_trace_links_name_the_spans_and_attributes_the_run_has(
              "execute": "execute FetchBatch", "trigger": f"trigger {graph}"}
     known = {v for m in (attributes, spans) for v in vars(m).values() if isinstance(v, str)}
     # What the run's root and outcome carry: a Jaeger search of the state manager matches those.
-    run_keys = {attributes.NAMESPACE, attributes.GRAPH_NAME, attributes.RUN_ID, spans.RUN_STATUS}
+    run_keys = {attributes.NAMESPACE, attributes.GRAPH_NAME, attributes.RUN_ID, attributes.RUN_STATUS}
     state_manager = _service_names(services)["state-manager"]
     queries = dashboard_trace_queries(dashboard)
     assert {q.traceql is not None for q in queries} == {True, False}  # both kinds are there
@@ -408,13 +408,13 @@ def test_trace_links_name_the_spans_and_attributes_the_run_has(
                 assert matched, query  # the name matches a span the stack emits
             elif condition.field.startswith("span."):
                 key = condition.field.removeprefix("span.")
-                assert key in known or key.startswith(spans.RUN_STATES_PREFIX), query
+                assert key in known or key.startswith(attributes.RUN_STATES_PREFIX), query
         # A run's status is on its outcome span (the root is emitted before the run has one): a query
         # on the span status must pick the outcome by name; one on exosphere.run.status may not exclude it.
         fields = {c.field for c in conditions}
         if "status" in fields:
             assert matched == {"settle"}, query
-        if f"span.{spans.RUN_STATUS}" in fields:
+        if f"span.{attributes.RUN_STATUS}" in fields:
             assert "settle" in matched, query
 
 

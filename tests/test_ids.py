@@ -221,3 +221,17 @@ def test_uuid_run_ids_are_recognised_as_the_standard_library_would(run_id: str) 
 @given(st.uuids().map(str) | st.text(alphabet="0123456789abcdefABCDEF-{}:urn", min_size=30, max_size=40))
 def test_fast_uuid_recognition_agrees_with_the_standard_library(run_id: str) -> None:
     assert trace_id_for_run(run_id) == _expected_trace_id(run_id)
+
+
+def test_the_run_roots_context_is_derived_alike_for_both_decisions() -> None:
+    from opentelemetry.trace import TraceFlags
+
+    from exo_otel.core.ids import remote_span_context, run_root_span_context, run_span_id, trace_flags
+
+    run_id = "6f1c2e5a-8b3d-4f7e-9a10-112233445566"
+    for sampled in (True, False):
+        root = run_root_span_context(run_id, sampled)
+        assert (root.trace_id, root.span_id) == (trace_id_for_run(run_id), run_span_id(run_id))
+        assert root.is_remote and root.trace_flags.sampled is sampled
+        assert remote_span_context(1, 2, sampled).trace_flags == trace_flags(sampled)
+    assert trace_flags(True) == TraceFlags(TraceFlags.SAMPLED) and trace_flags(False) == TraceFlags(0)

@@ -34,6 +34,13 @@ EXECUTION_CPU_TIME: Final = "exosphere.execution.cpu_time"
 RUN_CPU_TIME: Final = "exosphere.run.cpu_time"
 RUN_EXECUTIONS: Final = "exosphere.run.executions"
 NODE_INPUTS: Final = "exosphere.node.inputs"
+# The state manager side's own (it alone sees stored statuses, schedules and manual retries).
+RUN_STATUS: Final = "exosphere.run.status"
+RUN_STATES_PREFIX: Final = "exosphere.run.states."
+STATE_STATUS: Final = "exosphere.state.status"
+STATE_SCHEDULE_WAIT_MS: Final = "exosphere.state.schedule_wait_ms"
+"""How long the state waited for its ``enqueue_after`` before any runtime could take it."""
+LINK_RETRY_OF: Final = "exosphere.link.retry_of"
 NODE_OUTPUTS: Final = "exosphere.node.outputs"
 
 __all__ = [

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Final
 
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.trace import SpanContext, TraceFlags
 
 RUN_KIND: Final = "exosphere.run"
 STATE_KIND: Final = "exosphere.state"
@@ -18,6 +19,8 @@ OUTCOME_KIND: Final = "exosphere.run-outcome"
 STATE_TRACE_PREFIX: Final = "exosphere.state-trace:"
 _NON_UUID_PREFIX: Final = "exosphere.run-id:"
 _MASK_128: Final = (1 << 128) - 1
+_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
 
 
 def h64(kind: str, value: str) -> int:
@@ -30,6 +33,21 @@ def h64(kind: str, value: str) -> int:
 def run_span_id(run_id: str) -> int:
     """Span id of a run's root: the state manager side's ``run`` span, else the client's ``trigger``."""
     return h64(RUN_KIND, run_id)
+
+
+def trace_flags(sampled: bool) -> TraceFlags:
+    """The W3C trace flags of a sampling decision."""
+    return _SAMPLED if sampled else _NOT_SAMPLED
+
+
+def remote_span_context(trace_id: int, span_id: int, sampled: bool) -> SpanContext:
+    """A span another process emits (or emitted), as a parent or link target here."""
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace_flags(sampled))
+
+
+def run_root_span_context(run_id: str, sampled: bool) -> SpanContext:
+    """The run's root (``run`` with the state manager side, else ``trigger``), from the run id alone."""
+    return remote_span_context(trace_id_for_run(run_id), run_span_id(run_id), sampled)
 
 
 def outcome_span_id(run_id: str) -> int:

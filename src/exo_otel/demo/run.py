@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from exospherehost import Runtime, StateManager
 
+from exo_otel.core.attributes import RUN_STATUS
 from exo_otel.core.ids import outcome_span_id, run_span_id, state_span_id
 from exo_otel.demo.graph import (
     FAILURE_TEXT,
@@ -41,7 +42,6 @@ from exo_otel.demo.telemetry import DemoTelemetry, TelemetryError
 from exo_otel.demo.waterfall import render_waterfall
 from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from exo_otel.server.spans import RUN_STATUS
 
 RUNTIME_NAME: Final = "exo-otel-demo"
 POLL_INTERVAL_S: Final = 0.05

@@ -14,15 +14,13 @@ from typing import Final
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
+from exo_otel.core.attributes import ERROR_TYPE, ERROR_TYPE_OTHER, RUN_STATUS, STATE_STATUS
+from exo_otel.core.attributes import STATE_FANOUT_OF as FANOUT_OF
+from exo_otel.core.attributes import STATE_RETRY_COUNT as RETRY_COUNT
+
 BAR: Final = "█"
 ERROR_MARK: Final = "✗"
-RETRY_COUNT: Final = "exosphere.state.retry_count"
-FANOUT_OF: Final = "exosphere.state.fanout_of"
-ERROR_TYPE: Final = "error.type"
-ERROR_TYPE_OTHER: Final = "_OTHER"
 # What the state manager side says of a failure it saw no exception for (error.type _OTHER).
-STATE_STATUS: Final = "exosphere.state.status"
-RUN_STATUS: Final = "exosphere.run.status"
 OUTCOME_PREFIX: Final = "settle "
 
 

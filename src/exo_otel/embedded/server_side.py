@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from opentelemetry import metrics, trace
 
+from exo_otel.core import attributes as attr
 from exo_otel.core.providers import install_run_id_generator
 from exo_otel.core.spans import guard
 from exo_otel.embedded.models import State, StateStatus
@@ -282,9 +283,9 @@ class EmbeddedServerSide:
     ) -> None:
         provider = tracer_provider or trace.get_tracer_provider()
         install_run_id_generator(provider)
-        tracer = trace.get_tracer(__name__, __version__, provider)
+        tracer = trace.get_tracer(__name__, __version__, provider, schema_url=attr.SCHEMA_URL)
         sampler = install_stored_decision(tracer)
-        meter = metrics.get_meter(__name__, __version__, meter_provider)
+        meter = metrics.get_meter(__name__, __version__, meter_provider, schema_url=attr.SCHEMA_URL)
         self.db = db
         self.side = ServerSide(
             tracer, MemoryRunStore(db), sampler, ServerMetrics.create(meter),

@@ -8,7 +8,6 @@ hashing, carrier extraction or sampler call per state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context
@@ -16,7 +15,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from exo_otel.core import attributes as attr
-from exo_otel.core.ids import state_span_id, trace_id_for_run
+from exo_otel.core.ids import state_span_id, trace_flags, trace_id_for_run
 from exo_otel.core.sanitize import clean_text, log_safe
 from exo_otel.sdk.state_context import (
     RunInfo,
@@ -25,9 +24,6 @@ from exo_otel.sdk.state_context import (
     run_is_sampled,
     run_root_context,
 )
-
-_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +64,7 @@ def run_trace(run: RunInfo, namespace: str, sampler: Sampler | None) -> RunTrace
     entries = run_baggage(run, namespace)
     return RunTrace(
         trace_id,
-        _SAMPLED if sampled else _NOT_SAMPLED,
+        trace_flags(sampled),
         node_parent,
         with_baggage(node_parent, entries),
         carried is not None and run.node_spans_by_server,

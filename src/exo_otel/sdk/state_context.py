@@ -9,9 +9,9 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
-from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind
 
-from exo_otel.core.ids import run_span_id, trace_id_for_run
+from exo_otel.core.ids import run_root_span_context, trace_id_for_run
 
 # The W3C fields of the run's carrier in an enqueued state, and the marker that the server emits
 # node spans (docs/trace-model.md, section "The carrier").
@@ -149,15 +149,9 @@ def run_is_sampled(sampler: Sampler | None, run: RunInfo, trace_id: int | None =
     return result.decision is Decision.RECORD_AND_SAMPLE
 
 
-def _flags(sampled: bool) -> TraceFlags:
-    return TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
-
-
 def run_root_context(run: RunInfo, sampled: bool) -> SpanContext:
-    """The remote span context of the run's trigger span, derived from the run id alone."""
-    return SpanContext(
-        trace_id_for_run(run.run_id), run_span_id(run.run_id), is_remote=True, trace_flags=_flags(sampled)
-    )
+    """The remote span context of the run's root, derived from the run id alone."""
+    return run_root_span_context(run.run_id, sampled)
 
 
 def link_to_state(context: SpanContext | None) -> list[Link]:

@@ -15,10 +15,10 @@ from typing import Any, Final
 from opentelemetry import baggage, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import SpanContext, SpanKind
 
 from exo_otel.core import attributes as attr
-from exo_otel.core.ids import run_span_id, trace_id_for_run
+from exo_otel.core.ids import run_root_span_context, trace_id_for_run
 
 # The top-level fields of an enqueued state that carry the run's W3C context (wire names:
 # docs/trace-model.md, section "The carrier").
@@ -53,10 +53,7 @@ class RunContext:
     emit_from_ns: int = 0
 
     def root_span_context(self) -> SpanContext:
-        flags = TraceFlags(TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT)
-        return SpanContext(
-            trace_id_for_run(self.run_id), run_span_id(self.run_id), is_remote=True, trace_flags=flags
-        )
+        return run_root_span_context(self.run_id, self.sampled)
 
     def root_context(self) -> Context:
         """A fresh context whose current span is the (remote) run root, with the run's baggage."""

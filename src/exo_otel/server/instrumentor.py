@@ -22,6 +22,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import unwrap
 
+from exo_otel.core import attributes as attr
 from exo_otel.core.providers import install_run_id_generator, remove_run_id_generator
 from exo_otel.core.wrapping import AsyncMethod
 from exo_otel.server.mongo_store import MongoRunStore
@@ -45,7 +46,7 @@ from exo_otel.version import __version__
 
 _logger = logging.getLogger(__name__)
 
-SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
+SCHEMA_URL: Final = attr.SCHEMA_URL
 STATE_MODULE: Final = "app.models.db.state"
 SUPPORTED_VERSION: Final = "exospherehost state-manager 0.0.3"
 

@@ -15,26 +15,23 @@ from typing import Any, Final
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import Histogram, Meter
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from exo_otel.core import attributes as attr
-from exo_otel.core.ids import outcome_span_id, run_span_id, state_span_id, trace_id_for_run
-from exo_otel.core.metrics import CPU_TIME_BUCKETS, RUN_CPU_TIME
+from exo_otel.core.ids import (
+    outcome_span_id,
+    remote_span_context,
+    run_span_id,
+    state_span_id,
+    trace_id_for_run,
+)
+from exo_otel.core.metrics import CPU_TIME_BUCKETS, RUN_CPU_TIME, RUN_DURATION, STATE_QUEUE_WAIT
 from exo_otel.core.spans import end_span, start_span
 from exo_otel.server.context import RunContext, outcome_name, root_name
 from exo_otel.server.records import OUTCOME_BY_STATUS, RunNotes, StateRecord, run_outcome
 from exo_otel.server.sampling import stored_decision
 
-RUN_STATUS: Final = "exosphere.run.status"
-RUN_STATES_PREFIX: Final = "exosphere.run.states."
-STATE_STATUS: Final = "exosphere.state.status"
-# How long the state waited for its enqueue_after before any runtime could take it (when it did).
-STATE_SCHEDULE_WAIT_MS: Final = "exosphere.state.schedule_wait_ms"
 _MIN_SCHEDULE_WAIT_NS: Final = 1_000_000
-LINK_RETRY_OF: Final = "exosphere.link.retry_of"
-
-RUN_DURATION: Final = "exosphere.run.duration"
-STATE_QUEUE_WAIT: Final = "exosphere.state.queue_wait"
 _BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
@@ -71,14 +68,9 @@ class ServerMetrics:
         )
 
 
-def _remote(trace_id: int, span_id: int, sampled: bool) -> SpanContext:
-    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
-
-
 def _state_link(run: RunContext, state_id: str, **marker: Any) -> Link:
     # No state id on the link: the span it names carries it (spans sized for big runs).
-    context = _remote(trace_id_for_run(run.run_id), state_span_id(state_id), run.sampled)
+    context = remote_span_context(trace_id_for_run(run.run_id), state_span_id(state_id), run.sampled)
     return Link(context, marker or None)
 
 
@@ -125,7 +117,8 @@ def emit_node_span(
     if state.retry_count:
         attributes[attr.STATE_RETRY_COUNT] = state.retry_count
     if outcome == attr.OUTCOME_ERRORED:
-        attributes[STATE_STATUS] = state.status  # which failure: ERRORED, RETRY_CREATED, NEXT_CREATED_ERROR
+        # Which failure: ERRORED, RETRY_CREATED or NEXT_CREATED_ERROR.
+        attributes[attr.STATE_STATUS] = state.status
     links: list[Link] = []
     if state.parent_ids:  # always of the same run, whose every settled state the sweep emits
         links.append(_state_link(run, state.parent_ids[-1]))
@@ -134,12 +127,12 @@ def emit_node_span(
         links.append(_state_link(run, original.state_id))
     retried = retried_state(state, by_id, notes)
     if retried is not None and retried in by_id:
-        links.append(_state_link(run, retried, **{LINK_RETRY_OF: True}))
+        links.append(_state_link(run, retried, **{attr.LINK_RETRY_OF: True}))
     due_ns = (state.enqueue_after_ms or 0) * 1_000_000
     # Upstream stamps a new state's enqueue_after (in ms, truncated) just after its created_at: a
     # difference under a millisecond is that, not a wait.
     if due_ns - state.created_ns >= _MIN_SCHEDULE_WAIT_NS:
-        attributes[STATE_SCHEDULE_WAIT_MS] = (due_ns - state.created_ns) / 1e6
+        attributes[attr.STATE_SCHEDULE_WAIT_MS] = (due_ns - state.created_ns) / 1e6
     parent = trace.set_span_in_context(trace.NonRecordingSpan(run.root_span_context()), Context())
     with stored_decision(run.sampled):
         span = start_span(
@@ -175,7 +168,7 @@ def emit_run_root(tracer: trace.Tracer, run: RunContext, end_ns: int) -> None:
         return
     links = []
     if run.caller_trace_id and run.caller_span_id:
-        links.append(Link(_remote(run.caller_trace_id, run.caller_span_id, True)))
+        links.append(Link(remote_span_context(run.caller_trace_id, run.caller_span_id, True)))
     with stored_decision(True):
         span = start_span(
             tracer,
@@ -208,11 +201,11 @@ def emit_run_outcome(
     if run.sampled:
         attributes: dict[str, Any] = {
             **_run_attributes(run),
-            RUN_STATUS: status,
-            RUN_STATES_PREFIX + "total": len(states),
+            attr.RUN_STATUS: status,
+            attr.RUN_STATES_PREFIX + "total": len(states),
         }
         for name, count in counts.items():
-            attributes[RUN_STATES_PREFIX + name.lower()] = count
+            attributes[attr.RUN_STATES_PREFIX + name.lower()] = count
         if notes.executions:
             attributes[attr.RUN_CPU_TIME] = notes.cpu_seconds
             attributes[attr.RUN_EXECUTIONS] = notes.executions
@@ -233,7 +226,7 @@ def emit_run_outcome(
         # In the outcome span's context, so a sampled run's points keep an exemplar naming its trace.
         where = trace.set_span_in_context(span, Context())
         metric_attributes = {
-            attr.NAMESPACE: run.namespace, attr.GRAPH_NAME: run.graph_name, RUN_STATUS: status
+            attr.NAMESPACE: run.namespace, attr.GRAPH_NAME: run.graph_name, attr.RUN_STATUS: status
         }
         metrics.run_duration.record((end - run.start_ns) / 1e9, metric_attributes, context=where)
         if notes.executions:
