@@ -199,7 +199,7 @@ async def test_settled_runs_are_forgotten_after_the_retention_and_late_retries_s
         f"outcome: {after}"
     )
     assert retained[RUNS_COLLECTION] == runs
-    assert retained[CLAIMS_COLLECTION] == 2 * runs  # a node span and an outcome per run
+    assert retained[CLAIMS_COLLECTION] == 3 * runs  # a root, a node span and an outcome per run
     assert retained[NOTES_COLLECTION] == 0  # dropped at settle
     assert after == {collection: 0 for collection in COLLECTIONS}
     for retry, run_id in ((early_retry, early_run), (late_retry, late_run)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from exo_otel.core.ids import RunIdGenerator
@@ -38,3 +39,12 @@ def remove_run_id_generator(installed: InstalledGenerator | None) -> None:
     current: object = provider.id_generator
     if current is generator:
         setattr(provider, "id_generator", generator.delegate)  # noqa: B010
+
+
+def flush_spans(provider: object | None, timeout_ms: int) -> bool:
+    """Export the spans ``provider`` (the global one when None, as it is now) holds, within
+    ``timeout_ms``; True when it finished, or has nothing to flush (not the SDK's)."""
+    if provider is None:
+        provider = trace.get_tracer_provider()
+    flush = getattr(provider, "force_flush", None)
+    return bool(flush(timeout_ms)) if callable(flush) else True

@@ -9,6 +9,7 @@ one process). The handlers call `EmbeddedServerSide` at the same moments the ups
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import itertools
 import time
@@ -18,7 +19,7 @@ from typing import Any, cast
 from opentelemetry import metrics, trace
 
 from exo_otel.core import attributes as attr
-from exo_otel.core.providers import install_run_id_generator
+from exo_otel.core.providers import flush_spans, install_run_id_generator
 from exo_otel.core.spans import guard
 from exo_otel.embedded.models import State, StateStatus
 from exo_otel.embedded.operations import Job
@@ -67,6 +68,7 @@ class MemoryRunStore:
         self.notes: dict[str, dict[int, dict[str, Any]]] = {}
         self.claims: dict[str, set[str]] = {}  # run id: its claim keys
         self._claimed: set[str] = set()
+        self._leases: dict[str, tuple[str, int]] = {}  # unconfirmed claim: (run id, lease end)
         self._touched: set[str] = set()  # ready, open and touched
         self._open: list[tuple[int, str]] = []  # (start_ns, run id) of ready, open runs, sorted
         self._expiries: list[tuple[int, str]] = []  # (expires_ns, run id) of closed runs, a heap
@@ -231,20 +233,36 @@ class MemoryRunStore:
             for note_id in wanted & run_notes.keys():
                 run_notes[note_id]["seen"] = True  # type: ignore[index]
 
-    def _claim(self, runs_by_key: Mapping[str, str]) -> set[str]:
+    def _claim(self, runs_by_key: Mapping[str, str], lease_until_ns: int | None = None) -> set[str]:
         won = set(runs_by_key) - self._claimed
         self._claimed |= won
+        if lease_until_ns is not None:
+            self._leases.update((key, (runs_by_key[key], lease_until_ns)) for key in won)
         for key in won:
             self.claims.setdefault(runs_by_key[key], set()).add(key)
         return won
 
-    async def claim_nodes(self, runs_by_state: Mapping[str, str]) -> set[str]:
-        won = self._claim({f"node:{state_id}": run_id for state_id, run_id in runs_by_state.items()})
+    async def claim_nodes(self, runs_by_state: Mapping[str, str], lease_until_ns: int) -> set[str]:
+        by_key = {f"node:{state_id}": run_id for state_id, run_id in runs_by_state.items()}
+        won = self._claim(by_key, lease_until_ns)
         return {key.removeprefix("node:") for key in won}
 
-    async def claim_outcomes(self, run_ids: Sequence[str]) -> set[str]:
-        won = self._claim({f"outcome:{run_id}": run_id for run_id in run_ids})
+    async def claim_outcomes(self, run_ids: Sequence[str], lease_until_ns: int) -> set[str]:
+        won = self._claim({f"outcome:{run_id}": run_id for run_id in run_ids}, lease_until_ns)
         return {key.removeprefix("outcome:") for key in won}
+
+    async def claim_root(self, run_id: str, lease_until_ns: int) -> bool:
+        return bool(self._claim({f"root:{run_id}": run_id}, lease_until_ns))
+
+    async def confirm_claims(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._leases.pop(key, None)
+
+    async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, str]:
+        stale = [key for key, (_run, until) in self._leases.items() if until < now_ns][:limit]
+        taken = {key: self._leases[key][0] for key in stale}
+        self._leases.update((key, (run_id, lease_until_ns)) for key, run_id in taken.items())
+        return taken
 
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         for run_id in run_ids:
@@ -267,7 +285,10 @@ class MemoryRunStore:
                 continue  # reopened since (a later close pushed its new expiry), or gone already
             del self.runs[run_id]
             self.notes.pop(run_id, None)
-            self._claimed -= self.claims.pop(run_id, set())
+            gone_claims = self.claims.pop(run_id, set())
+            self._claimed -= gone_claims
+            for key in gone_claims:
+                self._leases.pop(key, None)
             gone += 1
         return gone
 
@@ -289,7 +310,7 @@ class EmbeddedServerSide:
         self.db = db
         self.side = ServerSide(
             tracer, MemoryRunStore(db), sampler, ServerMetrics.create(meter),
-            retention_seconds=retention_seconds(),
+            retention_seconds=retention_seconds(), flush=functools.partial(flush_spans, provider),
         )
 
     async def triggered(

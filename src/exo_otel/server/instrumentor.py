@@ -8,6 +8,7 @@ takes the parameters the wrapper expects) and a mismatch is logged, naming the s
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -23,7 +24,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 
 from exo_otel.core import attributes as attr
-from exo_otel.core.providers import install_run_id_generator, remove_run_id_generator
+from exo_otel.core.providers import flush_spans, install_run_id_generator, remove_run_id_generator
 from exo_otel.core.wrapping import AsyncMethod
 from exo_otel.server.mongo_store import MongoRunStore
 from exo_otel.server.sampling import install_stored_decision
@@ -201,7 +202,11 @@ class StateManagerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         meter = metrics.get_meter(__name__, __version__, meter_provider, schema_url=SCHEMA_URL)
         store = MongoRunStore(lambda: importlib.import_module(STATE_MODULE).State.get_pymongo_collection())
         retention = retention_seconds(kwargs.get("run_retention_seconds"))
-        side = ServerSide(tracer, store, sampler, ServerMetrics.create(meter), retention_seconds=retention)
+        given = kwargs.get("tracer_provider")  # else the global one, as it is when a sweep flushes
+        side = ServerSide(
+            tracer, store, sampler, ServerMetrics.create(meter), retention_seconds=retention,
+            flush=functools.partial(flush_spans, given),
+        )
         self._side: ServerSide | None = side
         self._patched: list[Patch] = []
         for module_name in dict.fromkeys(patch.module for patch in PATCHES):

@@ -33,6 +33,7 @@ INDEXES: Final = (
     (RUNS_COLLECTION, [("expires_ns", 1)], "exo_otel_expiry"),
     (NOTES_COLLECTION, [("run_id", 1), ("seen", 1)], "exo_otel_notes_by_run"),
     (CLAIMS_COLLECTION, [("run_id", 1)], "exo_otel_claims_by_run"),
+    (CLAIMS_COLLECTION, [("done", 1), ("lease_ns", 1)], "exo_otel_claim_leases"),
 )
 _STATE_FIELDS: Final = {
     "run_id": 1,
@@ -232,12 +233,15 @@ class MongoRunStore:
         if note_ids:
             await self._notes().update_many({"_id": {"$in": list(note_ids)}}, {"$set": {"seen": True}})
 
-    async def _claim(self, runs_by_key: dict[str, str]) -> set[str]:
+    async def _claim(self, runs_by_key: dict[str, str], lease_until_ns: int) -> set[str]:
         keys = list(runs_by_key)
         if not keys:
             return set()
         try:
-            documents = [{"_id": key, "run_id": run_id} for key, run_id in runs_by_key.items()]
+            documents = [
+                {"_id": key, "run_id": run_id, "done": False, "lease_ns": lease_until_ns}
+                for key, run_id in runs_by_key.items()
+            ]
             await self._claims().insert_many(documents, ordered=False)
         except Exception as exc:  # pymongo's BulkWriteError (pymongo is the app's, not ours)
             details = getattr(exc, "details", None)
@@ -250,14 +254,40 @@ class MongoRunStore:
             return {key for index, key in enumerate(keys) if index not in lost}
         return set(keys)
 
-    async def claim_nodes(self, runs_by_state: Mapping[str, str]) -> set[str]:
-        won = await self._claim({f"node:{state_id}": run_id for state_id, run_id in runs_by_state.items()})
+    async def claim_nodes(self, runs_by_state: Mapping[str, str], lease_until_ns: int) -> set[str]:
+        by_key = {f"node:{state_id}": run_id for state_id, run_id in runs_by_state.items()}
+        won = await self._claim(by_key, lease_until_ns)
         return {key.removeprefix("node:") for key in won}
 
-    async def claim_outcomes(self, run_ids: Sequence[str]) -> set[str]:
+    async def claim_outcomes(self, run_ids: Sequence[str], lease_until_ns: int) -> set[str]:
         claims = [_outcome_claim(run_id) for run_id in run_ids]
-        won = await self._claim({claim["_id"]: claim["run_id"] for claim in claims})
+        won = await self._claim({claim["_id"]: claim["run_id"] for claim in claims}, lease_until_ns)
         return {key.removeprefix("outcome:") for key in won}
+
+    async def claim_root(self, run_id: str, lease_until_ns: int) -> bool:
+        return bool(await self._claim({f"root:{run_id}": run_id}, lease_until_ns))
+
+    async def confirm_claims(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self._claims().update_many(
+                {"_id": {"$in": list(keys)}}, {"$set": {"done": True}, "$unset": {"lease_ns": ""}}
+            )
+
+    async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, str]:
+        # exo_otel_claim_leases. Claims made before leases existed have no `done`: final, never matched.
+        stale = await self._claims().find(
+            {"done": False, "lease_ns": {"$lt": now_ns}}, {"run_id": 1, "lease_ns": 1}
+        ).limit(limit).to_list(None)
+        taken: dict[str, str] = {}
+        for claim in stale:
+            # Only if no other process took it over since the find: one winner per lease.
+            moved = await self._claims().update_one(
+                {"_id": claim["_id"], "done": False, "lease_ns": claim["lease_ns"]},
+                {"$set": {"lease_ns": lease_until_ns}},
+            )
+            if moved.modified_count == 1:
+                taken[str(claim["_id"])] = str(claim.get("run_id"))
+        return taken
 
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         ids = list(run_ids)
@@ -285,7 +315,7 @@ class MongoRunStore:
         return len(gone)
 
 
-def _outcome_claim(run_id: str) -> dict[str, str]:
+def _outcome_claim(run_id: str) -> dict[str, Any]:
     return {"_id": f"outcome:{run_id}", "run_id": run_id}
 
 

@@ -22,7 +22,7 @@ from exo_otel.core.spans import guard
 from exo_otel.server.context import RunContext, enqueue_extension, new_run_context
 from exo_otel.server.spans import ServerMetrics, emit_run_root
 from exo_otel.server.store import RunStore
-from exo_otel.server.sweeper import DEFAULT_RETENTION_SECONDS, Sweeper
+from exo_otel.server.sweeper import DEFAULT_RETENTION_SECONDS, Flush, Sweeper
 
 _CACHE_SIZE = 10_000
 _CACHE_MAX_AGE_SECONDS = 60.0
@@ -50,6 +50,7 @@ class ServerSide:
     node_spans_by_server: bool = True
     enabled: bool = True
     retention_seconds: float = DEFAULT_RETENTION_SECONDS
+    flush: Flush | None = None  # exports what the sweep emitted, before its claims are made final
     sweeper: Sweeper = field(init=False)
     # Run contexts by run id, with when they were read: kept a bounded time, since another process may
     # purge a run's records once its retention passed, and a run without records gets no extension.
@@ -57,7 +58,8 @@ class ServerSide:
 
     def __post_init__(self) -> None:
         self.sweeper = Sweeper(
-            self.store, self.tracer, self.metrics, retention_seconds=self.retention_seconds
+            self.store, self.tracer, self.metrics, retention_seconds=self.retention_seconds,
+            flush=self.flush,
         )
 
     def _remember(self, run: RunContext) -> None:
@@ -86,10 +88,14 @@ class ServerSide:
     async def run_started(self, run: RunContext) -> None:
         """The trigger completed: the run's root is emitted now, and the run may settle from now on.
 
-        Only the process handling the trigger gets here, once per run: the root needs no claim.
+        Only the process handling the trigger gets here, once per run: its claim of the root always
+        wins, and is made final by the sweep's next export (`Sweeper.emitted`), or taken over by another
+        process if this one dies before it.
         """
-        with guard("emitting a run's root"):
-            emit_run_root(self.tracer, run, time.time_ns())
+        if await self.store.claim_root(run.run_id, self.sweeper.lease_until()):
+            with guard("emitting a run's root"):
+                emit_run_root(self.tracer, run, time.time_ns())
+            self.sweeper.emitted(f"root:{run.run_id}")
         await self.store.mark_ready(run.run_id)
         self.sweeper.nudge()
 

@@ -93,12 +93,26 @@ class RunStore(Protocol):
     async def notes_seen(self, note_ids: Sequence[object]) -> None:
         """These notes' states are swept: `run_changes` no longer returns them."""
 
-    async def claim_nodes(self, runs_by_state: Mapping[str, str]) -> set[str]:
+    async def claim_nodes(self, runs_by_state: Mapping[str, str], lease_until_ns: int) -> set[str]:
         """Atomically claim these states' node spans (state id to run id, any runs, in one go); returns
-        the state ids this caller won."""
+        the state ids this caller won. A claim is leased until ``lease_until_ns``: unless the caller
+        confirms it (`confirm_claims`) by then, another process may take it over (`take_over_stale`)."""
 
-    async def claim_outcomes(self, run_ids: Sequence[str]) -> set[str]:
-        """Atomically claim these runs' outcome spans (once ever each); returns those this caller won."""
+    async def claim_outcomes(self, run_ids: Sequence[str], lease_until_ns: int) -> set[str]:
+        """Atomically claim these runs' outcome spans (once ever each, leased as `claim_nodes`); returns
+        those this caller won."""
+
+    async def claim_root(self, run_id: str, lease_until_ns: int) -> bool:
+        """Claim the run's root, which the process handling its trigger emits (leased as `claim_nodes`,
+        so that a process that dies before exporting it leaves it to another); True when won."""
+
+    async def confirm_claims(self, keys: Sequence[str]) -> None:
+        """These claims' spans are exported (``node:<state id>``, ``outcome:<run id>``): final."""
+
+    async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, str]:
+        """Claims whose lease passed unconfirmed (their process died before exporting): at most ``limit``
+        of them, taken over atomically with a new lease; returns the keys this caller took, with their
+        run ids."""
 
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         """These runs are settled and their spans emitted: stop sweeping them, drop their notes; their

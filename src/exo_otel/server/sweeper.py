@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -24,7 +25,7 @@ from opentelemetry import trace
 from exo_otel.core.spans import guard
 from exo_otel.server.context import RunContext
 from exo_otel.server.records import RunNotes, StateRecord, is_settled
-from exo_otel.server.spans import ServerMetrics, emit_node_span, emit_run_outcome
+from exo_otel.server.spans import ServerMetrics, emit_node_span, emit_run_outcome, emit_run_root
 from exo_otel.server.store import RunStore
 
 _logger = logging.getLogger(__name__)
@@ -34,6 +35,12 @@ DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 # Node claims remembered as tried, at most: past it the memory is dropped, and claims lost to another
 # process are asked again (and lost again: correct, one more database round).
 MAX_ATTEMPTED = 200_000
+# A claim is final once its span is exported (the tracer provider flushed after the pass emitted it);
+# until then it is leased: a process that dies before exporting leaves it to be taken over after this.
+CLAIM_LEASE_SECONDS = 60.0
+FLUSH_TIMEOUT_MS = 10_000
+# Flushes the tracer provider's span processors within a timeout (ms); True when everything went out.
+Flush = Callable[[int], bool]
 
 
 RETENTION_ENV: Final = "OTEL_PYTHON_EXOSPHERE_RUN_RETENTION_SECONDS"
@@ -71,6 +78,8 @@ class SweepStats:
     outcomes: int = 0
     errors: int = 0
     purged: int = 0  # runs whose records went after their retention
+    taken_over: int = 0  # claims whose process died before exporting, emitted by this one
+    unflushed: int = 0  # passes whose flush did not complete: their claims were left to their lease
 
 
 @dataclass
@@ -89,6 +98,8 @@ class Sweeper:
     # retry of one of its states) is still placed and emitted once; after it, runtimes place it.
     retention_seconds: float = DEFAULT_RETENTION_SECONDS
     purge_page: int = 1000
+    flush: Flush | None = None  # None: spans are out once emitted (no SDK provider to flush)
+    lease_seconds: float = CLAIM_LEASE_SECONDS
     stats: SweepStats = field(default_factory=SweepStats)
     _task: asyncio.Task[None] | None = None
     _wake: asyncio.Event | None = None
@@ -98,6 +109,9 @@ class Sweeper:
     _check_after_ns: int = 0  # where the background check's next page starts (by run start)
     _next_check: float = 0.0
     _purge_due: bool = False
+    _takeover_due: bool = False
+    # Claims won and emitted, not yet confirmed (confirmed once a flush exported them).
+    _unconfirmed: list[str] = field(default_factory=list)
 
     def nudge(self) -> None:
         """Start the loop in the running event loop if needed, and make it pass soon."""
@@ -155,6 +169,10 @@ class Sweeper:
             await self._sweep_changes(touched)
         if checked:
             await self._sweep_in_full(checked)
+        if self._takeover_due:
+            self._takeover_due = False
+            await self._take_over_stale()
+        await self._confirm()
         if self._purge_due:
             self._purge_due = False
             self.stats.purged += await self.store.purge_expired(time.time_ns(), self.purge_page)
@@ -167,7 +185,7 @@ class Sweeper:
         if not check_all and now < self._next_check:
             return []
         self._next_check = now + self.check_interval
-        self._purge_due = True
+        self._purge_due = self._takeover_due = True
         limit = self.max_runs_per_pass if check_all else self.check_page
         page = await self.store.open_runs_after(0 if check_all else self._check_after_ns, limit)
         self._check_after_ns = page[-1].start_ns if len(page) == limit else 0
@@ -198,11 +216,14 @@ class Sweeper:
         settled = [r for r in by_run if is_settled(states.get(r, []), notes.get(r) or RunNotes())]
         if not settled:
             return
-        for run_id in await self.store.claim_outcomes(settled):
+        for run_id in await self.store.claim_outcomes(settled, self.lease_until()):
+            self._unconfirmed.append(f"outcome:{run_id}")
             with guard("emitting a run's outcome"):
                 run_notes = notes.get(run_id) or RunNotes()
                 emit_run_outcome(self.tracer, self.metrics, by_run[run_id], states[run_id], run_notes)
                 self.stats.outcomes += 1
+        # Confirmed before the run closes (its notes go): a taken-over outcome still has them.
+        await self._confirm()
         await self.store.close_runs(settled, time.time_ns() + int(self.retention_seconds * 1e9))
         self._attempted.difference_update(s.state_id for r in settled for s in states.get(r, []))
 
@@ -220,7 +241,8 @@ class Sweeper:
             and s.state_id not in self._attempted
             and s.created_ns >= by_run[s.run_id].emit_from_ns  # a revived run's earlier states: emitted
         }
-        won = await self.store.claim_nodes(finished) if finished else set()
+        won = await self.store.claim_nodes(finished, self.lease_until()) if finished else set()
+        self._unconfirmed.extend(f"node:{state_id}" for state_id in won)
         # Lost claims are another process's spans: not tried again while the run is open.
         if len(self._attempted) + len(finished) > MAX_ATTEMPTED:
             self._attempted.clear()
@@ -237,3 +259,63 @@ class Sweeper:
                         of_run = known[run.run_id] = {s.state_id: s for s in run_states.get(run.run_id, [])}
                     emit_node_span(self.tracer, run, state, of_run, notes.get(run.run_id) or RunNotes())
                     self.stats.node_spans += 1
+
+    def lease_until(self) -> int:
+        """When a claim made now is left to other processes, unless confirmed by then."""
+        return time.time_ns() + int(self.lease_seconds * 1e9)
+
+    def emitted(self, key: str) -> None:
+        """A span claimed under ``key`` was emitted elsewhere in this process: confirm it with the sweep's."""
+        self._unconfirmed.append(key)
+
+    async def _confirm(self) -> None:
+        """Export what this process emitted (flush), then make its claims final. A flush that does not
+        complete leaves them leased: another process (or this one) emits them once the lease passed."""
+        if not self._unconfirmed:
+            return
+        keys, self._unconfirmed = self._unconfirmed, []
+        if self.flush is not None:
+            flushed = False
+            with guard("exporting the swept spans"):
+                flushed = await asyncio.to_thread(self.flush, FLUSH_TIMEOUT_MS)
+            if not flushed:
+                self.stats.unflushed += 1
+                return
+        await self.store.confirm_claims(keys)
+
+    async def _take_over_stale(self) -> None:
+        """Emit the spans of claims whose process died before exporting them (their lease passed)."""
+        now = time.time_ns()
+        taken = await self.store.take_over_stale(now, self.lease_until(), self.max_runs_per_pass)
+        if not taken:
+            return
+        runs = await self.store.load_runs(set(taken.values()))
+        states, notes = await self.store.run_records(list(runs))
+        emitted = 0
+        for key, run_id in taken.items():
+            run = runs.get(run_id)
+            self._unconfirmed.append(key)
+            if run is None or not run.sampled:
+                continue  # nothing to emit: the claim is made final
+            kind, _, target = key.partition(":")
+            run_notes = notes.get(run_id) or RunNotes()
+            of_run = {s.state_id: s for s in states.get(run_id, [])}
+            with guard("emitting a taken-over span"):
+                if kind == "root":
+                    # Its end (the trigger handled) is not stored: it ends where it starts.
+                    emit_run_root(self.tracer, run, run.start_ns)
+                elif kind == "node" and target in of_run:
+                    emit_node_span(self.tracer, run, of_run[target], of_run, run_notes)
+                    self.stats.node_spans += 1
+                elif kind == "outcome":
+                    emit_run_outcome(self.tracer, self.metrics, run, states.get(run_id, []), run_notes)
+                    self.stats.outcomes += 1
+                else:
+                    continue
+                self.stats.taken_over += 1
+                emitted += 1
+        # An operator wants to know: a process stopped (killed, crashed) with spans it had not exported.
+        _logger.warning(
+            "exo_otel: emitted %d span(s) another state manager process had claimed and not exported "
+            "(it stopped before its claims were final)", emitted
+        )
