@@ -258,6 +258,11 @@ class MemoryRunStore:
         for key in keys:
             self._leases.pop(key, None)
 
+    async def renew_claims(self, keys: Sequence[str], lease_until_ns: int) -> None:
+        for key in keys:
+            if key in self._leases:
+                self._leases[key] = (self._leases[key][0], lease_until_ns)
+
     async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, str]:
         stale = [key for key, (_run, until) in self._leases.items() if until < now_ns][:limit]
         taken = {key: self._leases[key][0] for key in stale}

@@ -273,6 +273,12 @@ class MongoRunStore:
                 {"_id": {"$in": list(keys)}}, {"$set": {"done": True}, "$unset": {"lease_ns": ""}}
             )
 
+    async def renew_claims(self, keys: Sequence[str], lease_until_ns: int) -> None:
+        if keys:
+            await self._claims().update_many(
+                {"_id": {"$in": list(keys)}, "done": False}, {"$set": {"lease_ns": lease_until_ns}}
+            )
+
     async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, str]:
         # exo_otel_claim_leases. Claims made before leases existed have no `done`: final, never matched.
         stale = await self._claims().find(

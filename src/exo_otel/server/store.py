@@ -109,6 +109,10 @@ class RunStore(Protocol):
     async def confirm_claims(self, keys: Sequence[str]) -> None:
         """These claims' spans are exported (``node:<state id>``, ``outcome:<run id>``): final."""
 
+    async def renew_claims(self, keys: Sequence[str], lease_until_ns: int) -> None:
+        """These claims are still this caller's, its export not done yet: their lease runs to
+        ``lease_until_ns`` (a process alive but slow to export keeps its claims)."""
+
     async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, str]:
         """Claims whose lease passed unconfirmed (their process died before exporting): at most ``limit``
         of them, taken over atomically with a new lease; returns the keys this caller took, with their

@@ -39,6 +39,9 @@ MAX_ATTEMPTED = 200_000
 # until then it is leased: a process that dies before exporting leaves it to be taken over after this.
 CLAIM_LEASE_SECONDS = 60.0
 FLUSH_TIMEOUT_MS = 10_000
+# Claims kept unconfirmed while exports fail, at most: past it the oldest are made final (their spans
+# wait in, or were dropped from, the span processor's own bounded queue: re-emitting cannot help).
+MAX_UNCONFIRMED = 100_000
 # Flushes the tracer provider's span processors within a timeout (ms); True when everything went out.
 Flush = Callable[[int], bool]
 
@@ -110,6 +113,7 @@ class Sweeper:
     _next_check: float = 0.0
     _purge_due: bool = False
     _takeover_due: bool = False
+    _flush_failing: bool = False  # the last flush did not complete: this process cannot export now
     # Claims won and emitted, not yet confirmed (confirmed once a flush exported them).
     _unconfirmed: list[str] = field(default_factory=list)
 
@@ -171,7 +175,8 @@ class Sweeper:
             await self._sweep_in_full(checked)
         if self._takeover_due:
             self._takeover_due = False
-            await self._take_over_stale()
+            if not self._flush_failing:  # taking over what this process cannot export helps nobody
+                await self._take_over_stale()
         await self._confirm()
         if self._purge_due:
             self._purge_due = False
@@ -269,8 +274,9 @@ class Sweeper:
         self._unconfirmed.append(key)
 
     async def _confirm(self) -> None:
-        """Export what this process emitted (flush), then make its claims final. A flush that does not
-        complete leaves them leased: another process (or this one) emits them once the lease passed."""
+        """Export what this process emitted (flush), then make its claims final. While a flush does not
+        complete (a collector down or slow) the claims stay this live process's: their lease is renewed
+        and the next pass flushes again. Only a process that died leaves its claims to the others."""
         if not self._unconfirmed:
             return
         keys, self._unconfirmed = self._unconfirmed, []
@@ -278,8 +284,16 @@ class Sweeper:
             flushed = False
             with guard("exporting the swept spans"):
                 flushed = await asyncio.to_thread(self.flush, FLUSH_TIMEOUT_MS)
+            self._flush_failing = not flushed
             if not flushed:
                 self.stats.unflushed += 1
+                pending = keys + self._unconfirmed  # the older first
+                overflow = max(0, len(pending) - MAX_UNCONFIRMED)
+                given_up, kept = pending[:overflow], pending[overflow:]
+                self._unconfirmed = kept
+                await self.store.renew_claims(kept, self.lease_until())
+                if given_up:
+                    await self.store.confirm_claims(given_up)
                 return
         await self.store.confirm_claims(keys)
 
