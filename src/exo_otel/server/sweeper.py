@@ -146,6 +146,10 @@ class Sweeper:
             try:
                 busy = await self.sweep_once()
             except asyncio.CancelledError:
+                # The process is stopping (its event loop cancels its tasks): what this pass emitted is
+                # exported and confirmed now, else another process would emit it again after the lease.
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(self._confirm(), FLUSH_TIMEOUT_MS / 1000 + 5)
                 raise
             except Exception:
                 self.stats.errors += 1
@@ -276,10 +280,12 @@ class Sweeper:
     async def _confirm(self) -> None:
         """Export what this process emitted (flush), then make its claims final. While a flush does not
         complete (a collector down or slow) the claims stay this live process's: their lease is renewed
-        and the next pass flushes again. Only a process that died leaves its claims to the others."""
+        and the next pass flushes again. Only a process that died leaves its claims to the others.
+        Claims leave `_unconfirmed` only once confirmed (others are only appended meanwhile), so a
+        cancellation at any await here loses none."""
         if not self._unconfirmed:
             return
-        keys, self._unconfirmed = self._unconfirmed, []
+        keys = list(self._unconfirmed)
         if self.flush is not None:
             flushed = False
             with guard("exporting the swept spans"):
@@ -287,15 +293,14 @@ class Sweeper:
             self._flush_failing = not flushed
             if not flushed:
                 self.stats.unflushed += 1
-                pending = keys + self._unconfirmed  # the older first
-                overflow = max(0, len(pending) - MAX_UNCONFIRMED)
-                given_up, kept = pending[:overflow], pending[overflow:]
-                self._unconfirmed = kept
-                await self.store.renew_claims(kept, self.lease_until())
-                if given_up:
-                    await self.store.confirm_claims(given_up)
+                overflow = max(0, len(self._unconfirmed) - MAX_UNCONFIRMED)
+                await self.store.renew_claims(self._unconfirmed[overflow:], self.lease_until())
+                if overflow:
+                    await self.store.confirm_claims(self._unconfirmed[:overflow])
+                    del self._unconfirmed[:overflow]
                 return
         await self.store.confirm_claims(keys)
+        del self._unconfirmed[: len(keys)]
 
     async def _take_over_stale(self) -> None:
         """Emit the spans of claims whose process died before exporting them (their lease passed)."""
