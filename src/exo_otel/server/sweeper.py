@@ -5,8 +5,9 @@ activity: a pass takes the runs the hooks touched since their last sweep, reads 
 seen yet and the states they name, claims the node spans of states that settled and, when a run has
 no pending state left, its outcome. A run with nothing new costs nothing; a bounded background check
 reads a page of open runs in full every `check_interval`, for what no hook saw. Claims are atomic in
-the store, so with several processes every span is emitted once. A hook that sees an outcome nudges
-the loop, so node spans and outcomes follow well within a second.
+the store, so with several processes every span is emitted once; they are leased until the pass's
+spans are exported (then confirmed), so a process that dies first leaves them to another. A hook
+that sees an outcome nudges the loop, so node spans and outcomes follow well within a second.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class SweepStats:
     errors: int = 0
     purged: int = 0  # runs whose records went after their retention
     taken_over: int = 0  # claims whose process died before exporting, emitted by this one
-    unflushed: int = 0  # passes whose flush did not complete: their claims were left to their lease
+    unflushed: int = 0  # flushes that did not complete: their claims kept (lease renewed), flushed again
 
 
 @dataclass
@@ -310,6 +311,7 @@ class Sweeper:
             return
         runs = await self.store.load_runs(set(taken.values()))
         states, notes = await self.store.run_records(list(runs))
+        by_id = {run_id: {s.state_id: s for s in records} for run_id, records in states.items()}
         emitted = 0
         for key, run_id in taken.items():
             run = runs.get(run_id)
@@ -318,7 +320,7 @@ class Sweeper:
                 continue  # nothing to emit: the claim is made final
             kind, _, target = key.partition(":")
             run_notes = notes.get(run_id) or RunNotes()
-            of_run = {s.state_id: s for s in states.get(run_id, [])}
+            of_run = by_id.get(run_id, {})
             with guard("emitting a taken-over span"):
                 if kind == "root":
                     # Its end (the trigger handled) is not stored: it ends where it starts.
