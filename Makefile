@@ -6,7 +6,7 @@ PYTHON ?= $(shell for p in python3.12 python3.13 python3; do \
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-upstream lint bench clean
+.PHONY: demo test test-upstream lint bench bench-exact clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.12 is needed (try: pyenv install 3.12)"; exit 1; }
@@ -45,6 +45,11 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/runtime_overhead.py --rounds 15 --work-ms 1
 	@if [ -n "$$UPSTREAM_GIT_DIR$$UPSTREAM_SRC" ]; then $(VENV)/bin/python benchmarks/state_manager_side.py; \
 	else echo "state manager side: not measured (set UPSTREAM_GIT_DIR or UPSTREAM_SRC: it runs the real server)"; fi
+
+# exo_otel's cost per node execution in instructions under callgrind (needs valgrind): the parts measured
+# twice, their difference, added / SDK floor, and a profile by function. About 4 minutes on 2 cores.
+bench-exact: $(STAMP)
+	$(VENV)/bin/python benchmarks/exact_cost.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
