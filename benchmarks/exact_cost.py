@@ -106,6 +106,11 @@ LOG_FORMAT = ("%(asctime)s %(levelname)s %(name)s [%(otelTraceID)s %(otelSpanID)
               "%(message)s")
 LOG_DEFAULTS = {"otelTraceID": "-", "otelSpanID": "-", "exosphere_run_id": "-"}
 CALLGRIND_ENV = "EXO_OTEL_EXACT_CALLGRIND"
+CPU_TIME_ENV = "EXO_OTEL_EXACT_CPU_TIME"  # "0": exo_otel with cpu_time=False, and the floor likewise
+
+
+def _cpu_time_on() -> bool:
+    return os.environ.get(CPU_TIME_ENV, "1") != "0"
 
 
 # --- callgrind client requests ------------------------------------------------------------------------
@@ -252,7 +257,8 @@ def _floor_queue_class() -> type[Any]:
     # Not empty: the SDK takes an empty context for "none given" and uses the current one.
     no_span = context.set_value(context.create_key("exact_cost.no_exemplar"), True, context.Context())
     messaging = attr.execute_messaging()
-    cpu_key = getattr(attr, "EXECUTION_CPU_TIME", None)
+    # With CPU time off (--no-cpu-time) exo_otel makes neither the attribute nor the histogram record.
+    cpu_key = getattr(attr, "EXECUTION_CPU_TIME", None) if _cpu_time_on() else None
 
     class FloorQueue(asyncio.Queue[Any]):
         """A worker queue making, with the OpenTelemetry API alone, the spans and records exo_otel makes."""
@@ -391,7 +397,8 @@ class Part:
 
             self.instrumentor = ExosphereInstrumentor()
             self.instrumentor.instrument(tracer_provider=tracer_provider,
-                                         meter_provider=meter_provider or NoOpMeterProvider())
+                                         meter_provider=meter_provider or NoOpMeterProvider(),
+                                         cpu_time=_cpu_time_on())
         self.runtime = Runtime(namespace=NAMESPACE, name=RUNTIME_NAME, nodes=_nodes(),
                                state_manager_uri="http://state-manager.invalid", key="exact-cost",
                                batch_size=BATCH, workers=1)
@@ -915,12 +922,16 @@ if __name__ == "__main__":
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                         help="the breakdown by function (python -X perf)")
     parser.add_argument("--top", type=int, default=15, help="exo_otel functions listed by the profile")
+    parser.add_argument("--cpu-time", action=argparse.BooleanOptionalAction, default=True,
+                        help="exo_otel's CPU-time accounting on (the default) or off, the floor alike")
     parser.add_argument("--child", choices=["plain", "floor", "exo"], help=argparse.SUPPRESS)
     parser.add_argument("--signals", choices=["spans", "metrics"], default="spans", help=argparse.SUPPRESS)
     parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.executions <= 0 or arguments.executions % GROUP or arguments.warmup % GROUP:
         parser.error(f"--executions and --warmup are multiples of {GROUP} (--executions at least {GROUP})")
+    if not arguments.cpu_time:
+        os.environ[CPU_TIME_ENV] = "0"  # the children read it
     if arguments.child:
         child(arguments)
     else:

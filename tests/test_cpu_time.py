@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -74,13 +75,24 @@ def burn_graph(namespace: str) -> list[GraphNodeModel]:
                            inputs={"ms": "${{ store.ms }}", "in_thread": "${{ store.in_thread }}"})]
 
 
+@pytest.fixture
+def cpu_time_instrumentor(
+    tracer_provider: TracerProvider, meter_provider: MeterProvider
+) -> Iterator[ExosphereInstrumentor]:
+    """The SDK side with CPU time on (it is off by default)."""
+    instrumentor = ExosphereInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, cpu_time=True)
+    yield instrumentor
+    instrumentor.uninstrument()
+
+
 @pytest.mark.timeout(120)
 async def test_eight_interleaved_executions_each_measured_and_summed_per_run(
     tracer_provider: TracerProvider,
     span_exporter: InMemorySpanExporter,
     metric_reader: InMemoryMetricReader,
     meter_provider: MeterProvider,
-    instrumentor: ExosphereInstrumentor,
+    cpu_time_instrumentor: ExosphereInstrumentor,
 ) -> None:
     Burn.burned = {}
     server_reader = InMemoryMetricReader()
@@ -155,8 +167,8 @@ def _one_point(data: Any, name: str) -> Any:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("how", ["environment", "argument"])
-async def test_turned_off_nothing_is_measured_nor_reported(
+@pytest.mark.parametrize("how", ["default", "environment", "argument"])
+async def test_off_nothing_is_measured_nor_reported(
     tracer_provider: TracerProvider,
     span_exporter: InMemorySpanExporter,
     metric_reader: InMemoryMetricReader,
@@ -166,7 +178,10 @@ async def test_turned_off_nothing_is_measured_nor_reported(
 ) -> None:
     Burn.burned = {}
     instrumentor = ExosphereInstrumentor()
-    if how == "environment":
+    if how == "default":
+        monkeypatch.delenv("OTEL_PYTHON_EXOSPHERE_CPU_TIME", raising=False)
+        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    elif how == "environment":
         monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_CPU_TIME", "false")
         instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
     else:

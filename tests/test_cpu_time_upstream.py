@@ -51,7 +51,7 @@ async def test_each_runs_cpu_time_is_the_sum_of_its_executions_over_two_runtime_
             for name in RUNTIMES:
                 args = ["--uri", server.uri, f"--key={server.api_key}", "--namespace", namespace,
                         "--nodes", ",".join(n.__name__ for n in ug.NODES), "--name", name, "--workers", "8"]
-                env = otel_env(receiver.endpoint, name)
+                env = otel_env(receiver.endpoint, name, OTEL_PYTHON_EXOSPHERE_CPU_TIME="true")
                 processes.append(launch("proc_runtime.py", args, env, tmp_path / f"{name}.log"))
             client = StateManager(namespace=namespace, state_manager_uri=server.uri, key=server.api_key)
             await upsert_when_registered(client, namespace)

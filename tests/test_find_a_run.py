@@ -572,7 +572,7 @@ async def _two_runs(side: bool) -> Runs:
     exporter = InMemorySpanExporter()
     sm_provider, app_provider = provider(exporter, SM_SERVICE), provider(exporter, APP_SERVICE)
     instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=app_provider)
+    instrumentor.instrument(tracer_provider=app_provider, cpu_time=True)  # the CPU rows need it
     namespace = f"find-{uuid.uuid4().hex[:8]}"
     try:
         async with EmbeddedStateManager(

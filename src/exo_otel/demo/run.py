@@ -274,8 +274,9 @@ def run_demo(options: DemoOptions | None = None) -> int:
     for line in telemetry.describe():
         _say(line)
     instrumentor = ExosphereInstrumentor()
+    # CPU time on: the demo shows what each run cost (the dashboard's Cost row).
     instrumentor.instrument(
-        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider
+        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider, cpu_time=True
     )
     try:
         return asyncio.run(_demo(options, telemetry))

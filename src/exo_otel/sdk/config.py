@@ -36,8 +36,10 @@ OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS: Final = "OTEL_PYTHON_EXOSPHERE_PLACEMEN
 background lookup to find it. Default 250; ``0`` never waits."""
 
 OTEL_PYTHON_EXOSPHERE_CPU_TIME: Final = "OTEL_PYTHON_EXOSPHERE_CPU_TIME"
-"""``false`` stops measuring each execution's CPU time (``exosphere.execution.cpu_time``, the
-``exosphere.node.cpu_time`` histogram, and the run sums the state manager side makes). Default ``true``."""
+"""``true`` measures each execution's CPU time (``exosphere.execution.cpu_time``, the
+``exosphere.node.cpu_time`` histogram, and the run sums the state manager side makes). Default ``false``:
+it costs 7-9% of exo_otel's added instructions per execution with spans only, 14-19% with metrics
+(``benchmarks/exact_cost.py --no-cpu-time``), more than the 5% that would make it a default."""
 
 DEFAULT_IO_MAX_LENGTH: Final = 256
 DEFAULT_RUN_API_BUDGET: Final = 50.0
@@ -70,7 +72,7 @@ class Settings:
     io_max_length: int = DEFAULT_IO_MAX_LENGTH
     run_api_budget: float = DEFAULT_RUN_API_BUDGET
     placement_wait_ms: int = DEFAULT_PLACEMENT_WAIT_MS
-    cpu_time: bool = True
+    cpu_time: bool = False
 
     @classmethod
     def resolve(
@@ -106,7 +108,7 @@ class Settings:
         elif placement_wait_ms < 0:
             raise ValueError(f"placement_wait_ms must be >= 0, got {placement_wait_ms}")
         if cpu_time is None:
-            cpu_time = _env_bool(OTEL_PYTHON_EXOSPHERE_CPU_TIME, default=True)
+            cpu_time = _env_bool(OTEL_PYTHON_EXOSPHERE_CPU_TIME, default=False)
         return cls(
             run_association=association,
             capture_io=capture_io,

@@ -124,7 +124,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             placement_wait_ms: how long a worker may wait for its state's run to be found
                 (``OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS``; default 250).
             cpu_time: measure each execution's CPU time (``OTEL_PYTHON_EXOSPHERE_CPU_TIME``;
-                default on).
+                default off).
             skip_dep_check: do not check the installed exospherehost version.
             raise_exception_on_conflict: raise instead of logging on a version conflict.
 
