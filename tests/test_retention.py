@@ -165,6 +165,12 @@ async def test_settled_runs_are_forgotten_after_the_retention_and_late_retries_s
 
         await wait_for("every run's outcome", all_settled, timeout=60 + runs * 0.5)
         settled_s = time.monotonic() - started
+
+        async def closed() -> bool:
+            # A run closes (its notes dropped) once its outcome's claim is confirmed, after the export.
+            return (await side.records())[NOTES_COLLECTION] == 0
+
+        await wait_for("every run closed", closed, timeout=30)
         retained = await side.records()
 
         # Within the retention: a retry reopens its run, the server emits its node span.
