@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/exo-otel demo
 
-# The tests marked `upstream` run against the real upstream state manager (tests/upstream_harness), from
+# The tests marked `upstream` run against the real upstream state manager (tests/helpers/upstream_harness), from
 # UPSTREAM_GIT_DIR, UPSTREAM_SRC, UPSTREAM_ARCHIVE or the snapshot in ../shared/upstream-src. Without
 # the source they are skipped with the reason; in CI (CI set) a missing source fails the run instead.
-UPSTREAM_SOURCE := cd tests && ../$(VENV)/bin/python -m upstream_harness source
+UPSTREAM_SOURCE := cd tests && ../$(VENV)/bin/python -m helpers.upstream_harness source
 PART = @echo "== $(1): $$(date -u +%T)"
 
 test: $(STAMP)

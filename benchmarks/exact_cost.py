@@ -554,7 +554,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def _check_details(part: Part) -> dict[str, Any]:
-    """What a window produced, for tests/test_exact_cost.py: the spans' shapes, the metric points and
+    """What a window produced, for tests/sdk/test_exact_cost.py: the spans' shapes, the metric points and
     the log lines."""
     spans = []
     for span in part.exporter.spans or []:

@@ -24,12 +24,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from test_span_size import GRAPH, SizeSplit, SizeWork, graph_nodes, scope_bytes
 
 from exo_otel.core.ids import trace_id_for_run
 from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from sm_fixtures import running_runtime, sdk_state_manager, wait_for_run
-from test_span_size import GRAPH, SizeSplit, SizeWork, graph_nodes, scope_bytes
+from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_for_run
 
 
 async def one_run(items: int) -> dict[str, float]:

@@ -29,15 +29,15 @@ from exospherehost import GraphNodeModel, StoreConfigModel
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from test_span_size import GRAPH, SizeSplit, SizeWork, scope_bytes
 
 from exo_otel.core.ids import format_trace_id, trace_id_for_run
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from otlp_receiver import OtlpHttpReceiver
-from process_cpu import tree_cpu_seconds
-from servers import UpstreamServerUnderTest
-from test_span_size import GRAPH, SizeSplit, SizeWork, scope_bytes
-from upstream_side import side_server
-from upstream_sm import UpstreamServer, require_upstream, upstream_state_manager
+from helpers.otlp_receiver import OtlpHttpReceiver
+from helpers.process_cpu import tree_cpu_seconds
+from helpers.servers import UpstreamServerUnderTest
+from helpers.upstream_side import side_server
+from helpers.upstream_sm import UpstreamServer, require_upstream, upstream_state_manager
 
 
 def graph_nodes(namespace: str) -> list[GraphNodeModel]:

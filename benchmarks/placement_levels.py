@@ -1,9 +1,9 @@
 """Run-API placement at 1, 10, 50 and 200 runs in flight: states placed, reference integrity, calls per state.
 
 One instrumented runtime (``run_association="run_api"``: the enqueue answer carries no run context)
-runs N concurrent runs of the 11-state placement graph (tests/placement_graph.py) against the embedded
+runs N concurrent runs of the 11-state placement graph (tests/helpers/placement_graph.py) against the embedded
 state manager, or against the real upstream one with ``--upstream`` (needs UPSTREAM_GIT_DIR, see
-tests/upstream_sm.py). Prints one line per level; no assertions.
+tests/helpers/upstream_sm.py). Prints one line per level; no assertions.
 
 Run: ``.venv/bin/python benchmarks/placement_levels.py [--levels 1 10 50 200] [--budget 20] [--upstream]``
 """
@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from placement_load import run_load
-from upstream_sm import upstream_state_manager
+from helpers.placement_load import run_load
+from helpers.upstream_sm import upstream_state_manager
 
 
 @contextlib.asynccontextmanager

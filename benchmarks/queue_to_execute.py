@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from exo_otel.core.ids import trace_id_for_run
 from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from http_proxy import RunApiMode, counting_proxy
+from helpers.http_proxy import RunApiMode, counting_proxy
 
 NAMESPACE = "latency"
 GRAPH = "one-node"

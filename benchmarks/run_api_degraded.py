@@ -1,7 +1,7 @@
 """Runtime throughput when the run APIs answer slowly or hang, against the same run with healthy run APIs.
 
 One instrumented runtime (``run_association="run_api"``) runs N concurrent runs of the 11-state
-placement graph (tests/placement_graph.py) against the embedded state manager, through a loopback
+placement graph (tests/helpers/placement_graph.py) against the embedded state manager, through a loopback
 proxy that passes the run API calls (healthy), delays each by 1.9 s (slow), or never answers them
 (hanging: the lookup's 2 s timeout ends them). An uninstrumented round is the reference. For each mode
 it prints states per second, the ratio to the healthy round, whether every state executed exactly once
@@ -26,8 +26,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from http_proxy import RunApiMode
-from placement_load import LoadResult, run_load
+from helpers.http_proxy import RunApiMode
+from helpers.placement_load import LoadResult, run_load
 
 MODES: list[tuple[str, RunApiMode, float]] = [("healthy", "pass", 0.0), ("slow 1.9 s", "slow", 1.9),
                                               ("hanging", "timeout", 60.0)]

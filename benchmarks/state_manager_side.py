@@ -26,10 +26,10 @@ import uuid
 from contextlib import ExitStack
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-import upstream_graph as ug
-from otlp_receiver import OtlpHttpReceiver
-from upstream_side import AUTO_INIT, SIDE_PIP, graph_runtime, otel_env, trigger_runs, wait_settled
-from upstream_sm import UpstreamServer, require_upstream, upstream_state_manager
+from helpers import upstream_graph as ug
+from helpers.otlp_receiver import OtlpHttpReceiver
+from helpers.upstream_side import AUTO_INIT, SIDE_PIP, graph_runtime, otel_env, trigger_runs, wait_settled
+from helpers.upstream_sm import UpstreamServer, require_upstream, upstream_state_manager
 
 
 def cpu_seconds(pid: int) -> float:

@@ -28,12 +28,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from otlp_receiver import OtlpHttpReceiver, Span
-from process_cpu import tree_cpu_seconds
-from servers import EmbeddedServer, Server, UpstreamServerUnderTest
-from stuck_runs import open_stuck_runs, time_a_new_run
-from trace_checks import flatten
-from upstream_side import side_server
+from helpers.otlp_receiver import OtlpHttpReceiver, Span
+from helpers.process_cpu import tree_cpu_seconds
+from helpers.servers import EmbeddedServer, Server, UpstreamServerUnderTest
+from helpers.stuck_runs import open_stuck_runs, time_a_new_run
+from helpers.trace_checks import flatten
+from helpers.upstream_side import side_server
 
 IDLE_SECONDS = 30.0
 

@@ -1,7 +1,9 @@
 # Each module before those importing it (assertions in a module imported earlier are not rewritten).
 from _pytest.terminal import TerminalReporter
 
-pytest_plugins = ["upstream_sm", "servers", "sm_fixtures", "otel_fixtures"]
+pytest_plugins = [
+    "helpers.upstream_sm", "helpers.servers", "helpers.sm_fixtures", "helpers.otel_fixtures",
+]
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:

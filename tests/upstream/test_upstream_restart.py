@@ -1,0 +1,159 @@
+"""A state manager process killed with SIGKILL mid-load and started again, on the REAL upstream server
+over SecantusDB with persistent storage (docs/state-manager-side.md, section "When a process dies").
+
+Two server processes on one database: the runtime polls the steady one; the 20 runs are triggered at
+the other, which keeps the deploy stack's export delay (the SDK's 5 s). It is started again on the
+same port and database. Every run must complete as one trace: every span the killed process had
+claimed and not exported is emitted by a process that lives (its claim's lease passed), none twice.
+
+Killed at a random moment, its claims are mostly final already (the sweep exports each pass's spans
+before it confirms their claims). So in the second case its collector stalls (it accepts the export
+and never answers): nothing the killed process claimed ever got out, every one of its claims is left
+to the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from exospherehost import StateManager
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from exo_otel.core.ids import format_trace_id
+from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from helpers import upstream_graph as ug
+from helpers.otlp_receiver import OtlpHttpReceiver
+from helpers.trace_checks import check_runs, flatten
+from helpers.upstream_harness.database import secantus_database
+from helpers.upstream_harness.processes import Settings, start_uvicorn, stop, uvicorn_server
+from helpers.upstream_side import (
+    SIDE_PIP,
+    LoadResult,
+    assert_every_run_whole,
+    graph_runtime,
+    otel_env,
+    run_states,
+    spans_of,
+    trigger_runs,
+    wait_settled,
+)
+from helpers.upstream_sm import require_upstream
+
+pytestmark = pytest.mark.upstream
+
+RUNS = 20
+KILL_AFTER_S = 4.0  # into the load: within the killed process's 5 s export delay
+DEPLOY_EXPORT_DELAY_MS = "5000"  # the SDK's default, which the deploy stack keeps
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    with OtlpHttpReceiver() as rx:
+        yield rx
+
+
+@contextlib.contextmanager
+def stalled_collector() -> Iterator[str]:
+    """An OTLP/HTTP endpoint that accepts connections and requests and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+
+
+# In `make test-upstream`, not CI: in one CI run the stalled case left 1 of 20 runs unsettled on
+# upstream's side after 460 s (cause not found yet; the spans of the 19 others were whole).
+@pytest.mark.long_load
+@pytest.mark.timeout(2400)
+@pytest.mark.parametrize("collector", ["answering", "stalled"])
+async def test_a_server_killed_and_restarted_mid_load_loses_and_duplicates_no_span(
+    tmp_path: Path,
+    receiver: OtlpHttpReceiver,
+    span_exporter: InMemorySpanExporter,
+    instrumentor: ExosphereInstrumentor,
+    collector: str,
+) -> None:
+    require_upstream()
+    env = {**otel_env(receiver), "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "process"}
+    victim_env = {**env, "OTEL_BSP_SCHEDULE_DELAY": DEPLOY_EXPORT_DELAY_MS}
+    stack_of_collectors = contextlib.ExitStack()
+    if collector == "stalled":
+        victim_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = stack_of_collectors.enter_context(stalled_collector())
+    pip = SIDE_PIP.split()
+    namespace = f"restart-{uuid.uuid4().hex[:8]}"
+    with contextlib.ExitStack() as stack:
+        database = stack.enter_context(secantus_database(tmp_path / "secantus"))
+        settings = Settings(mongo_uri=database.uri)
+        steady = stack.enter_context(uvicorn_server(settings, instrument=True, pip=pip, **env))
+        victim = start_uvicorn(settings, instrument=True, pip=pip, **victim_env)
+        port = urlsplit(victim.uri).port
+        try:
+            async with graph_runtime(steady.uri, steady.api_key, namespace) as (_proxy, _client):
+                started = time.monotonic()
+                client = StateManager(namespace=namespace, state_manager_uri=victim.uri, key=steady.api_key)
+                run_ids = await trigger_runs(client, victim.uri, steady.api_key, namespace, RUNS, sdk=False)
+                await asyncio.sleep(max(0.0, KILL_AFTER_S - (time.monotonic() - started)))
+                killed_pid = victim.pid
+                stop(victim.process, signal.SIGKILL)
+                killed_at = time.monotonic()
+                victim = start_uvicorn(settings, instrument=True, pip=pip, port=port, **env)
+                restarted_s = time.monotonic() - killed_at
+                await wait_settled(steady.uri, steady.api_key, namespace, run_ids, timeout=60 + 20.0 * RUNS)
+                settled_s = time.monotonic() - started
+                traces = {format_trace_id(run_id) for run_id in run_ids}
+                wanted = RUNS * (ug.STATES_PER_RUN + 2)  # root, outcome, a node span per state
+
+                def server_spans() -> int:
+                    return sum(
+                        1 for s in receiver.spans()
+                        if s.trace_id in traces and s.name.split(" ")[0] in ("run", "settle", "node")
+                    )
+
+                # A dead process's claims are taken over once their lease (60 s) passed, at a sweep's
+                # background check (every 10 s).
+                deadline = time.monotonic() + 150
+                while server_spans() < wanted and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                complete_s = time.monotonic() - started
+                await asyncio.sleep(2.0)  # duplicates, if any, would be out by now
+        finally:
+            stop(victim.process)
+            stack_of_collectors.close()
+        states_by_run = await run_states(steady.uri, steady.api_key, namespace, run_ids)
+    spans = spans_of(run_ids, receiver.spans(), flatten(span_exporter.get_finished_spans()))
+    report = check_runs(spans, states_by_run, ug.GRAPH)
+    from_killed = sum(1 for s in receiver.spans() if s.trace_id in traces and s.process_pid == killed_pid)
+    logs = steady.log.read_text(errors="replace") + victim.log.read_text(errors="replace")
+    taken_over = sum(int(n) for n in re.findall(r"exo_otel: emitted (\d+) span\(s\) another", logs))
+    print(
+        f"\n[killed and restarted, collector {collector}] runs={RUNS} {report.summary()}\n"
+        f"  killed {KILL_AFTER_S:.0f} s into the load, restarted in {restarted_s:.1f} s; settled after "
+        f"{settled_s:.1f} s; every server span out after {complete_s:.1f} s; spans the killed process "
+        f"exported before it died: {from_killed}, emitted by the others after its claims' lease: "
+        f"{taken_over}; server spans {server_spans()} of {wanted}"
+    )
+    if collector == "stalled":  # none of its spans got out: the others emitted every one it claimed
+        assert from_killed == 0 and taken_over >= RUNS  # its roots at least
+    assert_every_run_whole(LoadResult(run_ids, report, {}, settled_s, complete_s - settled_s), RUNS)
