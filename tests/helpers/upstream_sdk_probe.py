@@ -1,5 +1,5 @@
 """A pytest plugin for runs of upstream's python-sdk tests (tests/upstream/test_upstream_sdk_suite.py):
-whether exo_otel's SDK side was loaded in that process and how many spans it ended, as JSON to the
+reports whether exo_otel's SDK side was loaded in that process and how many spans it ended, as JSON to the
 file named by ``EXO_OTEL_PROBE_OUT``. It instruments nothing itself: it counts the spans the
 process's SDK tracer provider ends (the launcher's, or tests/helpers/upstream_sdk_instrument.py's).
 """
