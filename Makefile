@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-upstream lint bench bench-exact clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml demo/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.12 is needed (try: pyenv install 3.12)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -e '.[test]' -e './demo[prometheus]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -52,4 +52,4 @@ bench-exact: $(STAMP)
 	$(VENV)/bin/python benchmarks/exact_cost.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) build dist src/*.egg-info demo/src/*.egg-info

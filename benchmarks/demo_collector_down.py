@@ -38,7 +38,7 @@ def run_once(src: Path, extra: dict[str, str]) -> float:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "exo_otel.demo.cli", "demo", "--runs", "1"],
+        [sys.executable, "-m", "exo_otel_demo.cli", "demo", "--runs", "1"],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     elapsed = time.monotonic() - started

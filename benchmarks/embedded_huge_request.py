@@ -43,7 +43,7 @@ def _summary(samples: list[tuple[float, float]], start: float, end: float) -> tu
 
 
 async def main(outputs: int, empty: bool) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "exo_otel.demo.cli", "state-manager", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "exo_otel_demo.cli", "state-manager", "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

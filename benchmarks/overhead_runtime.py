@@ -23,9 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-import overhead_breakdown
 from exospherehost import BaseNode, Runtime
-from minimal_tracing import MinimalTracingQueue
 from opentelemetry import trace
 from opentelemetry.context import Context, create_key, set_value
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -38,9 +36,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from pydantic import BaseModel
 
+import overhead_breakdown
 from exo_otel.core import attributes as attr
 from exo_otel.core.metrics import ExosphereMetrics
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from minimal_tracing import MinimalTracingQueue
 
 NAMESPACE = "exo-otel-bench"
 GRAPH = "chain"  # runtime_overhead.py's

@@ -38,8 +38,8 @@ from pydantic import BaseModel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from exo_otel.core.ids import trace_id_for_run
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.http_proxy import RunApiMode, counting_proxy
 
 NAMESPACE = "latency"

@@ -80,7 +80,7 @@ class Samples:
 
 
 def start_state_manager(key: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "exo_otel.demo.cli", "state-manager", f"--api-key={key}",
+    proc = subprocess.Popen([sys.executable, "-m", "exo_otel_demo.cli", "state-manager", f"--api-key={key}",
                              "--expose-run-context"],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -26,8 +26,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.otlp_receiver import OtlpHttpReceiver, Span
 from helpers.process_cpu import tree_cpu_seconds
 from helpers.servers import EmbeddedServer, Server, UpstreamServerUnderTest

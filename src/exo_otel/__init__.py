@@ -16,8 +16,8 @@ loads the instrumentor.
 
 Parts: `exo_otel.core` (the tracing core both sides share), `exo_otel.sdk` (the SDK side:
 `ExosphereInstrumentor`), `exo_otel.server` (the state manager side: `StateManagerInstrumentor`,
-entry point ``exosphere_state_manager``), `exo_otel.embedded` (the embedded state manager) and
-`exo_otel.demo` (the demo and the ``exo-otel`` command).
+entry point ``exosphere_state_manager``). The embedded state manager and the demo are not part of this
+distribution: they are ``exo-otel-demo`` (``demo/`` in the repository).
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
 from exo_otel.core.ids import run_span_id
-from exo_otel.demo import cli
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo import cli
+from exo_otel_demo.embedded import EmbeddedStateManager
 
 README = Path(__file__).parents[2] / "README.md"
 DASHBOARD = Path(__file__).parents[2] / "deploy/jaeger/grafana/dashboards/exosphere-runs.json"

@@ -1,4 +1,4 @@
-"""The wheel the README tells users to build: it builds offline, installs, and has publishable metadata."""
+"""The wheels the README tells users to build: they build offline, install, and have publishable metadata."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from exo_otel.sdk.package import _instruments
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``python -m build --wheel`` of a copy of the checkout (nothing is written into the worktree)."""
+def _build(tmp_path_factory: pytest.TempPathFactory, project: Path) -> Path:
+    """``python -m build --wheel`` of a copy of ``project`` (nothing is written into the worktree)."""
     source = tmp_path_factory.mktemp("checkout")
     for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copy(project / name, source / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(project / "src", source / "src", ignore=skip)
     out = tmp_path_factory.mktemp("dist")
     # --no-isolation: the build backend from the test environment, so no network is needed.
     done = subprocess.run(
@@ -34,6 +34,18 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stdout + done.stderr
     [built] = out.glob("*.whl")
     return built
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The instrumentation's wheel, ``exo-otel``."""
+    return _build(tmp_path_factory, ROOT)
+
+
+@pytest.fixture(scope="module")
+def demo_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's wheel, ``exo-otel-demo`` (``demo/``)."""
+    return _build(tmp_path_factory, ROOT / "demo")
 
 
 def _metadata(wheel: Path) -> Message:
@@ -66,16 +78,34 @@ def test_the_metadata_is_publishable(wheel: Path) -> None:
     ]
 
 
-def test_the_wheel_carries_the_package_and_its_entry_points(wheel: Path) -> None:
+def test_the_wheel_carries_the_instrumentation_only_and_its_entry_points(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = archive.read(f"exo_otel-{exo_otel.__version__}.dist-info/entry_points.txt").decode()
-    expected = {"exo_otel/__init__.py", "exo_otel/py.typed", "exo_otel/core/ids.py", "exo_otel/demo/cli.py"}
+    expected = {"exo_otel/__init__.py", "exo_otel/py.typed", "exo_otel/core/ids.py",
+                "exo_otel/sdk/runtime.py", "exo_otel/server/sweeper.py"}
     assert expected <= names
-    assert not any(name.startswith("tests/") for name in names)
-    assert "exo-otel = exo_otel.demo.cli:main" in entry_points
+    packages = {name.split("/")[1] for name in names if name.startswith("exo_otel/") and name.count("/") > 1}
+    assert packages == {"core", "sdk", "server"}
+    assert not any(name.startswith(("tests/", "exo_otel_demo/")) for name in names)
+    assert "console_scripts" not in entry_points
     assert "exospherehost = exo_otel.sdk.instrumentor:ExosphereInstrumentor" in entry_points
+    assert "exosphere_state_manager = exo_otel.server.instrumentor:StateManagerInstrumentor" in entry_points
     assert "exosphere = exo_otel.core.ids:RunIdGenerator" in entry_points
+
+
+def test_the_demo_wheel_carries_the_embedded_state_manager_and_the_command(demo_wheel: Path) -> None:
+    assert demo_wheel.name == f"exo_otel_demo-{exo_otel.__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(demo_wheel) as archive:
+        names = set(archive.namelist())
+        info = f"exo_otel_demo-{exo_otel.__version__}.dist-info"
+        entry_points = archive.read(f"{info}/entry_points.txt").decode()
+        metadata = email.message_from_bytes(archive.read(f"{info}/METADATA"))
+    assert {"exo_otel_demo/cli.py", "exo_otel_demo/embedded/server.py", "exo_otel_demo/py.typed"} <= names
+    assert not any(name.startswith("exo_otel/") for name in names)
+    assert "exo-otel = exo_otel_demo.cli:main" in entry_points
+    requires = [r.replace(" ", "") for r in metadata.get_all("Requires-Dist")]
+    assert f"exo-otel=={exo_otel.__version__}" in requires
 
 
 def test_the_installed_wheel_imports(wheel: Path, tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ class Command:
 
 def example_section() -> str:
     text = README.read_text()
-    return text[text.index("## A complete example") : text.index("## Use it")]
+    start = text.index("## A complete example")
+    return text[start : text.index("\n## ", start)]
 
 
 def example_files() -> dict[str, str]:

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from exo_otel.demo.cli import main
+from exo_otel_demo.cli import main
 from helpers.sm_fixtures import free_port
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "exo-otel")

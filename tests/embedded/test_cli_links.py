@@ -1,4 +1,4 @@
-"""`exo-otel trace-id` and `exo-otel links`, and the functions in exo_otel.demo.links behind them."""
+"""`exo-otel trace-id` and `exo-otel links`, and the functions in exo_otel_demo.links behind them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import urllib.parse
 import pytest
 
 from exo_otel import format_trace_id, run_id_for_trace
-from exo_otel.demo.cli import main
-from exo_otel.demo.links import (
+from exo_otel_demo.cli import main
+from exo_otel_demo.links import (
     DEFAULT_GRAFANA_URL,
     DEFAULT_JAEGER_URL,
     EXO_OTEL_GRAFANA_URL,
@@ -149,11 +149,11 @@ def test_the_grafana_link_is_short() -> None:
 
 
 def test_the_console_script_exits_2_on_an_empty_run_id() -> None:
-    result = subprocess.run([sys.executable, "-m", "exo_otel.demo.cli", "links", ""], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "exo_otel_demo.cli", "links", ""], capture_output=True,
                             text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert "RUN_ID is empty" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "exo_otel.demo.cli", "trace-id", RUN_ID],
+    result = subprocess.run([sys.executable, "-m", "exo_otel_demo.cli", "trace-id", RUN_ID],
                             capture_output=True,
                             text=True, timeout=30, check=False)
     assert (result.returncode, result.stdout.strip()) == (0, format_trace_id(RUN_ID))

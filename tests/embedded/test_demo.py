@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 from exo_otel import format_trace_id
-from exo_otel.demo.graph import ITEMS_PER_RUN
-from exo_otel.demo.run import NOT_EXPORTED_NOTE
-from exo_otel.demo.waterfall import ERROR_MARK, render_waterfall
+from exo_otel_demo.graph import ITEMS_PER_RUN
+from exo_otel_demo.run import NOT_EXPORTED_NOTE
+from exo_otel_demo.waterfall import ERROR_MARK, render_waterfall
 from helpers.demo_helpers import demo_env, parse_report, run_demo, triggered_run_ids
 from helpers.sm_fixtures import free_port
 
@@ -106,10 +106,10 @@ def assert_waterfall(rows: list[tuple[int, str, str]], server_side: bool = False
         assert names[f"node {single}"] == names[f"execute {cls}"] == 1
     failed = [(name, mark) for _indent, name, mark in rows if mark]
     # The server's node span has no exception at hand: the state's status says what failed.
-    node_failure = "RETRY_CREATED" if server_side else "exo_otel.demo.graph.ScoringError"
+    node_failure = "RETRY_CREATED" if server_side else "exo_otel_demo.graph.ScoringError"
     assert failed == [
         ("node score", f"{ERROR_MARK} {node_failure}"),
-        ("execute ScoreItem", f"{ERROR_MARK} exo_otel.demo.graph.ScoringError"),
+        ("execute ScoreItem", f"{ERROR_MARK} exo_otel_demo.graph.ScoringError"),
     ]
     # The failed execute sits under the failed node span: the row right after it.
     first_failed = next(i for i, row in enumerate(rows) if row[2])

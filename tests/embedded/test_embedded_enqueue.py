@@ -3,9 +3,9 @@ looked for among the namespace's CREATED states only."""
 
 from __future__ import annotations
 
-from exo_otel.embedded import operations, signals
-from exo_otel.embedded.models import State, StateStatus, new_object_id, now_ms
-from exo_otel.embedded.store import Database
+from exo_otel_demo.embedded import operations, signals
+from exo_otel_demo.embedded.models import State, StateStatus, new_object_id, now_ms
+from exo_otel_demo.embedded.store import Database
 
 
 def _store(db: Database, namespace: str, node: str, status: StateStatus = StateStatus.CREATED) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.sm_fixtures import wait_until
 
 TEXT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}

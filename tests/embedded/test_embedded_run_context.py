@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 from exospherehost import GraphNodeModel
 
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.sm_fixtures import POLL_INTERVAL, sdk_state_manager, wait_until
 
 NAMESPACE = "ctx"

@@ -7,7 +7,7 @@ import socket
 import urllib.error
 import urllib.request
 
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 
 
 def test_serves_from_a_thread_and_releases_the_port() -> None:

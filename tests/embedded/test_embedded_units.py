@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exo_otel.embedded.models import RetryPolicy, RetryStrategy
-from exo_otel.embedded.retry import base_delay, compute_delay
-from exo_otel.embedded.templates import Placeholder, TemplateError, parse
+from exo_otel_demo.embedded.models import RetryPolicy, RetryStrategy
+from exo_otel_demo.embedded.retry import base_delay, compute_delay
+from exo_otel_demo.embedded.templates import Placeholder, TemplateError, parse
 
 
 @pytest.mark.parametrize(("strategy", "delays"), [

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.embedded.documents import MAX_DOCUMENT_DEPTH, nesting
+from exo_otel_demo.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded.documents import MAX_DOCUMENT_DEPTH, nesting
 from helpers.conformance_http import INTERNAL_ERROR, TEXT_SCHEMA
 from helpers.fuzz_corpus import FuzzRequest, corpus
 from helpers.servers import EmbeddedServer, Server, UpstreamServerUnderTest

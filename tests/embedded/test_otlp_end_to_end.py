@@ -17,8 +17,8 @@ from exo_otel.core.metrics import (
     RUNTIME_POLL_DURATION,
     TRIGGER_COUNT,
 )
-from exo_otel.demo.graph import GRAPH_NAME, ITEMS_PER_RUN, NAMESPACE
-from exo_otel.demo.run import NOT_EXPORTED_NOTE
+from exo_otel_demo.graph import GRAPH_NAME, ITEMS_PER_RUN, NAMESPACE
+from exo_otel_demo.run import NOT_EXPORTED_NOTE
 from helpers.demo_helpers import demo_env, parse_report, run_demo, triggered_run_ids
 from helpers.otlp_receiver import MetricPoint, OtlpGrpcReceiver, OtlpHttpReceiver, Span
 
@@ -149,7 +149,7 @@ def _assert_run_tree(run_id: str, trace: list[Span]) -> None:
 
     failed = [s for s in trace if s.status_code == STATUS_ERROR]
     assert sorted(s.name for s in failed) == ["execute ScoreItem", "node score"]
-    assert {s.attributes["error.type"] for s in failed} == {"exo_otel.demo.graph.ScoringError"}
+    assert {s.attributes["error.type"] for s in failed} == {"exo_otel_demo.graph.ScoringError"}
     assert all(s.attributes["exosphere.state.outcome"] == "errored" for s in failed)
 
 

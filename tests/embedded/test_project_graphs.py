@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from exo_otel.demo import graph as demo_graph
+from exo_otel_demo import graph as demo_graph
 from helpers import conformance_graph
 from helpers.servers import Server, StateRecord, by_identifier
 

@@ -40,7 +40,7 @@ def parse_report(stdout: str) -> list[ReportedRun]:
 def demo_command() -> list[str]:
     """The installed console script next to this interpreter, as `make demo` runs it."""
     script = Path(sys.executable).parent / "exo-otel"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "exo_otel.demo.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "exo_otel_demo.cli"]
 
 
 def demo_env(**extra: str) -> dict[str, str]:

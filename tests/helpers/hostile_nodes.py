@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from pydantic import BaseModel, field_validator
 
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.sm_fixtures import POLL_INTERVAL, wait_until
 
 NAMESPACE = "hostile"

@@ -8,7 +8,7 @@ import logging
 from exospherehost import BaseNode, GraphNodeModel
 from pydantic import BaseModel
 
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_for_run
 
 NAMESPACE = "launcher"

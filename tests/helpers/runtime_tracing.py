@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from exo_otel.core.ids import trace_id_for_run
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers import conformance_graph as cg
 from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until
 

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from exospherehost import BaseNode, Runtime, StateManager
 
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.upstream_sm import UpstreamServer, state_histories, upstream_unavailable
 
 POLL_INTERVAL = 0.05

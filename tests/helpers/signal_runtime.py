@@ -18,7 +18,7 @@ import time
 
 from exospherehost import Runtime, StateManager
 
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.hostile_nodes import NAMESPACE, HangNode, RaiseNode, upsert_one_node_graph
 from helpers.sm_fixtures import POLL_INTERVAL
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from exospherehost import BaseNode, Runtime, StateManager
 
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.servers import POLL_INTERVAL as POLL_INTERVAL  # re-exported: the tests poll alike
 from helpers.servers import EmbeddedServer
 

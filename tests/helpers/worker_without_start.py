@@ -10,8 +10,8 @@ from exospherehost import BaseNode, GraphNodeModel, Runtime, StateManager
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 
 NAMESPACE = "no-start"
 

@@ -9,9 +9,9 @@ from exospherehost import BaseNode
 from opentelemetry import baggage, context, propagate
 from pydantic import BaseModel
 
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel.sdk.logs import RUN_ID_FIELD
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.hostile_nodes import NAMESPACE, runtime_via, upsert_one_node_graph
 from helpers.mutating_proxy import mutating_proxy
 from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until

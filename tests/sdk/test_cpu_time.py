@@ -26,8 +26,8 @@ from pydantic import BaseModel
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import trace_id_for_run
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.hostile_nodes import metric_points
 from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exo_otel.core.ids import format_trace_id, run_span_id, state_span_id
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers import conformance_graph as cg
 from helpers.otlp_receiver import OtlpHttpReceiver, Span
 from helpers.proc_runtime import launch, otel_env, print_logs, stop

@@ -35,8 +35,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from exo_otel.core.ids import state_span_id
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.hostile_nodes import encode_all, inflight
 from helpers.mutating_proxy import MutatingProxy, mutating_proxy
 from helpers.upstream_sm import UpstreamServer, state_histories

@@ -12,9 +12,9 @@ import sys
 from exospherehost import BaseNode, GraphNodeModel, Runtime
 from pydantic import BaseModel
 
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel.sdk.run_lookup import RunLookup
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers import HELPERS_DIR, TESTS_DIR
 from helpers.sm_fixtures import sdk_state_manager, wait_until
 

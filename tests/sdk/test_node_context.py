@@ -21,8 +21,8 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 from exo_otel import format_trace_id
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers import conformance_graph as cg
 from helpers.runtime_tracing import run_spans
 from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until

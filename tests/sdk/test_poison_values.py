@@ -13,8 +13,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from exo_otel.core.ids import format_trace_id, state_span_id, trace_id_for_run
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.hostile_nodes import NAMESPACE, RaiseNode, encode_all, runtime_via, upsert_one_node_graph
 from helpers.mutating_proxy import mutating_proxy
 from helpers.sm_fixtures import sdk_state_manager, wait_for_run, wait_until

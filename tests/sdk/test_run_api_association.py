@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from exo_otel.core.ids import state_span_id, trace_id_for_state
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers import conformance_graph as cg
 from helpers.http_proxy import CountingProxy, RunApiMode, counting_proxy
 from helpers.runtime_tracing import EXPECTED_RUN_TREE, SPANS_PER_RUN, label, run_spans

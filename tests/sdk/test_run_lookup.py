@@ -16,9 +16,9 @@ from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrument
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from exo_otel.embedded import EmbeddedStateManager, StateView
 from exo_otel.sdk.run_index import GraphNodes, RunIndex
 from exo_otel.sdk.run_lookup import RunInfo, RunLookup
+from exo_otel_demo.embedded import EmbeddedStateManager, StateView
 from helpers.conformance_graph import GRAPH, NAMESPACE, NODES, upsert
 from helpers.http_proxy import serve_loopback
 from helpers.sm_fixtures import free_port, running_runtime, sdk_state_manager, wait_for_run

@@ -11,8 +11,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.runtime_tracing import EXPECTED_RUN_TREE, label, run_conformance_graph
 from helpers.span_tree import dump_tree
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exo_otel.core.ids import format_trace_id, run_span_id, state_span_id
-from exo_otel.embedded import EmbeddedStateManager
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.otlp_receiver import OtlpHttpReceiver
 from helpers.proc_runtime import (
     PAIR_NAMESPACE,

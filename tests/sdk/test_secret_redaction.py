@@ -10,8 +10,8 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.hostile_nodes import NAMESPACE, SecretNode, upsert_one_node_graph
 from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until
 

@@ -26,10 +26,10 @@ from pydantic import BaseModel
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import trace_id_for_run
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.execution import begin, finish
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel.sdk.state_context import PolledState
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.http_proxy import serve_loopback
 from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until
 

@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased
 
 from exo_otel.core.ids import format_trace_id
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers import upstream_graph as ug
 from helpers.server_preloads import KeepOneGraph
 from helpers.trace_checks import check_runs, flatten

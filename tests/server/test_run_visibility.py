@@ -26,8 +26,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from exo_otel.core.ids import format_trace_id, run_span_id
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.otlp_receiver import OtlpHttpReceiver, Span
 from helpers.servers import EmbeddedServer, Server, UpstreamServerUnderTest
 from helpers.trace_checks import check_runs, flatten

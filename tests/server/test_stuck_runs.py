@@ -14,8 +14,8 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.otlp_receiver import OtlpHttpReceiver, Span
 from helpers.servers import EmbeddedServer, Server, UpstreamServerUnderTest
 from helpers.stuck_runs import open_stuck_runs, time_a_new_run

@@ -6,7 +6,7 @@ baggage), carries that context to every state in the enqueue answer, and emits t
 manager processes. One core (``context``, ``records``, ``spans``, ``sweeper``, ``side``) behind a
 storage protocol (``store``), and two adapters: the upstream state manager's patches
 (``upstream``, ``mongo_store``, ``instrumentor``) and the embedded state manager
-(``exo_otel.embedded.server_side``).
+(``exo_otel_demo.embedded.server_side``).
 
 It may import `exo_otel.core`, never the SDK side, the embedded server or the demo.
 """

@@ -131,14 +131,20 @@ def new_run_context(
     )
 
 
+def run_fields(run_id: str, graph_name: str, parents: Mapping[str, Any]) -> dict[str, Any]:
+    """The run an enqueued state belongs to, as the SDK side reads it from the answer: its id, its graph
+    and the state's parents (node identifier to state id). The first part of `enqueue_extension`; an
+    embedded state manager asked to expose the run context adds these alone."""
+    by_identifier = {str(k): str(v) for k, v in parents.items()}
+    return {"run_id": run_id, "graph_name": graph_name, "parents": by_identifier}
+
+
 def enqueue_extension(
     run: RunContext, parents: Mapping[str, Any], retry_count: int, node_spans_by_server: bool = True
 ) -> dict[str, Any]:
     """The fields an enqueued state gains: its run, its parents, its retry count and the run's carrier."""
     extension: dict[str, Any] = {
-        "run_id": run.run_id,
-        "graph_name": run.graph_name,
-        "parents": {str(k): str(v) for k, v in parents.items()},
+        **run_fields(run.run_id, run.graph_name, parents),
         "retry_count": int(retry_count),
         **run.carrier(),
     }

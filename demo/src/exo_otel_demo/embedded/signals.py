@@ -6,12 +6,12 @@ generic 500 for an id that is no ObjectId, 400 for a state in the wrong status.
 
 from __future__ import annotations
 
-from exo_otel.embedded.documents import NotAnObjectId, object_id, storable
-from exo_otel.embedded.errors import BadRequest, ConflictError, InternalError, NotFound
-from exo_otel.embedded.models import JsonDict, State, StateStatus
-from exo_otel.embedded.operations import find_state
-from exo_otel.embedded.retry import compute_delay
-from exo_otel.embedded.store import Database
+from exo_otel_demo.embedded.documents import NotAnObjectId, object_id, storable
+from exo_otel_demo.embedded.errors import BadRequest, ConflictError, InternalError, NotFound
+from exo_otel_demo.embedded.models import JsonDict, State, StateStatus
+from exo_otel_demo.embedded.operations import find_state
+from exo_otel_demo.embedded.retry import compute_delay
+from exo_otel_demo.embedded.store import Database
 
 
 def _fanout_key_taken(db: Database, state: State) -> bool:

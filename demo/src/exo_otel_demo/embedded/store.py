@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
-from exo_otel.embedded.models import (
+from exo_otel_demo.embedded.models import (
     FAILED_STATUSES,
     PENDING_STATUSES,
     GraphTemplate,

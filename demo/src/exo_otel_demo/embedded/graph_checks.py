@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from exo_otel.embedded.models import NodeTemplate, RetryPolicy, StoreConfig
-from exo_otel.embedded.templates import STORE, TemplateError, parse
+from exo_otel_demo.embedded.models import NodeTemplate, RetryPolicy, StoreConfig
+from exo_otel_demo.embedded.templates import STORE, TemplateError, parse
 
 PREFIX = "Error validating graph template: "
 _DOCS = "https://errors.pydantic.dev/2.11/v/value_error"  # the pydantic release upstream's lock pins

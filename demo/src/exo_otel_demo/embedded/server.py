@@ -11,10 +11,10 @@ from aiohttp import web
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from exo_otel.embedded.app import Api, build_app
-from exo_otel.embedded.models import RunStatus
-from exo_otel.embedded.server_side import EmbeddedServerSide
-from exo_otel.embedded.store import Database, StateView
+from exo_otel_demo.embedded.app import Api, build_app
+from exo_otel_demo.embedded.models import RunStatus
+from exo_otel_demo.embedded.server_side import EmbeddedServerSide
+from exo_otel_demo.embedded.store import Database, StateView
 
 
 class EmbeddedStateManager:

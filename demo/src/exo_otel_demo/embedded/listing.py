@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from exo_otel.embedded.models import GraphTemplate, JsonDict, RegisteredNode, isoformat
-from exo_otel.embedded.store import Database
+from exo_otel_demo.embedded.models import GraphTemplate, JsonDict, RegisteredNode, isoformat
+from exo_otel_demo.embedded.store import Database
 
 
 def _node_document(node: RegisteredNode) -> JsonDict:

@@ -21,10 +21,10 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from exo_otel.embedded import bodies, listing, operations, runs, signals
-from exo_otel.embedded.checker import BodyUnreadable
-from exo_otel.embedded.documents import NotAnObjectId
-from exo_otel.embedded.errors import (
+from exo_otel_demo.embedded import bodies, listing, operations, runs, signals
+from exo_otel_demo.embedded.checker import BodyUnreadable
+from exo_otel_demo.embedded.documents import NotAnObjectId
+from exo_otel_demo.embedded.errors import (
     INTERNAL_ERROR_BODY,
     ApiError,
     BodyInvalid,
@@ -32,8 +32,8 @@ from exo_otel.embedded.errors import (
     InternalError,
     Unauthorized,
 )
-from exo_otel.embedded.server_side import EmbeddedServerSide
-from exo_otel.embedded.store import Database
+from exo_otel_demo.embedded.server_side import EmbeddedServerSide
+from exo_otel_demo.embedded.store import Database
 
 logger = logging.getLogger(__name__)
 

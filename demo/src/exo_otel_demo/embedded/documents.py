@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from exo_otel.embedded.models import JsonDict
+from exo_otel_demo.embedded.models import JsonDict
 
 _OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 

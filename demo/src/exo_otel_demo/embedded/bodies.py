@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from exo_otel.embedded.checker import MISSING, Checker, Loc, decode_json, start
-from exo_otel.embedded.models import (
+from exo_otel_demo.embedded.checker import MISSING, Checker, Loc, decode_json, start
+from exo_otel_demo.embedded.models import (
     JsonDict,
     NodeTemplate,
     RetryPolicy,

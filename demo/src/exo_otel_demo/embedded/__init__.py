@@ -4,7 +4,7 @@ Usage::
 
     import asyncio
 
-    from exo_otel.embedded import EmbeddedStateManager
+    from exo_otel_demo.embedded import EmbeddedStateManager
 
     async def main() -> None:
         async with EmbeddedStateManager() as sm:
@@ -15,8 +15,8 @@ Usage::
 
 from __future__ import annotations
 
-from exo_otel.embedded.models import RunStatus, StateStatus, StatusChange
-from exo_otel.embedded.server import EmbeddedStateManager
-from exo_otel.embedded.store import StateView
+from exo_otel_demo.embedded.models import RunStatus, StateStatus, StatusChange
+from exo_otel_demo.embedded.server import EmbeddedStateManager
+from exo_otel_demo.embedded.store import StateView
 
 __all__ = ["EmbeddedStateManager", "RunStatus", "StateStatus", "StateView", "StatusChange"]

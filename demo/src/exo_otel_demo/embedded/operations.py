@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from exo_otel.embedded.bodies import RegisterNodesBody, TriggerBody, UpsertGraphBody
-from exo_otel.embedded.documents import object_id, storable
-from exo_otel.embedded.errors import BadRequest, InternalError, NotFound
-from exo_otel.embedded.graph_checks import GraphInvalid, check_graph, root_of
-from exo_otel.embedded.models import (
+from exo_otel.server.context import run_fields
+from exo_otel_demo.embedded.bodies import RegisterNodesBody, TriggerBody, UpsertGraphBody
+from exo_otel_demo.embedded.documents import object_id, storable
+from exo_otel_demo.embedded.errors import BadRequest, InternalError, NotFound
+from exo_otel_demo.embedded.graph_checks import GraphInvalid, check_graph, root_of
+from exo_otel_demo.embedded.models import (
     GraphTemplate,
     JsonDict,
     RegisteredNode,
@@ -23,10 +24,10 @@ from exo_otel.embedded.models import (
     now,
     now_ms,
 )
-from exo_otel.embedded.next_states import create_next_states
-from exo_otel.embedded.store import Database
-from exo_otel.embedded.templates import Placeholder, TemplateError, parse
-from exo_otel.embedded.validation import validate
+from exo_otel_demo.embedded.next_states import create_next_states
+from exo_otel_demo.embedded.store import Database
+from exo_otel_demo.embedded.templates import Placeholder, TemplateError, parse
+from exo_otel_demo.embedded.validation import validate
 
 Job = Callable[[], None]
 COPIES_PER_STEP = 1000
@@ -210,7 +211,7 @@ def enqueue(
                 "created_at": isoformat(state.created_at),
             }
             if expose_run_context:
-                item.update(run_id=state.run_id, graph_name=state.graph_name, parents=dict(state.parents))
+                item.update(run_fields(state.run_id, state.graph_name, state.parents))
             claimed.append(item)
     return {
         "count": len(claimed),

@@ -21,9 +21,6 @@ from opentelemetry import metrics, trace
 from exo_otel.core import attributes as attr
 from exo_otel.core.providers import flush_spans, install_run_id_generator
 from exo_otel.core.spans import guard
-from exo_otel.embedded.models import State, StateStatus
-from exo_otel.embedded.operations import Job
-from exo_otel.embedded.store import Database
 from exo_otel.server.context import RunContext
 from exo_otel.server.records import PENDING_STATUSES, RunNotes, StateRecord, apply_note, epoch_ns
 from exo_otel.server.sampling import install_stored_decision
@@ -31,6 +28,9 @@ from exo_otel.server.side import ServerSide, TakenState
 from exo_otel.server.spans import ServerMetrics
 from exo_otel.server.sweeper import retention_seconds
 from exo_otel.version import __version__
+from exo_otel_demo.embedded.models import State, StateStatus
+from exo_otel_demo.embedded.operations import Job
+from exo_otel_demo.embedded.store import Database
 
 
 def _record(state: State) -> StateRecord:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from exo_otel.embedded.models import GraphTemplate, NodeTemplate, RegisteredNode
-from exo_otel.embedded.templates import TemplateError, parse
+from exo_otel_demo.embedded.models import GraphTemplate, NodeTemplate, RegisteredNode
+from exo_otel_demo.embedded.templates import TemplateError, parse
 
 Registry = Mapping[tuple[str, str], RegisteredNode]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from exo_otel.embedded.errors import BadRequest, NotFound
-from exo_otel.embedded.models import (
+from exo_otel_demo.embedded.errors import BadRequest, NotFound
+from exo_otel_demo.embedded.models import (
     FAILED_STATUSES,
     PENDING_STATUSES,
     SUCCEEDED_STATUSES,
@@ -14,7 +14,7 @@ from exo_otel.embedded.models import (
     StateStatus,
     isoformat,
 )
-from exo_otel.embedded.store import Database, run_status
+from exo_otel_demo.embedded.store import Database, run_status
 
 _OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 

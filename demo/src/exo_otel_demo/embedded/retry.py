@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from exo_otel.embedded.models import RetryPolicy
+from exo_otel_demo.embedded.models import RetryPolicy
 
 
 def base_delay(policy: RetryPolicy, retry: int) -> int:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Final
 
-from exo_otel.demo.links import is_uuid_run_id, run_links
-from exo_otel.embedded import EmbeddedStateManager
 from exo_otel.version import __version__
+from exo_otel_demo.embedded import EmbeddedStateManager
+from exo_otel_demo.links import is_uuid_run_id, run_links
 
 DESCRIPTION: Final = (
     "exo-otel: OpenTelemetry for Exosphere. Runs the instrumented demo, serves the embedded state "
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("trace-id", "links"):
         return _links(parser, args)
     # Imported here: the SDK, the exporters and the demo graph load only for the demo.
-    from exo_otel.demo.run import DemoOptions, run_demo
+    from exo_otel_demo.run import DemoOptions, run_demo
 
     return run_demo(
         DemoOptions(

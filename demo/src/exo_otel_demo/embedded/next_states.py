@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Iterator
 
-from exo_otel.embedded.models import (
+from exo_otel_demo.embedded.models import (
     PENDING_STATUSES,
     GraphTemplate,
     NodeTemplate,
@@ -17,8 +17,8 @@ from exo_otel.embedded.models import (
     ValidationStatus,
     new_object_id,
 )
-from exo_otel.embedded.store import Database
-from exo_otel.embedded.templates import Placeholder, parse
+from exo_otel_demo.embedded.store import Database
+from exo_otel_demo.embedded.templates import Placeholder, parse
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import json
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from exo_otel.embedded.errors import BodyInvalid, InternalError
-from exo_otel.embedded.models import JsonDict
+from exo_otel_demo.embedded.errors import BodyInvalid, InternalError
+from exo_otel_demo.embedded.models import JsonDict
 
 Loc = tuple[str | int, ...]
 E = TypeVar("E", bound=StrEnum)

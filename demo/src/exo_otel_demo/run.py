@@ -27,7 +27,9 @@ from exospherehost import Runtime, StateManager
 
 from exo_otel.core.attributes import RUN_STATUS
 from exo_otel.core.ids import outcome_span_id, run_span_id, state_span_id
-from exo_otel.demo.graph import (
+from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.embedded import EmbeddedStateManager
+from exo_otel_demo.graph import (
     FAILURE_TEXT,
     GRAPH_NAME,
     ITEMS_PER_RUN,
@@ -37,11 +39,9 @@ from exo_otel.demo.graph import (
     ScoringError,
     graph_nodes,
 )
-from exo_otel.demo.links import run_links
-from exo_otel.demo.telemetry import DemoTelemetry, TelemetryError
-from exo_otel.demo.waterfall import render_waterfall
-from exo_otel.embedded import EmbeddedStateManager
-from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from exo_otel_demo.links import run_links
+from exo_otel_demo.telemetry import DemoTelemetry, TelemetryError
+from exo_otel_demo.waterfall import render_waterfall
 
 RUNTIME_NAME: Final = "exo-otel-demo"
 POLL_INTERVAL_S: Final = 0.05
