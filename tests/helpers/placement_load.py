@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from exo_otel.core.ids import state_span_id, trace_id_for_run
 from helpers import placement_graph as pg
 from helpers.http_proxy import CountingProxy, RunApiMode, counting_proxy
+from helpers.trace_checks import flatten, integrity
 
 
 @dataclass
@@ -189,18 +190,8 @@ def measure(
     seconds: float,
 ) -> LoadResult:
     """Placement and reference integrity of the spans against what the server recorded."""
-    emitted = {(s.context.trace_id, s.context.span_id) for s in spans if s.context is not None}
-    dangling = sum(
-        1 for s in spans
-        if s.parent is not None and s.context is not None
-        and (s.context.trace_id, s.parent.span_id) not in emitted
-    )
-    missing_links = sum(
-        1 for s in spans for link in s.links if (link.context.trace_id, link.context.span_id) not in emitted
-    )
+    references = integrity(flatten(spans))
     links = sum(len(s.links) for s in spans if s.name.startswith("node "))
-    span_ids = Counter(s.context.span_id for s in spans if s.context is not None)
-    duplicates = sum(count - 1 for count in span_ids.values() if count > 1)
     node_trace: dict[str, list[int]] = {}
     for span in spans:
         state_id = (span.attributes or {}).get("exosphere.state.id")
@@ -226,9 +217,10 @@ def measure(
     twice = sum(count - 1 for count in attempts.values() if count > 1)
     return LoadResult(
         runs=len(graphs), states=states, placed=placed, spanless=spanless, executions=executions,
-        expected_executions=10 * len(graphs), states_executed_twice=twice, dangling_parents=dangling,
-        links=links, missing_links=missing_links,
-        duplicate_span_ids=duplicates, run_api_calls=calls, pages=pages, polls=polls,
+        expected_executions=10 * len(graphs), states_executed_twice=twice,
+        dangling_parents=references.dangling_parents,
+        links=links, missing_links=references.dangling_links,
+        duplicate_span_ids=references.duplicate_span_ids, run_api_calls=calls, pages=pages, polls=polls,
         polls_with_states=polls_with_states,
         seconds=seconds,
     )

@@ -1,8 +1,9 @@
 """Whole-trace checks of runs against the state manager's own record of their states.
 
 Spans from every process (the server's through OTLP, the test process's in memory) are flattened
-to `otlp_receiver.Span`; `check_runs` measures what docs/trace-model.md, section "Traces never dangle",
-promises and returns the numbers.
+to `otlp_receiver.Span`. `integrity` checks their references (the one such check of the tests);
+`check_runs` measures what docs/trace-model.md, section "Traces never dangle", promises and returns
+the numbers.
 """
 
 from __future__ import annotations
@@ -40,6 +41,38 @@ def flatten(spans: Iterable[ReadableSpan], service: str = "test-process") -> lis
             )
         )
     return rows
+
+
+@dataclass
+class Integrity:
+    """References inside a set of spans (docs/trace-model.md, section "Traces never dangle"): span ids
+    emitted more than once, parents and link targets that are not among the spans."""
+
+    duplicate_span_ids: int = 0
+    dangling_parents: int = 0
+    dangling_links: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def whole(self) -> bool:
+        return not (self.duplicate_span_ids or self.dangling_parents or self.dangling_links)
+
+
+def integrity(spans: Sequence[Span]) -> Integrity:
+    """The one reference check every test and load uses (over spans from any process, flattened)."""
+    found = Integrity()
+    ids = Counter((s.trace_id, s.span_id) for s in spans)
+    found.duplicate_span_ids = sum(count - 1 for count in ids.values() if count > 1)
+    found.problems.extend(f"span id emitted {n} times: {key}" for key, n in ids.items() if n > 1)
+    for span in spans:
+        if span.parent_span_id is not None and (span.trace_id, span.parent_span_id) not in ids:
+            found.dangling_parents += 1
+            found.problems.append(f"dangling parent: {span.name} {span.trace_id}/{span.parent_span_id}")
+        for link in span.links:
+            if link not in ids:
+                found.dangling_links += 1
+                found.problems.append(f"dangling link: {span.name} -> {link}")
+    return found
 
 
 @dataclass
@@ -92,18 +125,12 @@ def check_runs(
     spans: Sequence[Span], states_by_run: dict[str, list[dict[str, Any]]], graph_name: str
 ) -> RunReport:
     """``states_by_run``: each run's states as the debug route gives them (``state_id`` at least)."""
-    report = RunReport(runs=len(states_by_run))
-    ids = Counter((s.trace_id, s.span_id) for s in spans)
-    report.duplicate_span_ids = sum(count - 1 for count in ids.values() if count > 1)
-    emitted = set(ids)
-    for span in spans:
-        if span.parent_span_id is not None and (span.trace_id, span.parent_span_id) not in emitted:
-            report.dangling_parents += 1
-            report.problems.append(f"dangling parent: {span.name} {span.trace_id}/{span.parent_span_id}")
-        for link in span.links:
-            if link not in emitted:
-                report.dangling_links += 1
-                report.problems.append(f"dangling link: {span.name} -> {link}")
+    references = integrity(spans)
+    report = RunReport(
+        runs=len(states_by_run), duplicate_span_ids=references.duplicate_span_ids,
+        dangling_parents=references.dangling_parents, dangling_links=references.dangling_links,
+        problems=references.problems,
+    )
     by_trace: dict[str, list[Span]] = {}
     for span in spans:
         by_trace.setdefault(span.trace_id, []).append(span)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -15,6 +14,7 @@ from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.runtime_tracing import EXPECTED_RUN_TREE, label, run_conformance_graph
 from helpers.span_tree import dump_tree
+from helpers.trace_checks import flatten, integrity
 
 # What the runtime's spans may carry (docs/trace-model.md, section "Attributes"): nothing the trace
 # says already (the trace id names the run, the span name the node, the parent the state).
@@ -29,14 +29,8 @@ EXECUTE_KEYS = {
 
 
 def assert_complete_trace(spans: list[ReadableSpan], run_id: str) -> None:
-    ids = Counter(s.context.span_id for s in spans if s.context is not None)
-    assert max(ids.values()) == 1, "a span id appears twice"
-    present = set(ids)
-    for span in spans:
-        if span.parent is not None:
-            assert span.parent.span_id in present, f"{span.name}: parent missing"
-        for link in span.links:
-            assert link.context.span_id in present, f"{span.name}: link target missing"
+    references = integrity(flatten(spans))
+    assert references.whole, references.problems
     [root] = [s for s in spans if s.parent is None]
     assert root.context is not None and root.context.span_id == run_span_id(run_id)
     assert (root.attributes or {})["exosphere.run.id"] == run_id
