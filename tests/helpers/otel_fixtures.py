@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -39,11 +41,21 @@ def meter_provider(metric_reader: InMemoryMetricReader) -> Iterator[MeterProvide
     provider.shutdown()
 
 
+@contextmanager
+def instrumented(**settings: Any) -> Iterator[ExosphereInstrumentor]:
+    """The SDK side instrumented with ``settings`` (`ExosphereInstrumentor.instrument`'s keywords) for
+    the ``with`` block, uninstrumented after it whatever happens: the tests' one way to instrument."""
+    instrumentor = ExosphereInstrumentor()
+    instrumentor.instrument(**settings)
+    try:
+        yield instrumentor
+    finally:
+        instrumentor.uninstrument()
+
+
 @pytest.fixture
 def instrumentor(
     tracer_provider: TracerProvider, meter_provider: MeterProvider
 ) -> Iterator[ExosphereInstrumentor]:
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
-    yield instrumentor
-    instrumentor.uninstrument()
+    with instrumented(tracer_provider=tracer_provider, meter_provider=meter_provider) as instrumentor:
+        yield instrumentor

@@ -14,15 +14,14 @@ from exo_otel.core.ids import state_span_id
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.http_proxy import RunApiMode
+from helpers.otel_fixtures import instrumented
 from helpers.placement_load import run_load
 
 
 @pytest.fixture
 def payload_first(tracer_provider: TracerProvider) -> Iterator[ExosphereInstrumentor]:
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, run_association="auto")
-    yield instrumentor
-    instrumentor.uninstrument()
+    with instrumented(tracer_provider=tracer_provider, run_association="auto") as instrumentor:
+        yield instrumentor
 
 
 @pytest.mark.parametrize("run_api", ["pass", "timeout"])

@@ -11,9 +11,9 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.hostile_nodes import NAMESPACE, RaiseNode, upsert_one_node_graph
+from helpers.otel_fixtures import instrumented
 from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until
 
 
@@ -41,10 +41,8 @@ def exporter_then_faulty(request: pytest.FixtureRequest) -> Iterator[InMemorySpa
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     provider.add_span_processor(FaultyProcessor(*request.param))
     meter_provider = MeterProvider()
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=provider, meter_provider=meter_provider)
-    yield exporter
-    instrumentor.uninstrument()
+    with instrumented(tracer_provider=provider, meter_provider=meter_provider):
+        yield exporter
     provider.shutdown()
     meter_provider.shutdown()
 

@@ -11,15 +11,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel_demo.embedded import EmbeddedStateManager
+from helpers.otel_fixtures import instrumented
 from helpers.placement_load import run_load
 
 
 @pytest.fixture
 def run_api_only(tracer_provider: TracerProvider) -> Iterator[ExosphereInstrumentor]:
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, run_association="run_api")
-    yield instrumentor
-    instrumentor.uninstrument()
+    with instrumented(tracer_provider=tracer_provider, run_association="run_api") as instrumentor:
+        yield instrumentor
 
 
 @pytest.mark.parametrize(("runs", "minimum"), [(1, 0.99), (10, 0.95)])

@@ -18,6 +18,7 @@ from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers import conformance_graph as cg
 from helpers.http_proxy import CountingProxy, RunApiMode, counting_proxy
+from helpers.otel_fixtures import instrumented
 from helpers.runtime_tracing import EXPECTED_RUN_TREE, SPANS_PER_RUN, label, run_spans
 from helpers.sm_fixtures import POLL_INTERVAL, sdk_state_manager, wait_for_run, wait_until
 from helpers.span_tree import dump_tree
@@ -65,10 +66,8 @@ async def runtime_through(
 
 @pytest.fixture
 def instrumented_run_api(tracer_provider: TracerProvider) -> ExosphereInstrumentor:
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, run_association="run_api")
-    yield instrumentor  # type: ignore[misc]
-    instrumentor.uninstrument()
+    with instrumented(tracer_provider=tracer_provider, run_association="run_api") as instrumentor:
+        yield instrumentor  # type: ignore[misc]
 
 
 async def test_run_api_association_is_bounded_per_poll(

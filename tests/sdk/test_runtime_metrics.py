@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.hostile_nodes import NAMESPACE, RaiseNode, metric_points, upsert_one_node_graph
+from helpers.otel_fixtures import instrumented
 from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_until
 
 RUNS = 20
@@ -28,11 +29,11 @@ PATIENT_PLACEMENT_WAIT_MS = 30_000
 def patient_instrumentor(
     tracer_provider: TracerProvider, meter_provider: MeterProvider
 ) -> Iterator[ExosphereInstrumentor]:
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                            placement_wait_ms=PATIENT_PLACEMENT_WAIT_MS)
-    yield instrumentor
-    instrumentor.uninstrument()
+    with instrumented(
+        tracer_provider=tracer_provider, meter_provider=meter_provider,
+        placement_wait_ms=PATIENT_PLACEMENT_WAIT_MS,
+    ) as instrumentor:
+        yield instrumentor
 
 
 class HalfFail(RaiseNode):

@@ -12,6 +12,7 @@ from opentelemetry.trace import SpanKind
 from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel_demo.embedded import EmbeddedStateManager
+from helpers.otel_fixtures import instrumented
 from helpers.runtime_tracing import EXPECTED_RUN_TREE, label, run_conformance_graph
 from helpers.span_tree import dump_tree
 from helpers.trace_checks import flatten, integrity
@@ -79,11 +80,7 @@ async def test_upstream_shaped_answers_give_the_same_tree_through_the_run_apis(
     tracer_provider: TracerProvider,
     span_exporter: InMemorySpanExporter,
 ) -> None:
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, run_association="auto")
-    try:
+    with instrumented(tracer_provider=tracer_provider, run_association="auto"):
         run_id, spans = await run_conformance_graph(state_manager, span_exporter, f"api-{uuid.uuid4()}")
-    finally:
-        instrumentor.uninstrument()
     assert dump_tree(spans, label) == EXPECTED_RUN_TREE
     assert_complete_trace(spans, run_id)

@@ -31,6 +31,7 @@ from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel.sdk.state_context import PolledState
 from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.http_proxy import serve_loopback
+from helpers.otel_fixtures import instrumented
 from helpers.sm_fixtures import running_runtime, sdk_state_manager, wait_for_run, wait_until
 
 NAMESPACE = "exo-otel-semconv"
@@ -198,16 +199,12 @@ async def test_a_failure_without_an_exception_is_error_type_other(
     tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
 ) -> None:
     # A worker that took a state and ends it with no outcome reported (no exception to name).
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider)
-    try:
+    with instrumented(tracer_provider=tracer_provider) as instrumentor:
         telemetry = instrumentor._telemetry
         payload = {"state_id": "s-1", "node_name": "N", "identifier": "n", "inputs": {}, "retry_count": 1}
         execution = begin(telemetry, PolledState.from_payload(payload, None), payload, "ns", "rt")
         await asyncio.sleep(0)
         finish(execution)
-    finally:
-        instrumentor.uninstrument()
     spans = {s.name: s for s in span_exporter.get_finished_spans()}
     assert set(spans) == {"node n", "execute N"}
     for span in spans.values():

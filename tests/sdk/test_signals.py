@@ -17,6 +17,7 @@ import pytest
 
 from exo_otel import format_trace_id
 from helpers import HELPERS_DIR, TESTS_DIR
+from helpers.otel_fixtures import instrumented
 from helpers.otlp_receiver import OtlpHttpReceiver
 from helpers.signal_runtime import COMPLETED
 
@@ -184,7 +185,6 @@ def test_with_the_collector_down_sigterm_ends_the_process_within_the_bound(colle
 
 
 def test_handlers_go_only_where_the_default_would_kill_and_uninstrument_restores_them() -> None:
-    from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 
     def own_handler(signum: int, frame: object) -> None:
         pass
@@ -192,13 +192,9 @@ def test_handlers_go_only_where_the_default_would_kill_and_uninstrument_restores
     previous = signal.signal(signal.SIGINT, own_handler)
     try:
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-        instrumentor = ExosphereInstrumentor()
-        instrumentor.instrument()
-        try:
+        with instrumented():
             assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # exo_otel's
             assert signal.getsignal(signal.SIGINT) is own_handler  # the application's: left alone
-        finally:
-            instrumentor.uninstrument()
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         assert signal.getsignal(signal.SIGINT) is own_handler
     finally:

@@ -19,6 +19,7 @@ from exo_otel import run_id_for_trace, run_span_id, trace_id_for_run
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers import conformance_graph as cg
+from helpers.otel_fixtures import instrumented
 from helpers.sm_fixtures import running_runtime, sdk_state_manager
 
 
@@ -197,12 +198,8 @@ async def test_other_tracer_providers_break_nothing(
     graph_ready: StateManager, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter, kind: str
 ) -> None:
     provider = trace.NoOpTracerProvider() if kind == "no-op" else ForeignTracerProvider(tracer_provider)
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
-    try:
+    with instrumented(tracer_provider=provider):
         answer = await graph_ready.trigger(cg.GRAPH, store={"topic": kind})
-    finally:
-        instrumentor.uninstrument()
     assert answer["status"] == "CREATED"
     spans = _trigger_spans(span_exporter)
     if kind == "no-op":

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from exo_otel.core.ids import trace_id_for_run
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel_demo.embedded import EmbeddedStateManager
+from helpers.otel_fixtures import instrumented
 from helpers.sm_fixtures import sdk_state_manager
 
 NAMESPACE = "cancel"
@@ -161,11 +162,7 @@ async def test_a_timeout_around_a_worker_sees_what_it_would_without_exo_otel(
     async with EmbeddedStateManager() as sm:
         plain = await timed_out_attempts(sm, 3, 30)
     async with EmbeddedStateManager() as sm:
-        instrumentor = ExosphereInstrumentor()
-        instrumentor.instrument(tracer_provider=tracer_provider)
-        try:
-            instrumented = await timed_out_attempts(sm, 3, 30)
-        finally:
-            instrumentor.uninstrument()
-    print(f"\nplain {plain}\ninstrumented {instrumented}")
-    assert plain == instrumented == {"TimeoutError, node ran": 30}
+        with instrumented(tracer_provider=tracer_provider):
+            traced = await timed_out_attempts(sm, 3, 30)
+    print(f"\nplain {plain}\ninstrumented {traced}")
+    assert plain == traced == {"TimeoutError, node ran": 30}

@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
+from helpers.otel_fixtures import instrumented
 from helpers.placement_load import run_load
 from helpers.upstream_sm import UpstreamServer, upstream_state_manager
 
@@ -29,10 +30,8 @@ def quiet_upstream() -> Iterator[UpstreamServer]:
 
 @pytest.fixture
 def run_api_only(tracer_provider: TracerProvider) -> Iterator[ExosphereInstrumentor]:
-    instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, run_association="run_api")
-    yield instrumentor
-    instrumentor.uninstrument()
+    with instrumented(tracer_provider=tracer_provider, run_association="run_api") as instrumentor:
+        yield instrumentor
 
 
 @pytest.mark.timeout(1800)
