@@ -21,6 +21,7 @@ from exo_otel.core.metrics import ExosphereMetrics
 from exo_otel.core.providers import install_run_id_generator
 from exo_otel.sdk.config import Settings
 from exo_otel.sdk.telemetry import Telemetry
+from exo_otel.server.sampling import install_stored_decision
 
 
 @pytest.fixture
@@ -84,3 +85,11 @@ def points(reader: InMemoryMetricReader) -> Callable[[str], list[Any]]:
         ]
 
     return collect
+
+
+@pytest.fixture
+def server_tracer(provider: TracerProvider) -> trace.Tracer:
+    """The state manager side's tracer, as its adapters make it: spans get the run's stored decision."""
+    tracer = provider.get_tracer("exo_otel.server", schema_url=SCHEMA_URL)
+    install_stored_decision(tracer)
+    return tracer
