@@ -269,6 +269,11 @@ class MemoryRunStore:
         self._leases.update((key, (run_id, lease_until_ns)) for key, run_id in taken.items())
         return taken
 
+    async def unconfirmed_runs(self, run_ids: Sequence[str]) -> set[str]:
+        wanted = set(run_ids)
+        return {run_id for key, (run_id, _until) in self._leases.items()
+                if run_id in wanted and not key.startswith("root:")}
+
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         for run_id in run_ids:
             entry = self.runs[run_id]

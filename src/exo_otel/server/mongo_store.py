@@ -295,6 +295,15 @@ class MongoRunStore:
                 taken[str(claim["_id"])] = str(claim.get("run_id"))
         return taken
 
+    async def unconfirmed_runs(self, run_ids: Sequence[str]) -> set[str]:
+        ids = list(run_ids)
+        if not ids:
+            return set()
+        # exo_otel_claims_by_run. Claims made before leases existed have no `done`: final, never matched.
+        unconfirmed = {"run_id": {"$in": ids}, "done": False}
+        found = await self._claims().find(unconfirmed, {"run_id": 1}).to_list(None)
+        return {str(doc.get("run_id")) for doc in found if not str(doc["_id"]).startswith("root:")}
+
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         ids = list(run_ids)
         await self._runs().update_many(

@@ -118,6 +118,11 @@ class RunStore(Protocol):
         of them, taken over atomically with a new lease; returns the keys this caller took, with their
         run ids."""
 
+    async def unconfirmed_runs(self, run_ids: Sequence[str]) -> set[str]:
+        """Those of these runs with a node or outcome claim not final yet (its span may still be taken
+        over, and emitted from the run's notes: the run must not close yet). Root claims do not count:
+        a root is emitted from the run's context alone."""
+
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         """These runs are settled and their spans emitted: stop sweeping them, drop their notes; their
         records (context, claims) may go once ``expires_ns`` has passed, unless a retry reopens them."""
