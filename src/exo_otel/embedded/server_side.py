@@ -199,7 +199,8 @@ class MemoryRunStore:
         with self.db.lock:
             for run_id in run_ids:
                 run_notes = notes[run_id]
-                wanted = run_notes.changed | set(run_notes.copy_of.values())
+                # The states their spans link to: a copy's original, a manual retry's retried state.
+                wanted = run_notes.changed | {*run_notes.copy_of.values(), *run_notes.retry_of.values()}
                 found = [self.db.states[s] for s in wanted if s in self.db.states]
                 earlier = [
                     other

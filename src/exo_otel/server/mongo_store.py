@@ -189,6 +189,8 @@ class MongoRunStore:
         notes = _notes_by_run(raw_notes, run_ids, time.time_ns())
         wanted = {s for run_notes in notes.values() for s in run_notes.changed}
         wanted |= {o for run_notes in notes.values() for o in run_notes.copy_of.values()}
+        # A manual retry's retried state, for its link (retry notes are kept in every read).
+        wanted |= {o for run_notes in notes.values() for o in run_notes.retry_of.values()}
         found = await self._read_states({"_id": {"$in": [_object_id(s) for s in wanted]}}) if wanted else []
         # A retry's previous attempt, for its link (retries are few: one query for all of them).
         attempts = [

@@ -75,7 +75,8 @@ class RunStore(Protocol):
         self, run_ids: Sequence[str]
     ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
         """The notes of these runs not seen yet, then the states they name (``RunNotes.changed``)
-        with the states their spans refer to (a copy's original, a retry's previous attempt).
+        with the states their spans refer to (a copy's original, a retry's previous attempt, the state
+        a manual retry retries).
 
         Notes BEFORE states: a next-states token seen done then guarantees that the states it created
         are in what is read after (else a run could look settled between upstream marking its parents
