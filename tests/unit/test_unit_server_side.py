@@ -11,13 +11,15 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 
 from exo_otel.core.attributes import SCHEMA_URL
 from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
 from exo_otel.embedded.models import State, StateStatus, StatusChange
-from exo_otel.embedded.server_side import MemoryRunStore
+from exo_otel.embedded.server_side import EmbeddedServerSide, MemoryRunStore
 from exo_otel.embedded.store import Database
 from exo_otel.server.records import epoch_ns
 from exo_otel.server.side import ServerSide, TakenState
@@ -221,3 +223,29 @@ async def test_a_retry_after_the_runs_records_were_purged_revives_it_from_the_re
     emitted = [(s.name, (s.attributes or {}).get("exosphere.state.id"))
                for s in exporter.get_finished_spans()]
     assert emitted == [("node work", "new")]
+
+
+async def test_the_embedded_adapter_pins_ids_on_any_sdk_provider_and_carries_the_schema_url(
+    meter_provider: MeterProvider, reader: Any
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()  # no id generator of exo_otel's installed: the adapter installs it
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    adapter = EmbeddedServerSide(Database(), provider, meter_provider)
+    try:
+        answer = {"run_id": RUN_ID, "status": "CREATED"}
+        extended = await adapter.triggered(answer, "ns", "greet", time.time_ns(), {})
+        traceparent = f"00-{trace_id_for_run(RUN_ID):032x}-{run_span_id(RUN_ID):016x}-01"
+        assert extended == {**answer, "traceparent": traceparent}
+        assert answer == {"run_id": RUN_ID, "status": "CREATED"}  # a new answer; the handler's is untouched
+        [root] = exporter.get_finished_spans()
+        assert root.context is not None and root.context.span_id == run_span_id(RUN_ID)
+        assert root.instrumentation_scope is not None
+        assert root.instrumentation_scope.schema_url == SCHEMA_URL
+        assert adapter.side.metrics is not None
+        adapter.side.metrics.run_duration.record(1.0)
+        data = reader.get_metrics_data()
+        assert {sc.scope.schema_url for r in data.resource_metrics for sc in r.scope_metrics} == {SCHEMA_URL}
+    finally:
+        await adapter.close()
+        provider.shutdown()
