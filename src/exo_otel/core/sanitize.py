@@ -27,7 +27,9 @@ def clean_text(value: object) -> str:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        # Lone surrogates are the only code points UTF-8 cannot encode: one U+FFFD each (decoding
+        # their surrogatepass bytes with "replace" would give three).
+        return "".join(REPLACEMENT if "\ud800" <= ch <= "\udfff" else ch for ch in text)
 
 
 def clean_str(value: str) -> str:

@@ -189,6 +189,8 @@ class MongoRunStore:
         notes = _notes_by_run(raw_notes, run_ids, time.time_ns())
         wanted = {s for run_notes in notes.values() for s in run_notes.changed}
         wanted |= {o for run_notes in notes.values() for o in run_notes.copy_of.values()}
+        # A manual retry's retried state, for its link (retry notes are kept in every read).
+        wanted |= {o for run_notes in notes.values() for o in run_notes.retry_of.values()}
         found = await self._read_states({"_id": {"$in": [_object_id(s) for s in wanted]}}) if wanted else []
         # A retry's previous attempt, for its link (retries are few: one query for all of them).
         attempts = [
@@ -294,6 +296,15 @@ class MongoRunStore:
             if moved.modified_count == 1:
                 taken[str(claim["_id"])] = str(claim.get("run_id"))
         return taken
+
+    async def unconfirmed_runs(self, run_ids: Sequence[str]) -> set[str]:
+        ids = list(run_ids)
+        if not ids:
+            return set()
+        # exo_otel_claims_by_run. Claims made before leases existed have no `done`: final, never matched.
+        unconfirmed = {"run_id": {"$in": ids}, "done": False}
+        found = await self._claims().find(unconfirmed, {"run_id": 1}).to_list(None)
+        return {str(doc.get("run_id")) for doc in found if not str(doc["_id"]).startswith("root:")}
 
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         ids = list(run_ids)

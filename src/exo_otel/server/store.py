@@ -75,7 +75,8 @@ class RunStore(Protocol):
         self, run_ids: Sequence[str]
     ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
         """The notes of these runs not seen yet, then the states they name (``RunNotes.changed``)
-        with the states their spans refer to (a copy's original, a retry's previous attempt).
+        with the states their spans refer to (a copy's original, a retry's previous attempt, the state
+        a manual retry retries).
 
         Notes BEFORE states: a next-states token seen done then guarantees that the states it created
         are in what is read after (else a run could look settled between upstream marking its parents
@@ -117,6 +118,11 @@ class RunStore(Protocol):
         """Claims whose lease passed unconfirmed (their process died before exporting): at most ``limit``
         of them, taken over atomically with a new lease; returns the keys this caller took, with their
         run ids."""
+
+    async def unconfirmed_runs(self, run_ids: Sequence[str]) -> set[str]:
+        """Those of these runs with a node or outcome claim not final yet (its span may still be taken
+        over, and emitted from the run's notes: the run must not close yet). Root claims do not count:
+        a root is emitted from the run's context alone."""
 
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         """These runs are settled and their spans emitted: stop sweeping them, drop their notes; their

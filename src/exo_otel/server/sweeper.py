@@ -43,6 +43,9 @@ FLUSH_TIMEOUT_MS = 10_000
 # Claims kept unconfirmed while exports fail, at most: past it the oldest are made final (their spans
 # wait in, or were dropped from, the span processor's own bounded queue: re-emitting cannot help).
 MAX_UNCONFIRMED = 100_000
+# Settled runs kept open for a claim not final yet that a process re-reads at its passes, at most (past
+# it, the background check closes the others as it comes round to them).
+MAX_HELD = 10_000
 # Flushes the tracer provider's span processors within a timeout (ms); True when everything went out.
 Flush = Callable[[int], bool]
 
@@ -117,6 +120,10 @@ class Sweeper:
     _flush_failing: bool = False  # the last flush did not complete: this process cannot export now
     # Claims won and emitted, not yet confirmed (confirmed once a flush exported them).
     _unconfirmed: list[str] = field(default_factory=list)
+    # Settled runs left open because a node or outcome claim of theirs was not final (a process could
+    # not export it, or died first): their notes stay for whoever emits that span; read again and
+    # closed at a later pass once the claims are final (the background check closes the others).
+    _held: set[str] = field(default_factory=set)
 
     def nudge(self) -> None:
         """Start the loop in the running event loop if needed, and make it pass soon."""
@@ -183,6 +190,8 @@ class Sweeper:
             if not self._flush_failing:  # taking over what this process cannot export helps nobody
                 await self._take_over_stale()
         await self._confirm()
+        if self._held:
+            await self._close_held()
         if self._purge_due:
             self._purge_due = False
             self.stats.purged += await self.store.purge_expired(time.time_ns(), self.purge_page)
@@ -232,10 +241,26 @@ class Sweeper:
                 run_notes = notes.get(run_id) or RunNotes()
                 emit_run_outcome(self.tracer, self.metrics, by_run[run_id], states[run_id], run_notes)
                 self.stats.outcomes += 1
-        # Confirmed before the run closes (its notes go): a taken-over outcome still has them.
+        # Confirmed before the run closes (its notes go): a taken-over outcome still has them. A run
+        # with a claim that is not final (this process's flush did not complete, or another process's
+        # claim is leased) stays open until it is: that span may yet be taken over, from the notes.
         await self._confirm()
-        await self.store.close_runs(settled, time.time_ns() + int(self.retention_seconds * 1e9))
-        self._attempted.difference_update(s.state_id for r in settled for s in states.get(r, []))
+        held = await self.store.unconfirmed_runs(settled)
+        if held and len(self._held) < MAX_HELD:
+            self._held.update(held)
+        closing = [r for r in settled if r not in held]
+        if closing:
+            await self.store.close_runs(closing, time.time_ns() + int(self.retention_seconds * 1e9))
+        self._attempted.difference_update(s.state_id for r in closing for s in states.get(r, []))
+
+    async def _close_held(self) -> None:
+        """The held runs whose claims are final now: read in full again (a retry may have reopened one),
+        and closed."""
+        ready = self._held - await self.store.unconfirmed_runs(sorted(self._held))
+        if ready:
+            self._held -= ready
+            runs = await self.store.load_runs(ready)
+            await self._sweep_in_full(list(runs.values()))
 
     async def _emit_nodes(
         self,

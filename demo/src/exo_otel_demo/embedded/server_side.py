@@ -199,7 +199,8 @@ class MemoryRunStore:
         with self.db.lock:
             for run_id in run_ids:
                 run_notes = notes[run_id]
-                wanted = run_notes.changed | set(run_notes.copy_of.values())
+                # The states their spans link to: a copy's original, a manual retry's retried state.
+                wanted = run_notes.changed | {*run_notes.copy_of.values(), *run_notes.retry_of.values()}
                 found = [self.db.states[s] for s in wanted if s in self.db.states]
                 earlier = [
                     other
@@ -268,6 +269,11 @@ class MemoryRunStore:
         taken = {key: self._leases[key][0] for key in stale}
         self._leases.update((key, (run_id, lease_until_ns)) for key, run_id in taken.items())
         return taken
+
+    async def unconfirmed_runs(self, run_ids: Sequence[str]) -> set[str]:
+        wanted = set(run_ids)
+        return {run_id for key, (run_id, _until) in self._leases.items()
+                if run_id in wanted and not key.startswith("root:")}
 
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         for run_id in run_ids:
