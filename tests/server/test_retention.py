@@ -36,9 +36,9 @@ from helpers.upstream_side import side_server
 from helpers.upstream_sm import require_upstream
 
 GRAPH = "retained"
-# Long enough that no run expires before the last one settled: 2,000 runs take about 10 s on the
-# embedded server, 8 minutes on the real one over its in-process database.
-# Longer than the load takes to settle, with room for a loaded machine: every run is still retained
+# Long enough that no run expires before the last one settled, with room for a loaded machine: 2,000
+# runs take about 10 s on the embedded server, 8 minutes on the real one over its in-process database,
+# and every run must still be retained
 # when the test counts (a CI run took 40 s to settle 2,000 runs on the embedded server, when the
 # retention was 30 s, and 176 runs were already gone; 200 runs on a busy machine took 12-32 s upstream).
 RETENTION_SECONDS = {

@@ -18,12 +18,12 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 
 from exo_otel.core.attributes import SCHEMA_URL
 from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
-from exo_otel.embedded.models import State, StateStatus, StatusChange
-from exo_otel.embedded.server_side import EmbeddedServerSide, MemoryRunStore
-from exo_otel.embedded.store import Database
 from exo_otel.server.records import epoch_ns
 from exo_otel.server.side import ServerSide, TakenState
 from exo_otel.server.spans import ServerMetrics
+from exo_otel_demo.embedded.models import State, StateStatus, StatusChange
+from exo_otel_demo.embedded.server_side import EmbeddedServerSide, MemoryRunStore
+from exo_otel_demo.embedded.store import Database
 
 RUN_ID = "9d2c6f0e-3b1a-4c5d-8e7f-001122334455"
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -17,12 +17,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from exo_otel.core.attributes import SCHEMA_URL
 from exo_otel.core.ids import state_span_id
-from exo_otel.embedded.models import State, StateStatus, StatusChange
-from exo_otel.embedded.server_side import MemoryRunStore
-from exo_otel.embedded.store import Database
 from exo_otel.server.context import RunContext
 from exo_otel.server.spans import ServerMetrics
 from exo_otel.server.sweeper import DEFAULT_RETENTION_SECONDS, RETENTION_ENV, Sweeper, retention_seconds
+from exo_otel_demo.embedded.models import State, StateStatus, StatusChange
+from exo_otel_demo.embedded.server_side import MemoryRunStore
+from exo_otel_demo.embedded.store import Database
 
 RUN_ID = "9d2c6f0e-3b1a-4c5d-8e7f-001122334455"
 MS = 1_000_000
