@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import re
 import uuid
@@ -55,8 +56,10 @@ def outcome_span_id(run_id: str) -> int:
     return h64(OUTCOME_KIND, run_id)
 
 
+@functools.lru_cache(maxsize=4096)
 def state_span_id(state_id: str) -> int:
-    """Span id of a state's node span."""
+    """Span id of a state's node span. Remembered for the latest states: a runtime derives a state's
+    id for its own spans and again for the states after it (their links, or their parent)."""
     return h64(STATE_KIND, state_id)
 
 

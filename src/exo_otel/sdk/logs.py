@@ -40,9 +40,10 @@ class LogFields:
         self.span = span
         self.run_only = {RUN_ID_FIELD: safe_run_id}
         """For records made inside a span the node code started: its ids are worked out per record."""
+        valid = context.is_valid
         self.fields = {
-            TRACE_ID_FIELD: f"{context.trace_id:032x}" if context.is_valid else "0",
-            SPAN_ID_FIELD: f"{context.span_id:016x}" if context.is_valid else "0",
+            TRACE_ID_FIELD: f"{context.trace_id:032x}" if valid else "0",
+            SPAN_ID_FIELD: f"{context.span_id:016x}" if valid else "0",
             RUN_ID_FIELD: safe_run_id,
         }
         self.redactor = redactor

@@ -24,11 +24,18 @@ from exo_otel.sdk.fanout import FanOut, FanOutsUnderWay
 from exo_otel.sdk.placement import PlacementMemory, UnplacedReporter
 from exo_otel.sdk.request_headers import add_headers, stop_adding
 from exo_otel.sdk.run_lookup import RunLookup
-from exo_otel.sdk.run_traces import RunTraces
+from exo_otel.sdk.run_traces import RunTrace, RunTraces
 from exo_otel.sdk.state_context import PolledState, RunInfo, has_payload_run, run_from_payload
 from exo_otel.sdk.telemetry import Telemetry
 
 TRACING_ATTRIBUTE = "_exo_otel_tracing"
+
+# The guards of the per-state path, made once (a guard holds nothing but what it says).
+_PLACING: Final = guard("placing a state")
+_STARTING: Final = guard("starting a state's spans")
+_ENDING: Final = guard("ending a state's spans")
+_NOTING_REPORT: Final = guard("noting a state's report")
+_NOTING_EXECUTED: Final = guard("noting outcome executed")
 
 # The execution the current worker task is in: set when a worker takes a state off the queue,
 # read by the notification wrappers, cleared when the worker marks the task done.
@@ -74,11 +81,12 @@ class RuntimeTracing:
         if not isinstance(states, list):
             return
         association = self.telemetry.settings.run_association
+        uses_payload = association.uses_payload
         unknown = []
         for state in states:
             if not isinstance(state, dict) or not isinstance(state.get("state_id"), str):
                 continue
-            if association.uses_payload and has_payload_run(state):
+            if uses_payload and has_payload_run(state):
                 continue  # placed from its payload when a worker takes it: nothing to do now
             state_id = state["state_id"]
             run = None
@@ -132,14 +140,20 @@ class RuntimeTracing:
             searched = True
             polled = await self._find_run(polled, deadline)
         run = polled.run
+        run_trace = self.traces.of(run) if run is not None else None
         upstream = None
-        if run is not None and run.parent_state_id is not None:
+        # The upstream state's node span is linked from this state's node span: none to work out when
+        # the server emits the node spans.
+        if run is not None and run.parent_state_id is not None and not (
+            run_trace is not None and run_trace.node_spans_by_server
+        ):
             now = self._upstream_now(polled, run, run.parent_state_id)
             if isinstance(now, _AfterFanOuts):
                 upstream = await self._upstream_after_fanouts(polled, run, run.parent_state_id, deadline)
+                run_trace = self.traces.of(run)  # the same (a function of the run), if forgotten meanwhile
             else:
                 upstream = now
-        return Placement(polled, upstream, searched)
+        return Placement(polled, upstream, searched, run_trace)
 
     def start(self, state: dict[str, Any], placement: Placement) -> None:
         """Start the state's spans where `place` put them and make its execute span current. No await."""
@@ -151,7 +165,8 @@ class RuntimeTracing:
             if polled.run is None and self.telemetry.settings.run_association is not RunAssociation.NONE:
                 self.unplaced.report({attr.NAMESPACE: self.namespace, attr.NODE_NAME: polled.node_name})
         execution = begin(
-            self.telemetry, polled, state, self.namespace, self.name, placement.upstream, self.traces
+            self.telemetry, polled, state, self.namespace, self.name, placement.upstream, self.traces,
+            placement.run_trace,
         )
         if not polled.run_from_payload:
             # A state placed from its payload is placed alike by every attempt and every runtime, and
@@ -254,11 +269,12 @@ class RuntimeTracing:
 @dataclass(frozen=True, slots=True)
 class Placement:
     """`RuntimeTracing.place`'s answer: the state as placed, its upstream node span, whether it was
-    looked up (a state placed by an earlier attempt is not)."""
+    looked up (a state placed by an earlier attempt is not), its run's trace (None: no run)."""
 
     state: PolledState
     upstream: SpanContext | None
     searched: bool
+    run_trace: RunTrace | None = None
 
 
 def _no_wait() -> float:
@@ -303,13 +319,13 @@ class TracedStateQueue(asyncio.Queue[Any]):
         tracing = self.tracing
         placement = None
         try:
-            with guard("placing a state"):
+            with _PLACING:
                 placement = await tracing.place(state)
         except asyncio.CancelledError as cancelled:
             # Cancelled while exo_otel waited: without exo_otel this worker would be running the node
             # by now. So it does, placed with what is known, and the cancellation lands at its next
             # await, as it would have: no state is taken off the queue and dropped.
-            with guard("placing a state"):
+            with _PLACING:
                 placement = await tracing.place(state, wait=False)
             self._start(state, placement)
             _cancel_again(cancelled)
@@ -318,7 +334,7 @@ class TracedStateQueue(asyncio.Queue[Any]):
         return state
 
     def _start(self, state: Any, placement: Placement | None) -> None:
-        with guard("starting a state's spans"):
+        with _STARTING:
             if placement is not None:
                 self.tracing.start(state, placement)
             elif isinstance(state, dict):
@@ -328,9 +344,9 @@ class TracedStateQueue(asyncio.Queue[Any]):
         execution = _current_execution.get()
         if execution is not None:
             _current_execution.set(None)
-            with guard("ending a state's spans"):
+            with _ENDING:
                 finish(execution)
-            with guard("noting a state's report"):
+            with _NOTING_REPORT:
                 self.tracing.on_finished(execution)
         super().task_done()
 
@@ -417,7 +433,7 @@ def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
         execution = _current_execution.get()
         headers = None
         if execution is not None:
-            with guard("noting outcome executed"):
+            with _NOTING_EXECUTED:
                 _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
                 headers = _report_headers(execution)
         token = add_headers(headers)
@@ -440,6 +456,8 @@ def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
 def _outcome_wrapper(outcome: str) -> Callable[[Telemetry], AsyncMethod]:
     """Wrap a call that tells the state manager a state's outcome: remember it on the execution."""
 
+    noting = guard(f"noting outcome {outcome}")
+
     def factory(telemetry: Telemetry) -> AsyncMethod:
         async def traced_report(
             wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -447,7 +465,7 @@ def _outcome_wrapper(outcome: str) -> Callable[[Telemetry], AsyncMethod]:
             execution = _current_execution.get()
             headers = None
             if execution is not None:
-                with guard(f"noting outcome {outcome}"):
+                with noting:
                     _note_outcome(execution, outcome, instance, args, kwargs)
                     headers = _report_headers(execution)
             token = add_headers(headers)
