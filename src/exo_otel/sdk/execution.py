@@ -66,7 +66,8 @@ class Execution:
     attributes: dict[str, Any] = field(default_factory=dict)
     """The node span's attributes at its start (cleaned); never changed."""
     metric_attributes: dict[str, str] = field(default_factory=dict)
-    """Namespace, graph and node name (`metric_attributes`): shared, never changed."""
+    """Namespace, graph and node name (`metric_attributes`): shared, never changed. Empty when the meter
+    is the no-op one (nothing is recorded)."""
     # The values of the secrets the node received: never written to telemetry.
     secrets: Redactor = field(default_factory=Redactor, repr=False)
 
@@ -160,19 +161,23 @@ def begin(
     )
     # The run's baggage entries are in the run's base context already; the state's are added here.
     base = run_trace.execution_base if run_trace is not None else traces.outside_any_run
-    safe_run_id = run_trace.run_id_for_logs if run_trace is not None else ""
+    safe_run_id, trace_hex = "", None
+    if run_trace is not None:
+        safe_run_id = run_trace.run_id_for_logs
+        if execute_span.get_span_context().trace_id == run_trace.trace_id:
+            trace_hex = run_trace.trace_hex
     current = execution_context(
         base,
         execute_span,
         {attr.NODE_IDENTIFIER: identifier, attr.STATE_ID: attributes[attr.STATE_ID]},
-        LogFields(execute_span, safe_run_id, execution.secrets),
+        LogFields(execute_span, safe_run_id, execution.secrets, trace_hex),
     )
     execution.node_span = node_span
     execution.execute_span = execute_span
     execution.server_node_span = server_node_span
-    # From the run's attributes, not the spans': the spans no longer carry namespace and graph.
-    execution.metric_attributes = metric_attributes(run_attributes, node_name)
     if telemetry.metrics.recording:
+        # From the run's attributes, not the spans': the spans no longer carry namespace and graph.
+        execution.metric_attributes = metric_attributes(run_attributes, node_name)
         # In the execute span's context, so a sampled run gives the histogram an exemplar.
         telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, execution.metric_attributes, context=current)
     inflight.add(execution)

@@ -34,15 +34,22 @@ class LogFields:
 
     __slots__ = ("fields", "redactor", "run_only", "span")
 
-    def __init__(self, span: trace.Span, safe_run_id: str, redactor: Redactor | None = None) -> None:
-        """``safe_run_id`` went through `log_safe` (a run id with a newline must not forge a log line)."""
+    def __init__(
+        self,
+        span: trace.Span,
+        safe_run_id: str,
+        redactor: Redactor | None = None,
+        trace_hex: str | None = None,
+    ) -> None:
+        """``safe_run_id`` went through `log_safe` (a run id with a newline must not forge a log line);
+        ``trace_hex`` is the span's trace id as 32 hex digits, when the caller has it (its run's)."""
         context = span.get_span_context()
         self.span = span
         self.run_only = {RUN_ID_FIELD: safe_run_id}
         """For records made inside a span the node code started: its ids are worked out per record."""
         valid = context.is_valid
         self.fields = {
-            TRACE_ID_FIELD: f"{context.trace_id:032x}" if valid else "0",
+            TRACE_ID_FIELD: (trace_hex or f"{context.trace_id:032x}") if valid else "0",
             SPAN_ID_FIELD: f"{context.span_id:016x}" if valid else "0",
             RUN_ID_FIELD: safe_run_id,
         }
@@ -50,6 +57,7 @@ class LogFields:
 
 
 _FIELDS_KEY: Final = otel_context.create_key("exo_otel.log_fields")
+_get_current: Final = otel_context.get_current
 
 
 def with_log_fields(context: otel_context.Context, fields: LogFields) -> otel_context.Context:
@@ -88,7 +96,7 @@ class _CorrelatingFactory:
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record = self.previous(*args, **kwargs)
         try:
-            current = otel_context.get_current()
+            current = _get_current()
             fields = current.get(_FIELDS_KEY)
             values = record.__dict__
             if type(fields) is not LogFields:

@@ -31,6 +31,11 @@ def add_headers(headers: Mapping[str, str] | None) -> AddToken:
     return _added.set(headers)
 
 
+def adding_headers() -> bool:
+    """Whether requests made in this context get headers now."""
+    return _added.get() is not None
+
+
 def stop_adding(token: AddToken) -> None:
     if token is not None:
         _added.reset(token)

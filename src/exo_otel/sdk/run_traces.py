@@ -45,6 +45,8 @@ class RunTrace:
     attributes: dict[str, str]
     """The run's baggage entries (namespace, run id, graph name), cleaned, where its states' metric
     attributes take namespace and graph from (their spans do not carry them); shared, never changed."""
+    trace_hex: str
+    """``trace_id`` as 32 hex digits, as log records carry it."""
 
     def state_context(self, state_id: str) -> SpanContext:
         """The remote context of a state's node span in this run."""
@@ -71,6 +73,7 @@ def run_trace(run: RunInfo, namespace: str, sampler: Sampler | None) -> RunTrace
         carried is not None and run.node_spans_by_server,
         log_safe(entries[attr.RUN_ID]),
         entries,
+        f"{trace_id:032x}",
     )
 
 

@@ -22,7 +22,7 @@ from exo_otel.sdk.cpu_time import CpuMeter, metered_node_call
 from exo_otel.sdk.execution import Execution, begin, finish, record_outputs
 from exo_otel.sdk.fanout import FanOut, FanOutsUnderWay
 from exo_otel.sdk.placement import PlacementMemory, UnplacedReporter
-from exo_otel.sdk.request_headers import add_headers, stop_adding
+from exo_otel.sdk.request_headers import add_headers, adding_headers, stop_adding
 from exo_otel.sdk.run_lookup import RunLookup
 from exo_otel.sdk.run_traces import RunTrace, RunTraces
 from exo_otel.sdk.state_context import PolledState, RunInfo, has_payload_run, run_from_payload
@@ -36,6 +36,7 @@ _STARTING: Final = guard("starting a state's spans")
 _ENDING: Final = guard("ending a state's spans")
 _NOTING_REPORT: Final = guard("noting a state's report")
 _NOTING_EXECUTED: Final = guard("noting outcome executed")
+_TRACING_FANOUT: Final = guard("tracing fan-out copies")
 
 # The execution the current worker task is in: set when a worker takes a state off the queue,
 # read by the notification wrappers, cleared when the worker marks the task done.
@@ -427,28 +428,45 @@ def make_poll_wrapper(telemetry: Telemetry) -> AsyncMethod:
 def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
     """Around ``Runtime._notify_executed``: note the outcome; after a fan-out, give its copies spans."""
 
-    async def traced_executed(
-        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    async def reported(
+        wrapped: AsyncMethod,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        headers: dict[str, str] | None,
+        fanned_out: tuple[RuntimeTracing, Execution] | None,
     ) -> Any:
-        execution = _current_execution.get()
-        headers = None
-        if execution is not None:
-            with _NOTING_EXECUTED:
-                _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
-                headers = _report_headers(execution)
         token = add_headers(headers)
         try:
             result = await wrapped(*args, **kwargs)
         finally:
             stop_adding(token)
-        if execution is not None:
-            outputs = call_argument(args, kwargs, 1, "outputs", None)
-            tracing = getattr(instance, TRACING_ATTRIBUTE, None)
-            if isinstance(outputs, list) and len(outputs) > 1 and isinstance(tracing, RuntimeTracing):
-                with guard("tracing fan-out copies"):
-                    # The executed answer does not name the copies; a later run graph does (background).
-                    tracing.on_fanned_out(execution)
+        if fanned_out is not None:
+            with _TRACING_FANOUT:
+                # The executed answer does not name the copies; a later run graph does (background).
+                fanned_out[0].on_fanned_out(fanned_out[1])
         return result
+
+    # Not a coroutine function: with nothing to do after the report (no headers, no fan-out), it hands
+    # back the SDK's own coroutine, noting the outcome when the SDK makes the call.
+    def traced_executed(
+        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        execution = _current_execution.get()
+        if execution is None:
+            return reported(wrapped, args, kwargs, None, None)
+        headers = None
+        with _NOTING_EXECUTED:
+            _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
+            headers = _report_headers(execution)
+        fanned_out = None
+        outputs = call_argument(args, kwargs, 1, "outputs", None)
+        if isinstance(outputs, list) and len(outputs) > 1:
+            tracing = getattr(instance, TRACING_ATTRIBUTE, None)
+            if isinstance(tracing, RuntimeTracing):
+                fanned_out = (tracing, execution)
+        if headers is None and fanned_out is None and not adding_headers():
+            return wrapped(*args, **kwargs)
+        return reported(wrapped, args, kwargs, headers, fanned_out)
 
     return traced_executed
 
@@ -459,7 +477,20 @@ def _outcome_wrapper(outcome: str) -> Callable[[Telemetry], AsyncMethod]:
     noting = guard(f"noting outcome {outcome}")
 
     def factory(telemetry: Telemetry) -> AsyncMethod:
-        async def traced_report(
+        async def reported(
+            wrapped: AsyncMethod,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            headers: dict[str, str] | None,
+        ) -> Any:
+            token = add_headers(headers)
+            try:
+                return await wrapped(*args, **kwargs)
+            finally:
+                stop_adding(token)
+
+        # Not a coroutine function, as the executed wrapper.
+        def traced_report(
             wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             execution = _current_execution.get()
@@ -468,11 +499,9 @@ def _outcome_wrapper(outcome: str) -> Callable[[Telemetry], AsyncMethod]:
                 with noting:
                     _note_outcome(execution, outcome, instance, args, kwargs)
                     headers = _report_headers(execution)
-            token = add_headers(headers)
-            try:
-                return await wrapped(*args, **kwargs)
-            finally:
-                stop_adding(token)
+            if headers is None and not adding_headers():
+                return wrapped(*args, **kwargs)
+            return reported(wrapped, args, kwargs, headers)
 
         return traced_report
 
