@@ -116,7 +116,11 @@ def trace_id_for_run(run_id: str) -> int:
         # Sampling reads the low 64 bits, which stay intact.
         digest[7 if digest[6] >> 4 == 7 else 0] &= 0x7F
         return int.from_bytes(digest, "big") or 1
-    return int.from_bytes(_swap_random_byte(raw), "big") or 1
+    # _swap_random_byte on the integer: byte i (0 the most significant) is at bit 8 * (15 - i).
+    value = int.from_bytes(raw, "big")
+    shift = 64 if (value >> 76) & 0xF == 7 else 120  # byte 7 for version 7, else byte 0
+    moved = ((value >> shift) ^ (value >> 56)) & 0xFF
+    return (value ^ (moved << shift) ^ (moved << 56)) or 1
 
 
 # Only the canonical 8-4-4-4-12 form (any case) with the RFC 4122 variant (10xx: the first digit

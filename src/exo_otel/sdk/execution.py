@@ -39,6 +39,8 @@ _UNKNOWN_FAILURE: Final = Status(StatusCode.ERROR, "state errored")
 _NO_SPAN: Final = context.set_value(context.create_key("exo_otel.no_exemplar"), True, context.Context())
 # The execute span's messaging attributes: the same for every state.
 _EXECUTE_MESSAGING: Final = attr.execute_messaging()
+# The metric attributes of an execution when nothing is recorded (shared, never changed).
+_NOTHING_RECORDED: Final[dict[str, str]] = {}
 FINAL_OUTCOMES = frozenset(
     {attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED, attr.OUTCOME_PRUNED, attr.OUTCOME_INTERRUPTED}
 )
@@ -120,10 +122,7 @@ def begin(
     attributes = state_attributes(state, None if run_trace is not None else run_attributes[attr.NAMESPACE])
     identifier = clean_str(state.identifier)
     node_name = attributes[attr.NODE_NAME]
-    execution = Execution(
-        telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now,
-        attributes=attributes,
-    )
+    secrets = Redactor()
     # Before 1970 or after now is no creation time: the span starts now, with no queue wait.
     created = timestamp_or(state.created_at_ns, now)
     # Only the run's context: never whatever was current where the runtime started.
@@ -161,25 +160,24 @@ def begin(
     )
     # The run's baggage entries are in the run's base context already; the state's are added here.
     base = run_trace.execution_base if run_trace is not None else traces.outside_any_run
-    safe_run_id, trace_hex = "", None
-    if run_trace is not None:
-        safe_run_id = run_trace.run_id_for_logs
-        if execute_span.get_span_context().trace_id == run_trace.trace_id:
-            trace_hex = run_trace.trace_hex
-    current = execution_context(
-        base,
-        execute_span,
-        {attr.NODE_IDENTIFIER: identifier, attr.STATE_ID: attributes[attr.STATE_ID]},
-        LogFields(execute_span, safe_run_id, execution.secrets, trace_hex),
+    log_fields = (
+        LogFields(execute_span, run_trace.run_id_for_logs, secrets, (run_trace.trace_id, run_trace.trace_hex))
+        if run_trace is not None
+        else LogFields(execute_span, "", secrets)
     )
-    execution.node_span = node_span
-    execution.execute_span = execute_span
-    execution.server_node_span = server_node_span
-    if telemetry.metrics.recording:
-        # From the run's attributes, not the spans': the spans no longer carry namespace and graph.
-        execution.metric_attributes = metric_attributes(run_attributes, node_name)
+    entries = {attr.NODE_IDENTIFIER: identifier, attr.STATE_ID: attributes[attr.STATE_ID]}
+    current = execution_context(base, execute_span, entries, log_fields)
+    recording = telemetry.metrics.recording
+    # From the run's attributes, not the spans': the spans no longer carry namespace and graph.
+    state_metric_attributes = metric_attributes(run_attributes, node_name) if recording else _NOTHING_RECORDED
+    execution = Execution(
+        telemetry, state, namespace, runtime_name, node_span, execute_span, now,
+        server_node_span=server_node_span, attributes=attributes, metric_attributes=state_metric_attributes,
+        secrets=secrets,
+    )
+    if recording:
         # In the execute span's context, so a sampled run gives the histogram an exemplar.
-        telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, execution.metric_attributes, context=current)
+        telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, state_metric_attributes, context=current)
     inflight.add(execution)
     # Last: nothing after it can fail, so the context is detached by `finish` whatever happens.
     execution.token = context.attach(current)

@@ -39,16 +39,22 @@ class LogFields:
         span: trace.Span,
         safe_run_id: str,
         redactor: Redactor | None = None,
-        trace_hex: str | None = None,
+        known_trace: tuple[int, str] | None = None,
     ) -> None:
         """``safe_run_id`` went through `log_safe` (a run id with a newline must not forge a log line);
-        ``trace_hex`` is the span's trace id as 32 hex digits, when the caller has it (its run's)."""
+        ``known_trace`` is a trace id and its 32 hex digits (the run's), used when it is the span's."""
         context = span.get_span_context()
         self.span = span
         """Records made while it is current get ``trace_id`` and ``span_id``; inside a span the node
         code started, that span's ids are worked out per record."""
         valid = context.is_valid
-        self.trace_id = (trace_hex or f"{context.trace_id:032x}") if valid else "0"
+        trace_id = context.trace_id
+        if not valid:
+            self.trace_id = "0"
+        elif known_trace is not None and known_trace[0] == trace_id:
+            self.trace_id = known_trace[1]
+        else:
+            self.trace_id = f"{trace_id:032x}"
         self.span_id = f"{context.span_id:016x}" if valid else "0"
         self.run_id = safe_run_id
         self.redactor = redactor

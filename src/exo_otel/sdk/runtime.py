@@ -148,7 +148,7 @@ class RuntimeTracing:
         if run is not None and run.parent_state_id is not None and not (
             run_trace is not None and run_trace.node_spans_by_server
         ):
-            now = self._upstream_now(polled, run, run.parent_state_id)
+            now = self._upstream_now(polled, run, run.parent_state_id, run_trace)
             if isinstance(now, _AfterFanOuts):
                 upstream = await self._upstream_after_fanouts(polled, run, run.parent_state_id, deadline)
                 run_trace = self.traces.of(run)  # the same (a function of the run), if forgotten meanwhile
@@ -210,7 +210,7 @@ class RuntimeTracing:
         return wait_s if lookup.can_place_within(wait_s) else 0.0
 
     def _upstream_now(
-        self, polled: PolledState, run: RunInfo, parent_state_id: str
+        self, polled: PolledState, run: RunInfo, parent_state_id: str, run_trace: RunTrace | None = None
     ) -> SpanContext | _AfterFanOuts | None:
         """Where the direct upstream state's node span is, when this runtime can be sure of it now;
         `_AFTER_FANOUTS` when a fan-out of the run is under way here (the upstream state may be a copy
@@ -222,7 +222,7 @@ class RuntimeTracing:
             return _AFTER_FANOUTS
         if polled.run_from_payload:
             # The server gives every runtime the run: the upstream state's span is in the run's trace.
-            return self.traces.of(run).state_context(parent_state_id)
+            return (run_trace or self.traces.of(run)).state_context(parent_state_id)
         # Found through the run APIs, upstream executed elsewhere: its runtime may have placed it in no run.
         return None
 

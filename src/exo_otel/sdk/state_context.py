@@ -56,19 +56,15 @@ class PolledState:
     ) -> PolledState:
         get = state.get
         return cls(
-            _text(get("state_id", "")),
-            _text(get("node_name", "")),
-            _text(get("identifier", "")),
+            str(get("state_id", "")),
+            str(get("node_name", "")),
+            str(get("identifier", "")),
             parse_timestamp_ns(get("created_at")),
             run,
             _retry_count(get("retry_count")),
             run_from_payload and run is not None,
             run is not None and run.node_spans_by_server,
         )
-
-
-def _text(value: object) -> str:
-    return value if type(value) is str else str(value)
 
 
 def _retry_count(value: object) -> int | None:
