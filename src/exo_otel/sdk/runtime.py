@@ -320,8 +320,9 @@ class TracedStateQueue(asyncio.Queue[Any]):
         tracing = self.tracing
         placement = None
         try:
-            with _PLACING:
-                placement = await tracing.place(state)
+            placement = await tracing.place(state)
+        except Exception as exc:
+            _PLACING.failed(exc)
         except asyncio.CancelledError as cancelled:
             # Cancelled while exo_otel waited: without exo_otel this worker would be running the node
             # by now. So it does, placed with what is known, and the cancellation lands at its next
@@ -335,20 +336,26 @@ class TracedStateQueue(asyncio.Queue[Any]):
         return state
 
     def _start(self, state: Any, placement: Placement | None) -> None:
-        with _STARTING:
+        try:
             if placement is not None:
                 self.tracing.start(state, placement)
             elif isinstance(state, dict):
                 self.tracing.polled.pop(str(state.get("state_id")), None)  # no spans: forget it
+        except Exception as exc:
+            _STARTING.failed(exc)
 
     def task_done(self) -> None:
         execution = _current_execution.get()
         if execution is not None:
             _current_execution.set(None)
-            with _ENDING:
+            try:
                 finish(execution)
-            with _NOTING_REPORT:
+            except Exception as exc:
+                _ENDING.failed(exc)
+            try:
                 self.tracing.on_finished(execution)
+            except Exception as exc:
+                _NOTING_REPORT.failed(exc)
         super().task_done()
 
 
@@ -455,9 +462,11 @@ def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
         if execution is None:
             return reported(wrapped, args, kwargs, None, None)
         headers = None
-        with _NOTING_EXECUTED:
+        try:
             _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
             headers = _report_headers(execution)
+        except Exception as exc:
+            _NOTING_EXECUTED.failed(exc)
         fanned_out = None
         outputs = call_argument(args, kwargs, 1, "outputs", None)
         if isinstance(outputs, list) and len(outputs) > 1:
