@@ -582,7 +582,9 @@ def _check_details(part: Part) -> dict[str, Any]:
 # --- the parent: callgrind processes, one at a time ------------------------------------------------------
 
 def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "EXOSPHERE_", "PYTHON"))}
+    # PYTHONPATH stays: the child imports the exo_otel this process would (a worktree's sources first).
+    env = {k: v for k, v in os.environ.items()
+           if k == "PYTHONPATH" or not k.startswith(("OTEL_", "EXOSPHERE_", "PYTHON"))}
     env["PYTHONHASHSEED"] = HASH_SEED
     env[CALLGRIND_ENV] = "1"
     return env

@@ -19,6 +19,10 @@ state in ``metrics`` mode (2 histogram records with the execute span current, so
 run; 1 counter add outside any span; the in-flight gauge is observed at collection, not per state); their
 ratio; and the throughput ratio (states per second) against ``plain``. ``--work-ms 1`` makes every node
 busy the CPU 1 ms.
+
+Every figure is a median over rounds, printed with its rounds' spread (min, max). A median whose rounds span
+more than 20% of it (or that is not positive) is marked "spread too wide to conclude": on a shared machine
+such a figure cannot tell a 20% change from noise (``benchmarks/exact_cost.py`` counts instructions instead).
 """
 
 from __future__ import annotations
@@ -142,9 +146,31 @@ async def wait_for_runs(uri: str, key: str, run_ids: set[str]) -> None:
             await asyncio.sleep(0.02)
 
 
+WIDEST_SPREAD = 0.20
+"""The widest spread of rounds, (max - min) / median, at which a median still says something."""
+
+
+def verdict(values: list[float]) -> str:
+    """Whether the median of these rounds can be concluded from: their spread against it."""
+    median = statistics.median(values)
+    if len(values) < 2:
+        return "one round: spread unknown, nothing to conclude"
+    if median <= 0:
+        return "median not positive: spread too wide to conclude"
+    width = (max(values) - min(values)) / median
+    if width > WIDEST_SPREAD:
+        return f"rounds span {width:.0%} of the median: spread too wide to conclude"
+    return f"rounds span {width:.0%} of the median"
+
+
 def spread(values: list[float], scale: float) -> str:
     return (f"median {statistics.median(values) * scale:8.1f}  "
-            f"(min {min(values) * scale:.1f}, max {max(values) * scale:.1f})")
+            f"(min {min(values) * scale:.1f}, max {max(values) * scale:.1f}; {verdict(values)})")
+
+
+def ratio_spread(values: list[float]) -> str:
+    return (f"median {statistics.median(values):.2f}  (min {min(values):.2f}, max {max(values):.2f}; "
+            f"{verdict(values)})")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -187,6 +213,7 @@ def report(args: argparse.Namespace, samples: dict[str, Samples]) -> None:
           "another; OTLP/HTTP to a local sink; logging at INFO")
     plain = statistics.median(samples["plain"].cpu_per_state)
     plain_rate = statistics.median(samples["plain"].states_per_s)
+    plain_rates = samples["plain"].states_per_s
     print(f"plain    runtime CPU per execution (us): {spread(samples['plain'].cpu_per_state, us)}")
     for mode in ("spans", "metrics"):
         s = samples[mode]
@@ -198,14 +225,16 @@ def report(args: argparse.Namespace, samples: dict[str, Samples]) -> None:
         in_place_floor = statistics.median(sdk.cpu_per_state) - plain
         print(f"{mode:8} runtime CPU per execution (us): {spread(s.cpu_per_state, us)}")
         print(f"{mode:8}   added CPU per execution (us): {added * us:8.1f}  (by round: "
-              f"{', '.join(f'{a * us:.1f}' for a in added_by_round)})")
+              f"{', '.join(f'{a * us:.1f}' for a in added_by_round)}; {verdict(added_by_round)})")
         print(f"{mode:8}   SDK floor per execution (us): {spread(s.floor_per_state, us)}  (replayed)")
+        by_round = [a / f for a, f in zip(added_by_round, s.floor_per_state, strict=True)]
         print(f"{mode:8}   added / floor: {added / floor:.2f}   (by round: "
-              f"{', '.join(f'{a / f:.2f}' for a, f in zip(added_by_round, s.floor_per_state, strict=True))})")
+              f"{', '.join(f'{r:.2f}' for r in by_round)}; {verdict(by_round)})")
         print(f"{mode:8}   in-place SDK floor per execution (us): {in_place_floor * us:8.1f}  (by round: "
-              f"{', '.join(f'{f * us:.1f}' for f in in_place)})")
+              f"{', '.join(f'{f * us:.1f}' for f in in_place)}; {verdict(in_place)})")
+        by_round = [a / f for a, f in zip(added_by_round, in_place, strict=True)]
         print(f"{mode:8}   added / in-place floor: {added / in_place_floor:.2f}   (by round: "
-              f"{', '.join(f'{a / f:.2f}' for a, f in zip(added_by_round, in_place, strict=True))})")
+              f"{', '.join(f'{r:.2f}' for r in by_round)}; {verdict(by_round)})")
         # The least code making the same SDK calls in the runtime, against the same calls in a warm loop:
         # what the runtime's cold caches and interleaving add to the SDK's calls, whoever makes them.
         room = (1.5 * floor - in_place_floor) * us
@@ -214,6 +243,8 @@ def report(args: argparse.Namespace, samples: dict[str, Samples]) -> None:
         print(f"{mode:8}   throughput ratio to plain: {statistics.median(s.states_per_s) / plain_rate:.3f}  "
               f"(states/s: plain {plain_rate:.0f}, {mode} {statistics.median(s.states_per_s):.0f}, "
               f"sdk-{mode} {statistics.median(sdk.states_per_s):.0f})")
+        rates = [r / p for r, p in zip(s.states_per_s, plain_rates, strict=True)]
+        print(f"{mode:8}   throughput ratio to plain by round: {ratio_spread(rates)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 
 from exo_otel.core.ids import RunIdGenerator
 from exo_otel.sdk.config import RunAssociation
-from exo_otel.sdk.instrumentor import PATCHES, ExosphereInstrumentor
+from exo_otel.sdk.instrumentor import CPU_TIME_PATCHES, PATCHES, ExosphereInstrumentor, Patch
 from exo_otel.sdk.package import _instruments
 
 
@@ -28,14 +28,14 @@ def _target(module_name: str, attribute: str) -> object:
     return owner
 
 
-def _wrapped_flags() -> list[bool]:
-    return [isinstance(_target(m, a), wrapt.FunctionWrapper) for m, a, _ in PATCHES]
+def _wrapped_flags(patches: tuple[Patch, ...] = PATCHES + CPU_TIME_PATCHES) -> list[bool]:
+    return [isinstance(_target(m, a), wrapt.FunctionWrapper) for m, a, _ in patches]
 
 
 def test_every_patch_target_exists_in_the_installed_sdk() -> None:
     # Drift: the targets are (partly private) methods of a 0.0.x SDK; a release that renames one
     # must fail here, loudly, not silently lose spans.
-    for module_name, attribute, _factory in PATCHES:
+    for module_name, attribute, _factory in PATCHES + CPU_TIME_PATCHES:
         target = _target(module_name, attribute)
         assert callable(target), f"{module_name}.{attribute} is gone or not callable"
 
@@ -64,16 +64,32 @@ def test_instrument_uninstrument_instrument() -> None:
     instrumentor = ExosphereInstrumentor()
     assert not any(_wrapped_flags())
     instrumentor.instrument(tracer_provider=provider)
-    assert all(_wrapped_flags())
+    # CPU time is off by default: the node call and the event loop's executor stay unwrapped.
+    assert all(_wrapped_flags(PATCHES)) and not any(_wrapped_flags(CPU_TIME_PATCHES))
     assert isinstance(provider.id_generator, RunIdGenerator)
-    instrumentor.instrument(tracer_provider=provider)  # a second call is harmless
-    assert all(_wrapped_flags())
+    instrumentor.instrument(tracer_provider=provider, cpu_time=True)  # a second call is harmless
+    assert all(_wrapped_flags(PATCHES)) and not any(_wrapped_flags(CPU_TIME_PATCHES))
     instrumentor.uninstrument()
     assert not any(_wrapped_flags())
     assert isinstance(provider.id_generator, RandomIdGenerator)
-    instrumentor.instrument(tracer_provider=provider)
+    instrumentor.instrument(tracer_provider=provider, cpu_time=True)
     assert all(_wrapped_flags())
     instrumentor.uninstrument()
+    assert not any(_wrapped_flags())
+    instrumentor.instrument(tracer_provider=provider)
+    assert all(_wrapped_flags(PATCHES)) and not any(_wrapped_flags(CPU_TIME_PATCHES))
+    instrumentor.uninstrument()
+    assert not any(_wrapped_flags())
+
+
+def test_cpu_time_from_the_environment_wraps_the_cpu_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_CPU_TIME", "true")
+    instrumentor = ExosphereInstrumentor()
+    instrumentor.instrument(tracer_provider=TracerProvider())
+    try:
+        assert all(_wrapped_flags())
+    finally:
+        instrumentor.uninstrument()
     assert not any(_wrapped_flags())
 
 
@@ -121,6 +137,6 @@ def test_no_op_and_foreign_providers_are_accepted() -> None:
 
     for provider in (trace.NoOpTracerProvider(), ForeignProvider()):
         instrumentor = ExosphereInstrumentor()
-        instrumentor.instrument(tracer_provider=provider)
+        instrumentor.instrument(tracer_provider=provider, cpu_time=True)
         assert all(_wrapped_flags())
         instrumentor.uninstrument()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import re
 import uuid
@@ -55,8 +56,10 @@ def outcome_span_id(run_id: str) -> int:
     return h64(OUTCOME_KIND, run_id)
 
 
+@functools.lru_cache(maxsize=4096)
 def state_span_id(state_id: str) -> int:
-    """Span id of a state's node span."""
+    """Span id of a state's node span. Remembered for the latest states: a runtime derives a state's
+    id for its own spans and again for the states after it (their links, or their parent)."""
     return h64(STATE_KIND, state_id)
 
 
@@ -113,7 +116,11 @@ def trace_id_for_run(run_id: str) -> int:
         # Sampling reads the low 64 bits, which stay intact.
         digest[7 if digest[6] >> 4 == 7 else 0] &= 0x7F
         return int.from_bytes(digest, "big") or 1
-    return int.from_bytes(_swap_random_byte(raw), "big") or 1
+    # _swap_random_byte on the integer: byte i (0 the most significant) is at bit 8 * (15 - i).
+    value = int.from_bytes(raw, "big")
+    shift = 64 if (value >> 76) & 0xF == 7 else 120  # byte 7 for version 7, else byte 0
+    moved = ((value >> shift) ^ (value >> 56)) & 0xFF
+    return (value ^ (moved << shift) ^ (moved << 56)) or 1
 
 
 # Only the canonical 8-4-4-4-12 form (any case) with the RFC 4122 variant (10xx: the first digit

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from opentelemetry.metrics import CallbackT, Counter, Histogram, Meter, ObservableUpDownCounter
+from opentelemetry.metrics import CallbackT, Counter, Histogram, Meter, NoOpMeter, ObservableUpDownCounter
 
 TRIGGER_COUNT: Final = "exosphere.trigger.count"
 NODE_DURATION: Final = "exosphere.node.duration"
@@ -57,6 +57,8 @@ class ExosphereMetrics:
     inflight: ObservableUpDownCounter
     poll_duration: Histogram
     unplaced: Counter
+    recording: bool = True
+    """False when the meter is the API's no-op one: then the per-state records are not even made."""
 
     @classmethod
     def create(cls, meter: Meter, inflight: Sequence[CallbackT] = ()) -> ExosphereMetrics:
@@ -102,4 +104,6 @@ class ExosphereMetrics:
                 unit="{state}",
                 description="States a runtime executed without finding their run (traces of their own).",
             ),
+            # Exactly the no-op meter (a proxy meter may get a real provider later: it records).
+            recording=type(meter) is not NoOpMeter,
         )

@@ -181,7 +181,8 @@ def record_failure(span: Span, exc: BaseException, redact: Redact | None = None)
 class guard:
     """Run instrumentation code so that a bug in it is logged and the user's program goes on.
 
-    A class, not a generator: it is entered several times per state on the runtime's hot path.
+    A class, not a generator: it is entered several times per state on the runtime's hot path. The
+    per-state path uses ``try``/``except Exception`` with `failed` instead (no call on success).
     """
 
     __slots__ = ("_what",)
@@ -197,5 +198,9 @@ class guard:
     ) -> bool:
         if not isinstance(exc, Exception):
             return False  # nothing raised, or a BaseException (cancellation, exit): it goes on
-        _logger.warning("exo_otel: %s failed; the instrumented code continues", self._what, exc_info=exc)
+        self.failed(exc)
         return True
+
+    def failed(self, exc: Exception) -> None:
+        """Log ``exc``, raised by the instrumentation code this guard names."""
+        _logger.warning("exo_otel: %s failed; the instrumented code continues", self._what, exc_info=exc)

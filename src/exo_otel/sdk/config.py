@@ -38,7 +38,7 @@ background lookup to find it. Default 250; ``0`` never waits."""
 OTEL_PYTHON_EXOSPHERE_CPU_TIME: Final = "OTEL_PYTHON_EXOSPHERE_CPU_TIME"
 """``true`` measures each execution's CPU time (``exosphere.execution.cpu_time``, the
 ``exosphere.node.cpu_time`` histogram, and the run sums the state manager side makes). Default ``false``:
-it costs 7-9% of exo_otel's added instructions per execution with spans only, 14-19% with metrics
+it costs 9-13% of exo_otel's added instructions per execution with spans only, 16-20% with metrics
 (``benchmarks/exact_cost.py --no-cpu-time``), more than the 5% that would make it a default."""
 
 DEFAULT_IO_MAX_LENGTH: Final = 256

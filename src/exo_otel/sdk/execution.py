@@ -28,7 +28,7 @@ from exo_otel.sdk import inflight
 from exo_otel.sdk.cpu_time import CpuMeter
 from exo_otel.sdk.execution_context import execution_context
 from exo_otel.sdk.logs import LogFields
-from exo_otel.sdk.run_traces import RunTraces
+from exo_otel.sdk.run_traces import RunTrace, RunTraces
 from exo_otel.sdk.state_context import PolledState, link_to_state
 from exo_otel.sdk.telemetry import Telemetry
 
@@ -39,6 +39,8 @@ _UNKNOWN_FAILURE: Final = Status(StatusCode.ERROR, "state errored")
 _NO_SPAN: Final = context.set_value(context.create_key("exo_otel.no_exemplar"), True, context.Context())
 # The execute span's messaging attributes: the same for every state.
 _EXECUTE_MESSAGING: Final = attr.execute_messaging()
+# The metric attributes of an execution when nothing is recorded (shared, never changed).
+_NOTHING_RECORDED: Final[dict[str, str]] = {}
 FINAL_OUTCOMES = frozenset(
     {attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED, attr.OUTCOME_PRUNED, attr.OUTCOME_INTERRUPTED}
 )
@@ -61,10 +63,13 @@ class Execution:
     requeue_delay_ms: int | None = None
     cpu: CpuMeter | None = None
     """The CPU time of the node's code, once the node is called (and CPU time is measured)."""
+    server_node_span: bool = False
+    """``node_span`` is the state manager side's (not recording here): nothing to set on it or end."""
     attributes: dict[str, Any] = field(default_factory=dict)
     """The node span's attributes at its start (cleaned); never changed."""
     metric_attributes: dict[str, str] = field(default_factory=dict)
-    """Namespace, graph and node name (`metric_attributes`): shared, never changed."""
+    """Namespace, graph and node name (`metric_attributes`): shared, never changed. Empty when the meter
+    is the no-op one (nothing is recorded)."""
     # The values of the secrets the node received: never written to telemetry.
     secrets: Redactor = field(default_factory=Redactor, repr=False)
 
@@ -96,6 +101,7 @@ def begin(
     runtime_name: str,
     upstream: trace.SpanContext | None = None,
     traces: RunTraces | None = None,
+    run_trace: RunTrace | None = None,
 ) -> Execution:
     """Start the node and execute spans of a state and make the execute span current.
 
@@ -103,28 +109,28 @@ def begin(
     the queue wait) and is ended only at the state's final outcome. With no run, the node span is
     the root of the state's own trace (trace id from the state id, shared by all its attempts).
     ``upstream`` is where the direct upstream state's node span is, when that is known; ``traces``
-    holds what the runtime derived of runs already (a fresh one is made when not given).
+    holds what the runtime derived of runs already (a fresh one is made when not given); ``run_trace``
+    is the state's run's, when the caller has it already.
     """
     now = time.time_ns()
     run = state.run
     if traces is None:
         traces = RunTraces(namespace, telemetry.sampler)
-    run_trace = traces.of(run) if run is not None else None
+    if run_trace is None and run is not None:
+        run_trace = traces.of(run)
     run_attributes = run_trace.attributes if run_trace is not None else traces.no_run
     attributes = state_attributes(state, None if run_trace is not None else run_attributes[attr.NAMESPACE])
     identifier = clean_str(state.identifier)
     node_name = attributes[attr.NODE_NAME]
-    execution = Execution(
-        telemetry, state, namespace, runtime_name, trace.INVALID_SPAN, trace.INVALID_SPAN, now,
-        attributes=attributes,
-    )
+    secrets = Redactor()
     # Before 1970 or after now is no creation time: the span starts now, with no queue wait.
     created = timestamp_or(state.created_at_ns, now)
     # Only the run's context: never whatever was current where the runtime started.
     parent = run_trace.node_parent if run_trace is not None else context.Context()
-    if run_trace is not None and run_trace.node_spans_by_server and state.state_id:
+    server_node_span = run_trace is not None and run_trace.node_spans_by_server and bool(state.state_id)
+    if server_node_span:
         # The server emits the node span: execute spans go under its deterministic id.
-        node_span: trace.Span = trace.NonRecordingSpan(run_trace.state_context(state.state_id))
+        node_span: trace.Span = trace.NonRecordingSpan(run_trace.state_context(state.state_id))  # type: ignore[union-attr]
     else:
         node_span = start_span(
             telemetry.tracer,
@@ -154,19 +160,24 @@ def begin(
     )
     # The run's baggage entries are in the run's base context already; the state's are added here.
     base = run_trace.execution_base if run_trace is not None else traces.outside_any_run
-    safe_run_id = run_trace.run_id_for_logs if run_trace is not None else ""
-    current = execution_context(
-        base,
-        execute_span,
-        {attr.NODE_IDENTIFIER: identifier, attr.STATE_ID: attributes[attr.STATE_ID]},
-        LogFields(execute_span, safe_run_id, execution.secrets),
+    log_fields = (
+        LogFields(execute_span, run_trace.run_id_for_logs, secrets, (run_trace.trace_id, run_trace.trace_hex))
+        if run_trace is not None
+        else LogFields(execute_span, "", secrets)
     )
-    execution.node_span = node_span
-    execution.execute_span = execute_span
+    entries = {attr.NODE_IDENTIFIER: identifier, attr.STATE_ID: attributes[attr.STATE_ID]}
+    current = execution_context(base, execute_span, entries, log_fields)
+    recording = telemetry.metrics.recording
     # From the run's attributes, not the spans': the spans no longer carry namespace and graph.
-    execution.metric_attributes = metric_attributes(run_attributes, node_name)
-    # In the execute span's context, so a sampled run gives the histogram an exemplar.
-    telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, execution.metric_attributes, context=current)
+    state_metric_attributes = metric_attributes(run_attributes, node_name) if recording else _NOTHING_RECORDED
+    execution = Execution(
+        telemetry, state, namespace, runtime_name, node_span, execute_span, now,
+        server_node_span=server_node_span, attributes=attributes, metric_attributes=state_metric_attributes,
+        secrets=secrets,
+    )
+    if recording:
+        # In the execute span's context, so a sampled run gives the histogram an exemplar.
+        telemetry.metrics.queue_wait.record(queue_wait_ns / 1e9, state_metric_attributes, context=current)
     inflight.add(execution)
     # Last: nothing after it can fail, so the context is detached by `finish` whatever happens.
     execution.token = context.attach(current)
@@ -249,14 +260,15 @@ def _end_spans(execution: Execution) -> None:
     outcome = execution.outcome or attr.OUTCOME_ERRORED
     execute_span, node_span = execution.execute_span, execution.node_span
     secrets = execution.secrets
-    node_span.set_attribute(attr.STATE_OUTCOME, outcome)
+    if not execution.server_node_span:
+        node_span.set_attribute(attr.STATE_OUTCOME, outcome)
     if outcome != attr.OUTCOME_EXECUTED:
         # An attempt that executed says so by its OK status (and its node span's outcome): the
         # attribute is left off the commonest span of a run (docs/trace-model.md, section "Size").
         execute_span.set_attribute(attr.STATE_OUTCOME, outcome)
-    for span in (execute_span, node_span):
-        if secrets.values:
-            # Started before the secrets were known: a payload value may equal one of them.
+    if secrets.values:
+        # Started before the secrets were known: a payload value may equal one of them.
+        for span in (execute_span, node_span):
             redact_recorded(span, secrets)
     if outcome == attr.OUTCOME_EXECUTED:
         execute_span.set_status(_OK)
@@ -279,24 +291,27 @@ def _end_spans(execution: Execution) -> None:
             span.set_attribute(attr.ERROR_TYPE, attr.ERROR_TYPE_OTHER)
             span.set_status(_UNKNOWN_FAILURE)
     metrics = execution.telemetry.metrics
-    base = execution.metric_attributes
-    node_name = base.get(attr.NODE_NAME, "")
-    outcome_attributes = metric_attributes(base, node_name, outcome)
-    duration_attributes = outcome_attributes
-    if outcome in (attr.OUTCOME_ERRORED, attr.OUTCOME_INTERRUPTED):
-        # error.type on the duration of failed executions (docs/trace-model.md, section "Metrics").
-        failure = error_type(execution.error) if execution.error is not None else attr.ERROR_TYPE_OTHER
-        duration_attributes = metric_attributes(base, node_name, outcome, failure)
-    # Recorded while the execute span is current, so sampled runs give the histogram exemplars.
-    metrics.node_duration.record((end - execution.started_ns) / 1e9, duration_attributes)
+    cpu_seconds = None
     if execution.cpu is not None:
         cpu_seconds = execution.cpu.seconds
         execute_span.set_attribute(attr.EXECUTION_CPU_TIME, cpu_seconds)
-        metrics.node_cpu_time.record(cpu_seconds, outcome_attributes)
-    # Exemplars are for histograms (docs/trace-model.md, section "Metrics"): the counter gets none.
-    metrics.executions.add(1, outcome_attributes, context=_NO_SPAN)
+    if metrics.recording:
+        base = execution.metric_attributes
+        node_name = base.get(attr.NODE_NAME, "")
+        outcome_attributes = metric_attributes(base, node_name, outcome)
+        duration_attributes = outcome_attributes
+        if outcome in (attr.OUTCOME_ERRORED, attr.OUTCOME_INTERRUPTED):
+            # error.type on the duration of failed executions (docs/trace-model.md, section "Metrics").
+            failure = error_type(execution.error) if execution.error is not None else attr.ERROR_TYPE_OTHER
+            duration_attributes = metric_attributes(base, node_name, outcome, failure)
+        # Recorded while the execute span is current, so sampled runs give the histogram exemplars.
+        metrics.node_duration.record((end - execution.started_ns) / 1e9, duration_attributes)
+        if cpu_seconds is not None:
+            metrics.node_cpu_time.record(cpu_seconds, outcome_attributes)
+        # Exemplars are for histograms (docs/trace-model.md, section "Metrics"): the counter gets none.
+        metrics.executions.add(1, outcome_attributes, context=_NO_SPAN)
     end_span(execute_span, end)
-    if outcome in FINAL_OUTCOMES:
+    if outcome in FINAL_OUTCOMES and not execution.server_node_span:
         end_span(node_span, end)
     # A requeued state's node span is left unended, so never exported: the runtime that reports
     # the state's final outcome emits it, and no span id is emitted twice.

@@ -49,10 +49,12 @@ SCHEMA_URL: Final = attr.SCHEMA_URL
 
 WrapperFactory = Callable[[Telemetry], Callable[..., Any]]
 
-# (module, "Class.method", wrapper factory). _instrument wraps every row and _uninstrument unwraps
-# every row, so the two cannot drift. The targets are methods of a 0.0.x SDK (some private); the
-# drift test fails loudly if one disappears.
-PATCHES: Final[tuple[tuple[str, str, WrapperFactory], ...]] = (
+Patch = tuple[str, str, WrapperFactory]
+
+# (module, "Class.method", wrapper factory). _instrument wraps the rows that apply (`patches_for`) and
+# _uninstrument unwraps exactly the rows it wrapped, so the two cannot drift. The targets are methods of
+# a 0.0.x SDK (some private); the drift test fails loudly if one disappears.
+PATCHES: Final[tuple[Patch, ...]] = (
     ("exospherehost.statemanager", "StateManager.trigger", make_trigger_wrapper),
     (
         "exospherehost.statemanager",
@@ -76,14 +78,23 @@ PATCHES: Final[tuple[tuple[str, str, WrapperFactory], ...]] = (
     ("exospherehost.runtime", "Runtime._worker", make_worker_wrapper),
     # The secrets a node receives, so that no telemetry shows them.
     ("exospherehost.runtime", "Runtime._get_secrets", make_secrets_wrapper),
-    # The node's own code, metered for the execution's CPU time (docs/trace-model.md, "CPU time"),
-    # with what it hands to the event loop's executor threads (asyncio.to_thread among them).
-    ("exospherehost.node.BaseNode", "BaseNode._execute", make_node_wrapper),
-    ("asyncio.base_events", "BaseEventLoop.run_in_executor", make_executor_wrapper),
     # The SDK builds its requests inside: the trigger gets the caller's W3C headers here, a state's
     # report its execution's CPU time.
     ("aiohttp.client", "ClientSession._request", make_request_headers_wrapper),
 )
+
+# Only with CPU time on (`Settings.cpu_time`): the node's own code, metered for the execution's CPU time
+# (docs/trace-model.md, "CPU time"), with what it hands to the event loop's executor threads
+# (asyncio.to_thread among them). With it off, neither the node call nor the event loop is wrapped.
+CPU_TIME_PATCHES: Final[tuple[Patch, ...]] = (
+    ("exospherehost.node.BaseNode", "BaseNode._execute", make_node_wrapper),
+    ("asyncio.base_events", "BaseEventLoop.run_in_executor", make_executor_wrapper),
+)
+
+
+def patches_for(settings: Settings) -> tuple[Patch, ...]:
+    """The rows the instrumentor wraps with these settings."""
+    return PATCHES + CPU_TIME_PATCHES if settings.cpu_time else PATCHES
 
 
 class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -168,8 +179,11 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         )
         self._telemetry = telemetry
         install_log_correlation()
-        for module_name, attribute, factory in PATCHES:
+        self._installed_patches: tuple[Patch, ...] = ()
+        for patch in patches_for(settings):
+            module_name, attribute, factory = patch
             wrap_function_wrapper(module_name, attribute, factory(telemetry))
+            self._installed_patches += (patch,)
         self._signal_flush = SignalFlush(tracer_provider, meter_provider)
         with guard("installing the signal handlers"):
             self._signal_flush.install()
@@ -181,12 +195,13 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             telemetry.enabled = False
         if not getattr(self, "_patched", False):
             return
-        for module_name, attribute, _factory in PATCHES:
+        for module_name, attribute, _factory in getattr(self, "_installed_patches", ()):
             owner_name, _, method = attribute.rpartition(".")
             owner = importlib.import_module(module_name)
             for part in owner_name.split("."):
                 owner = getattr(owner, part)
             unwrap(owner, method)
+        self._installed_patches = ()
         remove_log_correlation()
         signal_flush = getattr(self, "_signal_flush", None)
         if signal_flush is not None:

@@ -32,23 +32,36 @@ class LogFields:
     baggage (which anyone upstream can forge); ``redactor`` takes the execution's secrets out.
     """
 
-    __slots__ = ("fields", "redactor", "run_only", "span")
+    __slots__ = ("redactor", "run_id", "span", "span_id", "trace_id")
 
-    def __init__(self, span: trace.Span, safe_run_id: str, redactor: Redactor | None = None) -> None:
-        """``safe_run_id`` went through `log_safe` (a run id with a newline must not forge a log line)."""
+    def __init__(
+        self,
+        span: trace.Span,
+        safe_run_id: str,
+        redactor: Redactor | None = None,
+        known_trace: tuple[int, str] | None = None,
+    ) -> None:
+        """``safe_run_id`` went through `log_safe` (a run id with a newline must not forge a log line);
+        ``known_trace`` is a trace id and its 32 hex digits (the run's), used when it is the span's."""
         context = span.get_span_context()
         self.span = span
-        self.run_only = {RUN_ID_FIELD: safe_run_id}
-        """For records made inside a span the node code started: its ids are worked out per record."""
-        self.fields = {
-            TRACE_ID_FIELD: f"{context.trace_id:032x}" if context.is_valid else "0",
-            SPAN_ID_FIELD: f"{context.span_id:016x}" if context.is_valid else "0",
-            RUN_ID_FIELD: safe_run_id,
-        }
+        """Records made while it is current get ``trace_id`` and ``span_id``; inside a span the node
+        code started, that span's ids are worked out per record."""
+        valid = context.is_valid
+        trace_id = context.trace_id
+        if not valid:
+            self.trace_id = "0"
+        elif known_trace is not None and known_trace[0] == trace_id:
+            self.trace_id = known_trace[1]
+        else:
+            self.trace_id = f"{trace_id:032x}"
+        self.span_id = f"{context.span_id:016x}" if valid else "0"
+        self.run_id = safe_run_id
         self.redactor = redactor
 
 
 _FIELDS_KEY: Final = otel_context.create_key("exo_otel.log_fields")
+_get_current: Final = otel_context.get_current
 
 
 def with_log_fields(context: otel_context.Context, fields: LogFields) -> otel_context.Context:
@@ -86,22 +99,24 @@ class _CorrelatingFactory:
 
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record = self.previous(*args, **kwargs)
+        # Attributes set one by one, not through record.__dict__: that would make the record's dict
+        # a separate object early, which costs more than the three fields.
         try:
-            current = otel_context.get_current()
+            current = _get_current()
             fields = current.get(_FIELDS_KEY)
-            values = record.__dict__
             if type(fields) is not LogFields:
-                if TRACE_ID_FIELD not in values:
+                if getattr(record, TRACE_ID_FIELD, None) is None:
                     _set_span_ids(record, trace.get_current_span(current))
-                values[RUN_ID_FIELD] = ""
+                setattr(record, RUN_ID_FIELD, "")
                 return record
-            if TRACE_ID_FIELD in values:  # set already (the OpenTelemetry logging instrumentation)
-                values.update(fields.run_only)
+            if getattr(record, TRACE_ID_FIELD, None) is not None:
+                pass  # set already (the OpenTelemetry logging instrumentation)
             elif SPAN_KEY is not None and current.get(SPAN_KEY) is fields.span:
-                values.update(fields.fields)
+                setattr(record, TRACE_ID_FIELD, fields.trace_id)
+                setattr(record, SPAN_ID_FIELD, fields.span_id)
             else:  # inside a span the node code started
                 _set_span_ids(record, trace.get_current_span(current))
-                values.update(fields.run_only)
+            setattr(record, RUN_ID_FIELD, fields.run_id)
             redactor = fields.redactor
             if redactor is not None and redactor.values:
                 _redact_record(record, redactor)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from multidict import CIMultiDict
 
@@ -14,18 +14,31 @@ from exo_otel.core.spans import guard
 from exo_otel.core.wrapping import AsyncMethod, Wrapper
 from exo_otel.sdk.telemetry import Telemetry
 
+_ADDING: Final = guard("adding exo_otel's headers to a request")
 _added: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "exo_otel_added_headers", default=None
 )
 
 
-def add_headers(headers: Mapping[str, str] | None) -> contextvars.Token[Mapping[str, str] | None]:
+AddToken = contextvars.Token[Mapping[str, str] | None] | None
+
+
+def add_headers(headers: Mapping[str, str] | None) -> AddToken:
     """From now on in this context, requests get ``headers`` (None or empty: none); `stop_adding` ends it."""
-    return _added.set(headers or None)
+    headers = headers or None
+    if headers is None and _added.get() is None:
+        return None  # none added now, none to add: nothing changes
+    return _added.set(headers)
 
 
-def stop_adding(token: contextvars.Token[Mapping[str, str] | None]) -> None:
-    _added.reset(token)
+def adding_headers() -> bool:
+    """Whether requests made in this context get headers now."""
+    return _added.get() is not None
+
+
+def stop_adding(token: AddToken) -> None:
+    if token is not None:
+        _added.reset(token)
 
 
 def make_request_headers_wrapper(telemetry: Telemetry) -> Wrapper:
@@ -34,17 +47,19 @@ def make_request_headers_wrapper(telemetry: Telemetry) -> Wrapper:
     Headers already there win (the aiohttp client instrumentation, when on, writes its own after).
     """
 
-    async def with_added_headers(
+    # Not a coroutine function: it hands back the request's own coroutine (no extra one per request),
+    # with the headers worked out when the call is made, as aiohttp works out its arguments.
+    def with_added_headers(
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         added = _added.get()
         if added:
-            with guard("adding exo_otel's headers to a request"):
+            with _ADDING:
                 headers = CIMultiDict(kwargs.get("headers") or {})
                 for key, value in added.items():
                     if key not in headers:
                         headers[key] = value
                 kwargs = {**kwargs, "headers": headers}
-        return await wrapped(*args, **kwargs)
+        return wrapped(*args, **kwargs)
 
     return with_added_headers

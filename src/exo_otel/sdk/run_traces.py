@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanContext, TraceFlags
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id, trace_flags, trace_id_for_run
 from exo_otel.core.sanitize import clean_text, log_safe
+from exo_otel.sdk.context_keys import BAGGAGE_KEY
 from exo_otel.sdk.state_context import (
     RunInfo,
     carried_context,
@@ -44,6 +45,8 @@ class RunTrace:
     attributes: dict[str, str]
     """The run's baggage entries (namespace, run id, graph name), cleaned, where its states' metric
     attributes take namespace and graph from (their spans do not carry them); shared, never changed."""
+    trace_hex: str
+    """``trace_id`` as 32 hex digits, as log records carry it."""
 
     def state_context(self, state_id: str) -> SpanContext:
         """The remote context of a state's node span in this run."""
@@ -70,14 +73,20 @@ def run_trace(run: RunInfo, namespace: str, sampler: Sampler | None) -> RunTrace
         carried is not None and run.node_spans_by_server,
         log_safe(entries[attr.RUN_ID]),
         entries,
+        f"{trace_id:032x}",
     )
 
 
 def with_baggage(context: Context, entries: dict[str, str]) -> Context:
-    """``context`` with these baggage entries added (once per run, so through the API)."""
-    for key, value in entries.items():
-        context = baggage.set_baggage(key, value, context)
-    return context
+    """``context`` with these baggage entries added: one new context, through the API's baggage key
+    (`exo_otel.sdk.context_keys`), or the API calls when that key could not be found."""
+    if BAGGAGE_KEY is None:
+        for key, value in entries.items():
+            context = baggage.set_baggage(key, value, context)
+        return context
+    inherited = context.get(BAGGAGE_KEY)
+    merged = {**inherited, **entries} if isinstance(inherited, dict) else dict(entries)
+    return Context({**context, BAGGAGE_KEY: merged})
 
 
 def run_baggage(run: RunInfo | None, namespace: str) -> dict[str, str]:

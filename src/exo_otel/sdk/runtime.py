@@ -22,13 +22,21 @@ from exo_otel.sdk.cpu_time import CpuMeter, metered_node_call
 from exo_otel.sdk.execution import Execution, begin, finish, record_outputs
 from exo_otel.sdk.fanout import FanOut, FanOutsUnderWay
 from exo_otel.sdk.placement import PlacementMemory, UnplacedReporter
-from exo_otel.sdk.request_headers import add_headers, stop_adding
+from exo_otel.sdk.request_headers import add_headers, adding_headers, stop_adding
 from exo_otel.sdk.run_lookup import RunLookup
-from exo_otel.sdk.run_traces import RunTraces
+from exo_otel.sdk.run_traces import RunTrace, RunTraces
 from exo_otel.sdk.state_context import PolledState, RunInfo, has_payload_run, run_from_payload
 from exo_otel.sdk.telemetry import Telemetry
 
 TRACING_ATTRIBUTE = "_exo_otel_tracing"
+
+# The guards of the per-state path, made once (a guard holds nothing but what it says).
+_PLACING: Final = guard("placing a state")
+_STARTING: Final = guard("starting a state's spans")
+_ENDING: Final = guard("ending a state's spans")
+_NOTING_REPORT: Final = guard("noting a state's report")
+_NOTING_EXECUTED: Final = guard("noting outcome executed")
+_TRACING_FANOUT: Final = guard("tracing fan-out copies")
 
 # The execution the current worker task is in: set when a worker takes a state off the queue,
 # read by the notification wrappers, cleared when the worker marks the task done.
@@ -74,11 +82,12 @@ class RuntimeTracing:
         if not isinstance(states, list):
             return
         association = self.telemetry.settings.run_association
+        uses_payload = association.uses_payload
         unknown = []
         for state in states:
             if not isinstance(state, dict) or not isinstance(state.get("state_id"), str):
                 continue
-            if association.uses_payload and has_payload_run(state):
+            if uses_payload and has_payload_run(state):
                 continue  # placed from its payload when a worker takes it: nothing to do now
             state_id = state["state_id"]
             run = None
@@ -132,14 +141,20 @@ class RuntimeTracing:
             searched = True
             polled = await self._find_run(polled, deadline)
         run = polled.run
+        run_trace = self.traces.of(run) if run is not None else None
         upstream = None
-        if run is not None and run.parent_state_id is not None:
-            now = self._upstream_now(polled, run, run.parent_state_id)
+        # The upstream state's node span is linked from this state's node span: none to work out when
+        # the server emits the node spans.
+        if run is not None and run.parent_state_id is not None and not (
+            run_trace is not None and run_trace.node_spans_by_server
+        ):
+            now = self._upstream_now(polled, run, run.parent_state_id, run_trace)
             if isinstance(now, _AfterFanOuts):
                 upstream = await self._upstream_after_fanouts(polled, run, run.parent_state_id, deadline)
+                run_trace = self.traces.of(run)  # the same (a function of the run), if forgotten meanwhile
             else:
                 upstream = now
-        return Placement(polled, upstream, searched)
+        return Placement(polled, upstream, searched, run_trace)
 
     def start(self, state: dict[str, Any], placement: Placement) -> None:
         """Start the state's spans where `place` put them and make its execute span current. No await."""
@@ -151,7 +166,8 @@ class RuntimeTracing:
             if polled.run is None and self.telemetry.settings.run_association is not RunAssociation.NONE:
                 self.unplaced.report({attr.NAMESPACE: self.namespace, attr.NODE_NAME: polled.node_name})
         execution = begin(
-            self.telemetry, polled, state, self.namespace, self.name, placement.upstream, self.traces
+            self.telemetry, polled, state, self.namespace, self.name, placement.upstream, self.traces,
+            placement.run_trace,
         )
         if not polled.run_from_payload:
             # A state placed from its payload is placed alike by every attempt and every runtime, and
@@ -194,7 +210,7 @@ class RuntimeTracing:
         return wait_s if lookup.can_place_within(wait_s) else 0.0
 
     def _upstream_now(
-        self, polled: PolledState, run: RunInfo, parent_state_id: str
+        self, polled: PolledState, run: RunInfo, parent_state_id: str, run_trace: RunTrace | None = None
     ) -> SpanContext | _AfterFanOuts | None:
         """Where the direct upstream state's node span is, when this runtime can be sure of it now;
         `_AFTER_FANOUTS` when a fan-out of the run is under way here (the upstream state may be a copy
@@ -206,7 +222,7 @@ class RuntimeTracing:
             return _AFTER_FANOUTS
         if polled.run_from_payload:
             # The server gives every runtime the run: the upstream state's span is in the run's trace.
-            return self.traces.of(run).state_context(parent_state_id)
+            return (run_trace or self.traces.of(run)).state_context(parent_state_id)
         # Found through the run APIs, upstream executed elsewhere: its runtime may have placed it in no run.
         return None
 
@@ -254,11 +270,12 @@ class RuntimeTracing:
 @dataclass(frozen=True, slots=True)
 class Placement:
     """`RuntimeTracing.place`'s answer: the state as placed, its upstream node span, whether it was
-    looked up (a state placed by an earlier attempt is not)."""
+    looked up (a state placed by an earlier attempt is not), its run's trace (None: no run)."""
 
     state: PolledState
     upstream: SpanContext | None
     searched: bool
+    run_trace: RunTrace | None = None
 
 
 def _no_wait() -> float:
@@ -303,13 +320,14 @@ class TracedStateQueue(asyncio.Queue[Any]):
         tracing = self.tracing
         placement = None
         try:
-            with guard("placing a state"):
-                placement = await tracing.place(state)
+            placement = await tracing.place(state)
+        except Exception as exc:
+            _PLACING.failed(exc)
         except asyncio.CancelledError as cancelled:
             # Cancelled while exo_otel waited: without exo_otel this worker would be running the node
             # by now. So it does, placed with what is known, and the cancellation lands at its next
             # await, as it would have: no state is taken off the queue and dropped.
-            with guard("placing a state"):
+            with _PLACING:
                 placement = await tracing.place(state, wait=False)
             self._start(state, placement)
             _cancel_again(cancelled)
@@ -318,20 +336,26 @@ class TracedStateQueue(asyncio.Queue[Any]):
         return state
 
     def _start(self, state: Any, placement: Placement | None) -> None:
-        with guard("starting a state's spans"):
+        try:
             if placement is not None:
                 self.tracing.start(state, placement)
             elif isinstance(state, dict):
                 self.tracing.polled.pop(str(state.get("state_id")), None)  # no spans: forget it
+        except Exception as exc:
+            _STARTING.failed(exc)
 
     def task_done(self) -> None:
         execution = _current_execution.get()
         if execution is not None:
             _current_execution.set(None)
-            with guard("ending a state's spans"):
+            try:
                 finish(execution)
-            with guard("noting a state's report"):
+            except Exception as exc:
+                _ENDING.failed(exc)
+            try:
                 self.tracing.on_finished(execution)
+            except Exception as exc:
+                _NOTING_REPORT.failed(exc)
         super().task_done()
 
 
@@ -411,28 +435,47 @@ def make_poll_wrapper(telemetry: Telemetry) -> AsyncMethod:
 def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
     """Around ``Runtime._notify_executed``: note the outcome; after a fan-out, give its copies spans."""
 
-    async def traced_executed(
-        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    async def reported(
+        wrapped: AsyncMethod,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        headers: dict[str, str] | None,
+        fanned_out: tuple[RuntimeTracing, Execution] | None,
     ) -> Any:
-        execution = _current_execution.get()
-        headers = None
-        if execution is not None:
-            with guard("noting outcome executed"):
-                _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
-                headers = _report_headers(execution)
         token = add_headers(headers)
         try:
             result = await wrapped(*args, **kwargs)
         finally:
             stop_adding(token)
-        if execution is not None:
-            outputs = call_argument(args, kwargs, 1, "outputs", None)
-            tracing = getattr(instance, TRACING_ATTRIBUTE, None)
-            if isinstance(outputs, list) and len(outputs) > 1 and isinstance(tracing, RuntimeTracing):
-                with guard("tracing fan-out copies"):
-                    # The executed answer does not name the copies; a later run graph does (background).
-                    tracing.on_fanned_out(execution)
+        if fanned_out is not None:
+            with _TRACING_FANOUT:
+                # The executed answer does not name the copies; a later run graph does (background).
+                fanned_out[0].on_fanned_out(fanned_out[1])
         return result
+
+    # Not a coroutine function: with nothing to do after the report (no headers, no fan-out), it hands
+    # back the SDK's own coroutine, noting the outcome when the SDK makes the call.
+    def traced_executed(
+        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        execution = _current_execution.get()
+        if execution is None:
+            return reported(wrapped, args, kwargs, None, None)
+        headers = None
+        try:
+            _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
+            headers = _report_headers(execution)
+        except Exception as exc:
+            _NOTING_EXECUTED.failed(exc)
+        fanned_out = None
+        outputs = call_argument(args, kwargs, 1, "outputs", None)
+        if isinstance(outputs, list) and len(outputs) > 1:
+            tracing = getattr(instance, TRACING_ATTRIBUTE, None)
+            if isinstance(tracing, RuntimeTracing):
+                fanned_out = (tracing, execution)
+        if headers is None and fanned_out is None and not adding_headers():
+            return wrapped(*args, **kwargs)
+        return reported(wrapped, args, kwargs, headers, fanned_out)
 
     return traced_executed
 
@@ -440,21 +483,34 @@ def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
 def _outcome_wrapper(outcome: str) -> Callable[[Telemetry], AsyncMethod]:
     """Wrap a call that tells the state manager a state's outcome: remember it on the execution."""
 
+    noting = guard(f"noting outcome {outcome}")
+
     def factory(telemetry: Telemetry) -> AsyncMethod:
-        async def traced_report(
-            wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        async def reported(
+            wrapped: AsyncMethod,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            headers: dict[str, str] | None,
         ) -> Any:
-            execution = _current_execution.get()
-            headers = None
-            if execution is not None:
-                with guard(f"noting outcome {outcome}"):
-                    _note_outcome(execution, outcome, instance, args, kwargs)
-                    headers = _report_headers(execution)
             token = add_headers(headers)
             try:
                 return await wrapped(*args, **kwargs)
             finally:
                 stop_adding(token)
+
+        # Not a coroutine function, as the executed wrapper.
+        def traced_report(
+            wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            execution = _current_execution.get()
+            headers = None
+            if execution is not None:
+                with noting:
+                    _note_outcome(execution, outcome, instance, args, kwargs)
+                    headers = _report_headers(execution)
+            if headers is None and not adding_headers():
+                return wrapped(*args, **kwargs)
+            return reported(wrapped, args, kwargs, headers)
 
         return traced_report
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import Link, SpanContext, SpanKind
 
@@ -53,20 +54,23 @@ class PolledState:
     def from_payload(
         cls, state: dict[str, Any], run: RunInfo | None, run_from_payload: bool = False
     ) -> PolledState:
+        get = state.get
         return cls(
-            state_id=str(state.get("state_id", "")),
-            node_name=str(state.get("node_name", "")),
-            identifier=str(state.get("identifier", "")),
-            created_at_ns=parse_timestamp_ns(state.get("created_at")),
-            run=run,
-            retry_count=_retry_count(state.get("retry_count")),
-            run_from_payload=run_from_payload and run is not None,
-            server_node_spans=run is not None and run.node_spans_by_server,
+            str(get("state_id", "")),
+            str(get("node_name", "")),
+            str(get("identifier", "")),
+            parse_timestamp_ns(get("created_at")),
+            run,
+            _retry_count(get("retry_count")),
+            run_from_payload and run is not None,
+            run is not None and run.node_spans_by_server,
         )
 
 
 def _retry_count(value: object) -> int | None:
     """The payload's ``retry_count`` (sent with the run context), when it is a count."""
+    if value is None:
+        return None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
@@ -89,9 +93,12 @@ def run_from_payload(state: dict[str, Any]) -> RunInfo | None:
         parent = str(next(reversed(parents.values())))
     carrier: tuple[tuple[str, str], ...] = ()
     if "traceparent" in state:  # without it there is no run root to extract, whatever else is sent
-        carrier = tuple(
-            (key, value) for key in CARRIER_FIELDS if isinstance(value := state.get(key), str) and value
-        )
+        fields = []
+        for key in CARRIER_FIELDS:
+            value = state.get(key)
+            if isinstance(value, str) and value:
+                fields.append((key, value))
+        carrier = tuple(fields)
     return RunInfo(
         run_id,
         graph_name if isinstance(graph_name, str) else None,
@@ -99,6 +106,20 @@ def run_from_payload(state: dict[str, Any]) -> RunInfo | None:
         carrier,
         bool(carrier) and state.get("node_spans") == "server",
     )
+
+
+class _CarrierGetter(Getter[dict[str, str]]):
+    """Reads a carrier of plain string values (`RunInfo.carrier`): no per-value type checks."""
+
+    def get(self, carrier: dict[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value]
+
+    def keys(self, carrier: dict[str, str]) -> list[str]:
+        return list(carrier)
+
+
+_CARRIER_GETTER: Final = _CarrierGetter()
 
 
 def carried_context(run: RunInfo, trace_id: int | None = None) -> Context | None:
@@ -110,7 +131,7 @@ def carried_context(run: RunInfo, trace_id: int | None = None) -> Context | None
     """
     if not run.carrier:
         return None
-    extracted = propagate.extract(dict(run.carrier), context=Context())
+    extracted = propagate.extract(dict(run.carrier), context=Context(), getter=_CARRIER_GETTER)
     root = trace.get_current_span(extracted).get_span_context()
     expected = trace_id if trace_id is not None else trace_id_for_run(run.run_id)
     if not root.is_valid or root.trace_id != expected:
@@ -118,17 +139,23 @@ def carried_context(run: RunInfo, trace_id: int | None = None) -> Context | None
     return extracted
 
 
+_EPOCH: Final = dt.datetime(1970, 1, 1)
+_EPOCH_UTC: Final = _EPOCH.replace(tzinfo=dt.UTC)
+
+
 def parse_timestamp_ns(value: object) -> int | None:
-    """Epoch nanoseconds of an ISO 8601 timestamp (naive means UTC, as the state manager writes it)."""
+    """Epoch nanoseconds of an ISO 8601 timestamp (naive means UTC, as the state manager writes it).
+
+    Exact (integer arithmetic on the timedelta since the epoch, no float seconds): one call per state.
+    """
     if not isinstance(value, str):
         return None
     try:
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = dt.datetime.fromisoformat(value)  # "Z" included (Python >= 3.11)
     except ValueError:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp() * 1_000_000_000)
+    since = moment - (_EPOCH if moment.tzinfo is None else _EPOCH_UTC)
+    return (since.days * 86_400 + since.seconds) * 1_000_000_000 + since.microseconds * 1_000
 
 
 def run_is_sampled(sampler: Sampler | None, run: RunInfo, trace_id: int | None = None) -> bool:
