@@ -2,7 +2,8 @@
 
 Every message a client sends is forwarded unchanged; each is counted by its command: the first key of
 an OP_MSG's body section (``find``, ``insert``, ``update``, ``hello``...), ``OP_QUERY`` for the legacy
-opcode drivers still use for a connection's first handshake, ``op:<code>`` for any other. The answers
+opcode drivers still use for a connection's first handshake, ``op:<code>`` for any other; and by
+command and collection (the first key's value, where it is a string). The answers
 flow back unchanged and are not counted. The proxy runs its own event loop on a thread, so servers in
 other processes can use it while the caller's loop is busy or blocked.
 
@@ -28,22 +29,33 @@ _HEADER = struct.Struct("<iiii")  # messageLength, requestID, responseTo, opCode
 
 def command_of(message: bytes) -> str:
     """The command a whole client message (header included) asks for."""
+    return target_of(message)[0]
+
+
+def target_of(message: bytes) -> tuple[str, str | None]:
+    """(the command, the collection it names or None) of a whole client message (header included)."""
     _length, _request, _response_to, op_code = _HEADER.unpack_from(message)
     if op_code == OP_QUERY:
-        return "OP_QUERY"
+        return "OP_QUERY", None
     if op_code != OP_MSG:
-        return f"op:{op_code}"
+        return f"op:{op_code}", None
     offset = _HEADER.size + 4  # flagBits
     while offset < len(message):
         kind = message[offset]
         offset += 1
         if kind == 0:  # the body: a BSON document; its first element's name is the command
+            element_type = message[offset + 4]
             name_start = offset + 4 + 1  # document length, element type
             name_end = message.index(b"\x00", name_start)
-            return message[name_start:name_end].decode("utf-8", "replace")
+            command = message[name_start:name_end].decode("utf-8", "replace")
+            collection = None
+            if element_type == 0x02:  # a string: the collection (find, insert, update, delete...)
+                (size,) = struct.unpack_from("<i", message, name_end + 1)
+                collection = message[name_end + 5 : name_end + 4 + size].decode("utf-8", "replace")
+            return command, collection
         (size,) = struct.unpack_from("<i", message, offset)  # kind 1: a document sequence
         offset += size
-    return "OP_MSG"
+    return "OP_MSG", None
 
 
 class MongoCountingProxy:
@@ -56,6 +68,7 @@ class MongoCountingProxy:
         self._query = parts.query
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._targets: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="mongo proxy", daemon=True)
@@ -81,6 +94,11 @@ class MongoCountingProxy:
         """Messages forwarded so far, by command."""
         with self._lock:
             return Counter(self._counts)
+
+    def targets(self) -> Counter[str]:
+        """Messages forwarded so far, by ``"command collection"`` (the command alone where none is named)."""
+        with self._lock:
+            return Counter(self._targets)
 
     def database_requests(self) -> int:
         """Requests forwarded so far, the drivers' monitoring left out."""
@@ -108,9 +126,10 @@ class MongoCountingProxy:
                 header = await client_reader.readexactly(_HEADER.size)
                 (length,) = struct.unpack_from("<i", header)
                 message = header + await client_reader.readexactly(length - _HEADER.size)
-                command = command_of(message)
+                command, collection = target_of(message)
                 with self._lock:
                     self._counts[command] += 1
+                    self._targets[command if collection is None else f"{command} {collection}"] += 1
                 server_writer.write(message)
                 await server_writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, OSError):

@@ -6,7 +6,7 @@ import socket
 import struct
 import threading
 
-from mongo_proxy import OP_MSG, OP_QUERY, command_of, mongo_counting_proxy
+from mongo_proxy import OP_MSG, OP_QUERY, command_of, mongo_counting_proxy, target_of
 
 
 def _bson_strings(**fields: str) -> bytes:
@@ -34,6 +34,7 @@ def op_msg(command: str, sequence: bool = False) -> bytes:
 def test_the_command_is_the_body_sections_first_key() -> None:
     assert command_of(op_msg("find")) == "find"
     assert command_of(op_msg("insert", sequence=True)) == "insert"
+    assert target_of(op_msg("update", sequence=True)) == ("update", "things")
     assert command_of(_message(OP_QUERY, b"\x00" * 20)) == "OP_QUERY"
     assert command_of(_message(2012, b"")) == "op:2012"
 
@@ -70,6 +71,7 @@ def test_messages_are_forwarded_unchanged_and_counted() -> None:
             assert received == messages
             assert answers == [m[::-1] for m in messages]
             assert proxy.counts() == {"hello": 1, "update": 1}
+            assert proxy.targets() == {"hello things": 1, "update things": 1}
             assert proxy.database_requests() == 1  # hello is the driver's monitoring
     finally:
         listener.close()
