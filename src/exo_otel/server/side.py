@@ -156,6 +156,7 @@ class ServerSide:
         self.sweeper.start()
         if not taken:
             return {}
+        self.store.states_taken({state.state_id: state.run_id for state in taken})
         now = time.time_ns()
         runs = await self.contexts(state.run_id for state in taken)
         extensions: dict[str, dict[str, Any]] = {}
