@@ -7,9 +7,20 @@ runs of the 11-state test graph (docs/state-manager-side.md, section "How it is 
 plain HTTP, with one in-process runtime (8 workers, not instrumented), and times them until every
 run has settled. Prints, per configuration, states per second (wall) and server CPU per state
 (from /proc, robust to other load on the machine), and the ratios. Rounds alternate (without,
-with, ...) so that drift hits both alike.
+with, ...; in the deployment mode without, with, with, without, ...) so that drift hits both alike.
 
-Run: ``UPSTREAM_GIT_DIR=... .venv/bin/python benchmarks/state_manager_side.py [--runs 20] [--rounds 2]``.
+``--deployment workers-4+second`` measures the deploy topology instead, in real processes on SecantusDB
+(a MongoDB wire-protocol server in its own process): ``uvicorn --workers 4`` (the runtime polls it)
+plus a second server process (the triggers go to it), each under ``opentelemetry-instrument`` with the
+side, or plain uvicorn from the same venv without it. Every round starts a fresh database and fresh
+servers; the servers reach the database through a counting proxy (tests/helpers/mongo_proxy.py), so it
+also prints the database requests per state (the drivers' monitoring left out): until every run
+settled, and until the side's last outcome was exported (its claims and closes happen after
+upstream's last write), and the requests per second the idle servers make afterwards. CPU is
+printed for the servers (every process) and the database apart.
+
+Run: ``UPSTREAM_GIT_DIR=... .venv/bin/python benchmarks/state_manager_side.py [--runs 20] [--rounds 2]
+[--deployment in-process|workers-4+second|workers-4|two-servers]``.
 No assertions: the numbers depend on the machine (and the in-memory MongoDB stand-in scans linearly).
 """
 
@@ -23,13 +34,29 @@ import statistics
 import sys
 import time
 import uuid
+from collections import Counter
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from exo_otel.core.ids import format_trace_id
 from helpers import upstream_graph as ug
+from helpers.mongo_proxy import MONITORING, mongo_counting_proxy
 from helpers.otlp_receiver import OtlpHttpReceiver
-from helpers.upstream_side import AUTO_INIT, SIDE_PIP, graph_runtime, otel_env, trigger_runs, wait_settled
+from helpers.process_cpu import tree_cpu_seconds
+from helpers.upstream_harness import Settings, secantus_database
+from helpers.upstream_side import (
+    AUTO_INIT,
+    SIDE_PIP,
+    deployment_servers,
+    graph_runtime,
+    otel_env,
+    trigger_runs,
+    wait_settled,
+)
 from helpers.upstream_sm import UpstreamServer, require_upstream, upstream_state_manager
+
+IDLE_SECONDS = 20.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -96,6 +123,106 @@ async def main(runs: int, rounds: int) -> None:
         )
 
 
+@dataclass
+class DeploymentRound:
+    seconds: float  # trigger to every run settled
+    server_cpu: float  # every server process
+    database_cpu: float
+    requests_settled: int  # database requests, trigger to settled
+    requests_drained: int  # trigger to the side's last outcome out (without the side: settled)
+    drain_seconds: float  # settled to the last outcome out
+    idle_per_second: float  # database requests per second of the idle servers afterwards
+    targets: Counter[str]  # trigger to drained, by "command collection"
+
+
+async def deployment_round(name: str, side: bool, runs: int, rx: OtlpHttpReceiver) -> DeploymentRound:
+    """One load on fresh servers and a fresh database: ``runs`` runs triggered at once by plain HTTP."""
+    env = otel_env(rx) if side else {}
+    with ExitStack() as stack:
+        database = stack.enter_context(secantus_database())
+        proxy = stack.enter_context(mongo_counting_proxy(database.uri))
+        polled, triggered = stack.enter_context(
+            deployment_servers(name, Settings(mongo_uri=proxy.uri), side=side, **env)
+        )
+
+        def server_cpu() -> float:
+            return sum(tree_cpu_seconds(pid) for pid in {polled.pid, triggered.pid})
+
+        namespace = f"bench-{uuid.uuid4().hex[:8]}"
+        async with graph_runtime(polled.uri, polled.api_key, namespace) as (_proxy, client):
+            cpu_before, db_cpu_before = server_cpu(), tree_cpu_seconds(database.process.pid)
+            requests_before, targets_before = proxy.database_requests(), proxy.targets()
+            started = time.perf_counter()
+            run_ids = await trigger_runs(client, triggered.uri, polled.api_key, namespace, runs, sdk=False)
+            await wait_settled(polled.uri, polled.api_key, namespace, run_ids, timeout=1800)
+            settled = time.perf_counter()
+            requests_settled = proxy.database_requests() - requests_before
+            traces = {format_trace_id(run_id) for run_id in run_ids}
+            deadline = settled + 120
+            while side and time.perf_counter() < deadline and sum(
+                1 for s in rx.spans() if s.name.startswith("settle ") and s.trace_id in traces
+            ) < runs:
+                await asyncio.sleep(0.2)
+            drained = time.perf_counter()
+            requests_drained = proxy.database_requests() - requests_before
+            targets = proxy.targets() - targets_before
+            cpu, db_cpu = server_cpu() - cpu_before, tree_cpu_seconds(database.process.pid) - db_cpu_before
+        idle_before = proxy.database_requests()
+        await asyncio.sleep(IDLE_SECONDS)
+        idle = (proxy.database_requests() - idle_before) / IDLE_SECONDS
+    return DeploymentRound(settled - started, cpu, db_cpu, requests_settled, requests_drained,
+                           drained - settled, idle, targets)
+
+
+async def main_deployment(name: str, runs: int, rounds: int) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    require_upstream_here()
+    states = runs * ug.STATES_PER_RUN
+    results: dict[str, list[DeploymentRound]] = {"without": [], "with": []}
+    with OtlpHttpReceiver() as rx:
+        for round_number in range(rounds):
+            # without, with, with, without, ...: a drift over the run (the machine's other load) hits both
+            for label in ("without", "with")[:: 1 if round_number % 2 == 0 else -1]:
+                r = await deployment_round(name, label == "with", runs, rx)
+                results[label].append(r)
+                print(
+                    f"round {round_number + 1} {label:7} the side ({name} on SecantusDB): {runs} runs "
+                    f"settled in {r.seconds:.1f} s ({states / r.seconds:.2f} states/s); server CPU "
+                    f"{1000 * r.server_cpu / states:.1f} ms/state, database CPU "
+                    f"{1000 * r.database_cpu / states:.1f} ms/state; database requests per state "
+                    f"{r.requests_settled / states:.2f} to settle, {r.requests_drained / states:.2f} "
+                    f"until the last outcome out ({r.drain_seconds:.1f} s later); idle afterwards "
+                    f"{r.idle_per_second:.2f} requests/s",
+                    flush=True,
+                )
+    summary: dict[str, dict[str, float]] = {}
+    for label, values in results.items():
+        median = statistics.median
+        summary[label] = {
+            "states/s": states / median(v.seconds for v in values),
+            "server ms/state": 1000 * median(v.server_cpu for v in values) / states,
+            "database ms/state": 1000 * median(v.database_cpu for v in values) / states,
+            "requests/state settled": median(v.requests_settled for v in values) / states,
+            "requests/state drained": median(v.requests_drained for v in values) / states,
+            "idle requests/s": median(v.idle_per_second for v in values),
+        }
+        print(f"{label:7} the side (medians of {len(values)}): "
+              + ", ".join(f"{key} {value:.2f}" for key, value in summary[label].items()))
+    added: Counter[str] = Counter()
+    for label, sign in (("with", 1), ("without", -1)):
+        for r in results[label]:
+            for target, n in r.targets.items():
+                added[target] += sign * n / len(results[label])
+    top = sorted(((n, t) for t, n in added.items() if t.split(" ")[0] not in MONITORING), reverse=True)
+    print("database requests per state the side adds, by command and collection: " + ", ".join(
+        f"{t} {n / states:+.2f}" for n, t in top if abs(n / states) >= 0.05
+    ))
+    print("ratio with/without: " + ", ".join(
+        f"{key} {summary['with'][key] / summary['without'][key]:.2f}"
+        for key in summary["with"] if summary["without"][key]
+    ))
+
+
 def require_upstream_here() -> None:
     try:
         require_upstream()
@@ -107,5 +234,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="runs started at once per round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--deployment", default="in-process",
+                        choices=["in-process", "workers-4+second", "workers-4", "two-servers"])
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.runs, arguments.rounds))
+    if arguments.deployment == "in-process":
+        asyncio.run(main(arguments.runs, arguments.rounds))
+    else:
+        asyncio.run(main_deployment(arguments.deployment, arguments.runs, arguments.rounds))

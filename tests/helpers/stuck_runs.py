@@ -51,7 +51,7 @@ class Step(BaseNode):
         return self.Outputs(topic=self.inputs.topic)
 
 
-def _topic_graph(namespace: str, node: str, identifiers: list[str]) -> list[GraphNodeModel]:
+def topic_graph(namespace: str, node: str, identifiers: list[str]) -> list[GraphNodeModel]:
     nodes = []
     for index, identifier in enumerate(identifiers):
         source = "${{ store.topic }}" if index == 0 else f"${{{{ {identifiers[index - 1]}.outputs.topic }}}}"
@@ -61,7 +61,7 @@ def _topic_graph(namespace: str, node: str, identifiers: list[str]) -> list[Grap
     return nodes
 
 
-async def _upsert(server: Server, namespace: str, graph: str, nodes: list[GraphNodeModel]) -> None:
+async def upsert_chain(server: Server, namespace: str, graph: str, nodes: list[GraphNodeModel]) -> None:
     await server.client(namespace).upsert_graph(
         graph, nodes, {}, store_config=StoreConfigModel(required_keys=["topic"])
     )  # type: ignore[arg-type]
@@ -81,7 +81,7 @@ async def open_stuck_runs(server: Server, count: int) -> str:
     namespace = f"stuck-{uuid.uuid4().hex[:8]}"
     async with server.runtime(namespace, [Parked]):
         pass  # registered, then gone
-    await _upsert(server, namespace, STUCK_GRAPH, _topic_graph(namespace, "Parked", ["parked"]))
+    await upsert_chain(server, namespace, STUCK_GRAPH, topic_graph(namespace, "Parked", ["parked"]))
     limit = asyncio.Semaphore(32)
     async with aiohttp.ClientSession() as session:
 
@@ -104,7 +104,8 @@ async def time_a_new_run(server: Server, spans: Callable[[], list[Span]], timeou
     """One run of the three-node chain beside whatever else is open, timed as its spans are collected."""
     namespace = f"beside-{uuid.uuid4().hex[:8]}"
     async with server.runtime(namespace, [Step]):
-        await _upsert(server, namespace, NEW_GRAPH, _topic_graph(namespace, "Step", ["one", "two", "three"]))
+        chain = topic_graph(namespace, "Step", ["one", "two", "three"])
+        await upsert_chain(server, namespace, NEW_GRAPH, chain)
         started = time.monotonic()
         async with aiohttp.ClientSession() as session:
             run_id = await trigger(server, session, namespace, NEW_GRAPH)

@@ -19,6 +19,7 @@ from helpers import upstream_graph as ug
 from helpers.http_proxy import CountingProxy, counting_proxy
 from helpers.otlp_receiver import OtlpHttpReceiver, Span
 from helpers.trace_checks import RunReport, check_runs, flatten
+from helpers.upstream_harness.processes import Settings, uvicorn_server
 from helpers.upstream_harness.venvs import SIDE_PIP
 from helpers.upstream_sm import UpstreamServer, upstream_state_manager
 
@@ -49,6 +50,27 @@ def side_server(
         instances, pip=SIDE_PIP, preload=AUTO_INIT, history=history, **{**otel_env(rx), **env}
     ) as server:
         yield server
+
+
+@contextlib.contextmanager
+def deployment_servers(
+    name: str, settings: Settings, side: bool = True, **env: str
+) -> Iterator[tuple[UpstreamServer, UpstreamServer]]:
+    """(the server the runtime polls, the server the triggers go to) of a deployment on ``settings``'s
+    database, in real processes (tests/test_upstream_deployments.py): ``workers-4`` (one uvicorn with
+    four workers, both roles), ``two-servers`` (two single-worker processes) or ``workers-4+second``
+    (four workers polled, a second process triggered). With ``side`` every process runs under
+    ``opentelemetry-instrument`` (the side loaded), else plain uvicorn from the same venv."""
+    assert name in ("workers-4", "two-servers", "workers-4+second"), name
+    pip = SIDE_PIP.split()
+    with contextlib.ExitStack() as stack:
+        polled = stack.enter_context(uvicorn_server(
+            settings, workers=1 if name == "two-servers" else 4, instrument=side, pip=pip, **env
+        ))
+        triggered = polled
+        if name != "workers-4":
+            triggered = stack.enter_context(uvicorn_server(settings, instrument=side, pip=pip, **env))
+        yield polled, triggered
 
 
 @contextlib.asynccontextmanager
@@ -123,8 +145,12 @@ async def trigger_runs(
         return list(await asyncio.gather(*(post(session) for _ in range(n))))
 
 
-async def wait_settled(uri: str, api_key: str, namespace: str, run_ids: list[str], timeout: float) -> None:
-    """Until every run has all its states and none pending (the runs API; the join state counted)."""
+async def wait_settled(
+    uri: str, api_key: str, namespace: str, run_ids: list[str], timeout: float,
+    states_per_run: int = ug.STATES_PER_RUN,
+) -> None:
+    """Until every run has all its states (``states_per_run``: the test graph's, its join state counted)
+    and none pending (the runs API)."""
     deadline = time.monotonic() + timeout
     wanted = set(run_ids)
     url = f"{uri}/v0/namespace/{namespace}/runs/1/{max(len(run_ids), 1) + 10}"
@@ -133,7 +159,7 @@ async def wait_settled(uri: str, api_key: str, namespace: str, run_ids: list[str
             async with session.get(url, headers={"x-api-key": api_key}) as answer:
                 runs = (await answer.json())["runs"]
             done = {
-                r["run_id"] for r in runs if r["pending_count"] == 0 and r["total_count"] >= ug.STATES_PER_RUN
+                r["run_id"] for r in runs if r["pending_count"] == 0 and r["total_count"] >= states_per_run
             }
             if wanted <= done:
                 return

@@ -1,15 +1,18 @@
 """The state manager side in real server processes sharing a real wire-protocol database (SecantusDB).
 
-Two deployments of the unmodified upstream server, each under ``opentelemetry-instrument``:
+Three deployments of the unmodified upstream server, each process under ``opentelemetry-instrument``:
 
 - ``workers-4``: one ``uvicorn app.main:app --workers 4``, as deploy/jaeger/state-manager.Dockerfile
   starts it (upstream's ``run.py --mode production --workers 4`` is ``uvicorn.run`` with four workers on
   0.0.0.0:8000; here the same on 127.0.0.1 and a free port): four processes, each with its own sweep;
-- ``two-servers``: two independent server processes; the runtime polls one, the triggers go to the other.
+- ``two-servers``: two independent server processes; the runtime polls one, the triggers go to the other;
+- ``workers-4+second``: both at once, five sweeps: the runtime polls the four workers, the triggers go
+  to a second, independent server process.
 
-Each load (10 and 50 runs of the 11-state test graph, SDK and plain-HTTP triggers) also runs on the
-in-process database in the same test, and the times to settle are printed side by side. The 50-run
-loads take five to seven minutes each on SecantusDB here: `make test-upstream` runs them (long_load).
+Each load (SDK and plain-HTTP triggers; 10 and 50 runs of the 11-state test graph, 20 and 50 for the
+combined deployment) also runs on the in-process database in the same test, and the times to settle
+are printed side by side. The 50-run loads take five to seven minutes each on SecantusDB here:
+`make test-upstream` runs them (long_load).
 """
 
 from __future__ import annotations
@@ -24,13 +27,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from exo_otel.core.ids import format_trace_id
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from helpers.otlp_receiver import OtlpHttpReceiver
-from helpers.upstream_harness import Settings, UpstreamServer, secantus_database, uvicorn_server
-from helpers.upstream_side import SIDE_PIP, assert_every_run_whole, otel_env, run_load, side_server
+from helpers.upstream_harness import Settings, UpstreamServer, secantus_database
+from helpers.upstream_side import assert_every_run_whole, deployment_servers, otel_env, run_load, side_server
 from helpers.upstream_sm import require_upstream
 
 pytestmark = pytest.mark.upstream
 
-DEPLOYMENTS = ("workers-4", "two-servers")
+# (deployment, runs): the 50-run loads in `make test-upstream` only.
+LOADS = [
+    *((name, runs) for name in ("workers-4", "two-servers") for runs in (10,)),
+    ("workers-4+second", 20),
+    *(pytest.param(name, 50, marks=pytest.mark.long_load)
+      for name in ("workers-4", "two-servers", "workers-4+second")),
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +56,7 @@ def in_process(receiver: OtlpHttpReceiver) -> Iterator[UpstreamServer]:
         yield server
 
 
-@pytest.fixture(scope="module", params=DEPLOYMENTS)
+@pytest.fixture(scope="module")
 def deployment(
     request: pytest.FixtureRequest, receiver: OtlpHttpReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, UpstreamServer, UpstreamServer]]:
@@ -57,20 +66,9 @@ def deployment(
     env = {**otel_env(receiver), "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "process"}
     with contextlib.ExitStack() as stack:
         database = stack.enter_context(secantus_database(storage))
-        settings = Settings(mongo_uri=database.uri)
-        start = uvicorn_server(
-            settings,
-            workers=4 if request.param == "workers-4" else 1,
-            instrument=True,
-            pip=SIDE_PIP.split(),
-            **env,
+        polled, triggered = stack.enter_context(
+            deployment_servers(request.param, Settings(mongo_uri=database.uri), side=True, **env)
         )
-        polled = stack.enter_context(start)
-        triggered = polled
-        if request.param == "two-servers":
-            triggered = stack.enter_context(
-                uvicorn_server(settings, workers=1, instrument=True, pip=SIDE_PIP.split(), **env)
-            )
         yield request.param, polled, triggered
         for server in {polled, triggered}:
             errors = [
@@ -81,7 +79,7 @@ def deployment(
 
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("sdk", [True, False], ids=["sdk-trigger", "http-trigger"])
-@pytest.mark.parametrize("runs", [10, pytest.param(50, marks=pytest.mark.long_load)])
+@pytest.mark.parametrize(("deployment", "runs"), LOADS, indirect=["deployment"])
 async def test_every_state_in_its_runs_trace_across_processes(
     deployment: tuple[str, UpstreamServer, UpstreamServer],
     in_process: UpstreamServer,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
@@ -26,6 +27,7 @@ RUNS_COLLECTION: Final = "exo_otel_runs"
 NOTES_COLLECTION: Final = "exo_otel_notes"
 CLAIMS_COLLECTION: Final = "exo_otel_claims"
 _DUPLICATE_KEY: Final = 11000
+MAX_KNOWN_STATES: Final = 20_000  # state id -> run id kept from the runtimes' polls
 # (collection, keys, name): every query below names its index in a comment.
 INDEXES: Final = (
     (RUNS_COLLECTION, [("touched", 1), ("open", 1), ("ready", 1)], "exo_otel_touched"),
@@ -55,6 +57,16 @@ class MongoRunStore:
     def __init__(self, state_collection: Callable[[], Any]) -> None:
         self._state_collection = state_collection
         self._indexed = False
+        # The runs of states runtimes took from this process, for their reports (which mostly come
+        # back to it): a read by _id saved per report. The oldest go first past the bound.
+        self._run_of_state: OrderedDict[str, str] = OrderedDict()
+
+    def states_taken(self, runs_by_state: Mapping[str, str]) -> None:
+        for state_id, run_id in runs_by_state.items():
+            if run_id:
+                self._run_of_state[state_id] = run_id
+        while len(self._run_of_state) > MAX_KNOWN_STATES:
+            self._run_of_state.popitem(last=False)
 
     def _states(self) -> Any:
         return self._state_collection()
@@ -95,6 +107,9 @@ class MongoRunStore:
         return {str(doc["_id"]): RunContext.from_document(doc) for doc in found}
 
     async def _run_of(self, state_id: str) -> str | None:
+        known = self._run_of_state.get(state_id)
+        if known is not None:
+            return known
         found = await self._states().find_one({"_id": _object_id(state_id)}, {"run_id": 1})
         return None if found is None else str(found.get("run_id"))
 

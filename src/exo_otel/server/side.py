@@ -150,10 +150,13 @@ class ServerSide:
         return found
 
     async def states_taken(self, taken: Sequence[TakenState], namespace: str) -> dict[str, dict[str, Any]]:
-        """Runtimes took these states: note when, and return each one's enqueue extension (by state id)."""
-        self.sweeper.nudge()
+        """Runtimes took these states: note when, and return each one's enqueue extension (by state id).
+        Taking a state settles nothing: the sweep is started if it is not running (its background check
+        runs in every process), not made to pass (a poll would cost a database query)."""
+        self.sweeper.start()
         if not taken:
             return {}
+        self.store.states_taken({state.state_id: state.run_id for state in taken})
         now = time.time_ns()
         runs = await self.contexts(state.run_id for state in taken)
         extensions: dict[str, dict[str, Any]] = {}

@@ -32,6 +32,10 @@ class RunStore(Protocol):
     async def load_runs(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
         """The contexts of these runs (those that have one)."""
 
+    def states_taken(self, runs_by_state: Mapping[str, str]) -> None:
+        """Runtimes took these states (state id -> run id): a store that reads a state's run by its id
+        may keep them for the state's report (a state's run never changes)."""
+
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         """Next states are being created after these states (the first is the original, the rest
         its fan-out copies): their run cannot settle until `end_next_states`. Returns a token."""

@@ -126,15 +126,24 @@ class Sweeper:
     _held: set[str] = field(default_factory=set)
 
     def nudge(self) -> None:
-        """Start the loop in the running event loop if needed, and make it pass soon."""
+        """Start the loop in the running event loop if needed, and make it pass soon: a hook touched a
+        run (every touch nudges the process that made it, which is how touched runs get swept)."""
         with guard("nudging the sweep"):
-            loop = asyncio.get_running_loop()
-            if self._task is None or self._task.done() or self._loop is not loop:
-                self._loop = loop
-                self._wake = asyncio.Event()
-                self._task = loop.create_task(self._run(), name="exo_otel state manager sweep")
-            assert self._wake is not None
-            self._wake.set()
+            self._running().set()
+
+    def start(self) -> None:
+        """Start the loop in the running event loop if needed, with no pass sooner (nothing changed)."""
+        with guard("starting the sweep"):
+            self._running()
+
+    def _running(self) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._loop is not loop:
+            self._loop = loop
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run(), name="exo_otel state manager sweep")
+        assert self._wake is not None
+        return self._wake
 
     def stop(self) -> None:
         if self._task is not None and not self._task.done() and self._loop is not None:
@@ -144,13 +153,21 @@ class Sweeper:
 
     async def _run(self) -> None:
         busy = 0
+        failed = False
         while True:
             wake = self._wake
             assert wake is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.busy_interval if busy else self.idle_interval)
+            woken = wake.is_set()
             wake.clear()
+            # Idle (not nudged, nothing left from the last pass): nothing to ask the database until the
+            # background check is due. A run touched by a process that died before its sweep passed
+            # is swept at another process's next check.
+            if not (woken or busy or failed or self._unconfirmed or time.monotonic() >= self._next_check):
+                continue
             started = time.perf_counter()
+            failed = False
             try:
                 busy = await self.sweep_once()
             except asyncio.CancelledError:
@@ -160,6 +177,7 @@ class Sweeper:
                     await asyncio.wait_for(self._confirm(), FLUSH_TIMEOUT_MS / 1000 + 5)
                 raise
             except Exception:
+                failed = True
                 self.stats.errors += 1
                 _logger.warning("exo_otel: a state manager sweep failed; the next one retries", exc_info=True)
             if busy:

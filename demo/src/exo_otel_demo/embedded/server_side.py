@@ -118,6 +118,9 @@ class MemoryRunStore:
     async def load_runs(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
         return {r: self.runs[r]["run"] for r in run_ids if r in self.runs}
 
+    def states_taken(self, runs_by_state: Mapping[str, str]) -> None:
+        pass  # a state's run is read from the embedded database itself, in memory
+
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         run_id = self._run_of(state_ids[0])
         if run_id is None:
