@@ -25,7 +25,8 @@ from typing import Any
 from exospherehost import BaseNode, GraphNodeModel, Runtime, StoreConfigModel
 from pydantic import BaseModel
 
-from helpers import conformance_graph, upstream_graph
+from helpers import HELPERS_DIR, conformance_graph, upstream_graph
+from helpers import TESTS_DIR as TESTS_PATH
 
 PAIR_NAMESPACE = "exo-otel-pair"
 PAIR_GRAPH = "pair"
@@ -124,8 +125,7 @@ def otel_env(endpoint: str, service: str, **extra: str) -> dict[str, str]:
     return env
 
 
-TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # helpers import as helpers.<module>
-HELPERS_DIR = os.path.join(TESTS_DIR, "helpers")
+TESTS_DIR = str(TESTS_PATH)  # on the children's PYTHONPATH: they import helpers.<module>
 LAUNCHER = os.path.join(os.path.dirname(sys.executable), "opentelemetry-instrument")
 
 
@@ -133,7 +133,7 @@ def launch(
     script: str, args: list[str], env: dict[str, str], log: Path, **popen: Any
 ) -> subprocess.Popen[str]:
     """``opentelemetry-instrument python tests/helpers/<script> ARGS`` with ``env``, stderr to ``log``."""
-    command = [LAUNCHER, sys.executable, os.path.join(HELPERS_DIR, script), *args]
+    command = [LAUNCHER, sys.executable, str(HELPERS_DIR / script), *args]
     with log.open("w") as stderr:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(command, env=env, text=True, stderr=stderr, **popen)
 

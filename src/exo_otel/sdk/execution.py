@@ -127,10 +127,11 @@ def begin(
     created = timestamp_or(state.created_at_ns, now)
     # Only the run's context: never whatever was current where the runtime started.
     parent = run_trace.node_parent if run_trace is not None else context.Context()
-    server_node_span = run_trace is not None and run_trace.node_spans_by_server and bool(state.state_id)
-    if server_node_span:
+    server_node_span = False
+    if run_trace is not None and run_trace.node_spans_by_server and state.state_id:
         # The server emits the node span: execute spans go under its deterministic id.
-        node_span: trace.Span = trace.NonRecordingSpan(run_trace.state_context(state.state_id))  # type: ignore[union-attr]
+        server_node_span = True
+        node_span: trace.Span = trace.NonRecordingSpan(run_trace.state_context(state.state_id))
     else:
         node_span = start_span(
             telemetry.tracer,

@@ -432,25 +432,32 @@ def make_poll_wrapper(telemetry: Telemetry) -> AsyncMethod:
     return traced_poll
 
 
+async def _report(
+    wrapped: AsyncMethod, args: tuple[Any, ...], kwargs: dict[str, Any], headers: dict[str, str] | None
+) -> Any:
+    """The SDK's report of a state's outcome, its requests made with ``headers`` added."""
+    token = add_headers(headers)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        stop_adding(token)
+
+
 def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
     """Around ``Runtime._notify_executed``: note the outcome; after a fan-out, give its copies spans."""
 
-    async def reported(
+    async def reported_then_fanned_out(
         wrapped: AsyncMethod,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         headers: dict[str, str] | None,
-        fanned_out: tuple[RuntimeTracing, Execution] | None,
+        tracing: RuntimeTracing,
+        execution: Execution,
     ) -> Any:
-        token = add_headers(headers)
-        try:
-            result = await wrapped(*args, **kwargs)
-        finally:
-            stop_adding(token)
-        if fanned_out is not None:
-            with _TRACING_FANOUT:
-                # The executed answer does not name the copies; a later run graph does (background).
-                fanned_out[0].on_fanned_out(fanned_out[1])
+        result = await _report(wrapped, args, kwargs, headers)
+        with _TRACING_FANOUT:
+            # The executed answer does not name the copies; a later run graph does (background).
+            tracing.on_fanned_out(execution)
         return result
 
     # Not a coroutine function: with nothing to do after the report (no headers, no fan-out), it hands
@@ -460,22 +467,21 @@ def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
     ) -> Any:
         execution = _current_execution.get()
         if execution is None:
-            return reported(wrapped, args, kwargs, None, None)
+            return _report(wrapped, args, kwargs, None)
         headers = None
         try:
             _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
             headers = _report_headers(execution)
         except Exception as exc:
             _NOTING_EXECUTED.failed(exc)
-        fanned_out = None
         outputs = call_argument(args, kwargs, 1, "outputs", None)
         if isinstance(outputs, list) and len(outputs) > 1:
             tracing = getattr(instance, TRACING_ATTRIBUTE, None)
             if isinstance(tracing, RuntimeTracing):
-                fanned_out = (tracing, execution)
-        if headers is None and fanned_out is None and not adding_headers():
+                return reported_then_fanned_out(wrapped, args, kwargs, headers, tracing, execution)
+        if headers is None and not adding_headers():
             return wrapped(*args, **kwargs)
-        return reported(wrapped, args, kwargs, headers, fanned_out)
+        return _report(wrapped, args, kwargs, headers)
 
     return traced_executed
 
@@ -486,18 +492,6 @@ def _outcome_wrapper(outcome: str) -> Callable[[Telemetry], AsyncMethod]:
     noting = guard(f"noting outcome {outcome}")
 
     def factory(telemetry: Telemetry) -> AsyncMethod:
-        async def reported(
-            wrapped: AsyncMethod,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-            headers: dict[str, str] | None,
-        ) -> Any:
-            token = add_headers(headers)
-            try:
-                return await wrapped(*args, **kwargs)
-            finally:
-                stop_adding(token)
-
         # Not a coroutine function, as the executed wrapper.
         def traced_report(
             wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -510,7 +504,7 @@ def _outcome_wrapper(outcome: str) -> Callable[[Telemetry], AsyncMethod]:
                     headers = _report_headers(execution)
             if headers is None and not adding_headers():
                 return wrapped(*args, **kwargs)
-            return reported(wrapped, args, kwargs, headers)
+            return _report(wrapped, args, kwargs, headers)
 
         return traced_report
 

@@ -56,14 +56,14 @@ class PolledState:
     ) -> PolledState:
         get = state.get
         return cls(
-            str(get("state_id", "")),
-            str(get("node_name", "")),
-            str(get("identifier", "")),
-            parse_timestamp_ns(get("created_at")),
-            run,
-            _retry_count(get("retry_count")),
-            run_from_payload and run is not None,
-            run is not None and run.node_spans_by_server,
+            state_id=str(get("state_id", "")),
+            node_name=str(get("node_name", "")),
+            identifier=str(get("identifier", "")),
+            created_at_ns=parse_timestamp_ns(get("created_at")),
+            run=run,
+            retry_count=_retry_count(get("retry_count")),
+            run_from_payload=run_from_payload and run is not None,
+            server_node_spans=run is not None and run.node_spans_by_server,
         )
 
 
