@@ -185,12 +185,13 @@ def test_index_is_bounded() -> None:
     index = RunIndex(max_states=3, max_runs=2)
     graph = GraphNodes("g", ["a", "b", "c", "d"], {"b": "a"}, {n: "x" for n in "abcd"})
     index.index_graph("r1", graph, 1.0)
-    assert list(index.states) == ["b", "c", "d"]
+    assert list(index.states.keys()) == ["b", "c", "d"]
     # The run lost a state from the index: it must be fetched again to find it.
-    assert index.runs["r1"].indexed_count == -1
+    record = index.runs.peek("r1")
+    assert record is not None and record.indexed_count == -1
     for run_id in ("r2", "r3"):
         index.record(run_id)
-    assert list(index.runs) == ["r2", "r3"]
+    assert list(index.runs.keys()) == ["r2", "r3"]
 
 
 # --- a stand-in server for the failure modes the embedded state manager cannot produce ---

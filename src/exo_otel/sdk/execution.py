@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id, trace_id_for_state
+from exo_otel.core.lru import LruCache
 from exo_otel.core.redaction import Redactor
 from exo_otel.core.sanitize import clean_str, clean_text, timestamp_or
 from exo_otel.core.spans import (
@@ -187,8 +188,7 @@ def begin(
 
 _RUN_METRIC_KEYS: Final = (attr.NAMESPACE, attr.GRAPH_NAME)
 # Few distinct sets (namespaces x graphs x nodes x outcomes): one dict each, shared by all states.
-_metric_attribute_sets: dict[tuple[Any, ...], dict[str, str]] = {}
-_MAX_METRIC_ATTRIBUTE_SETS: Final = 4096
+_metric_attribute_sets: LruCache[tuple[Any, ...], dict[str, str]] = LruCache(4096)
 
 
 def metric_attributes(
@@ -213,9 +213,7 @@ def metric_attributes(
             inflight.note_attribute_set(found)
         if failure is not None:
             found[attr.ERROR_TYPE] = clean_text(failure)
-        if len(_metric_attribute_sets) >= _MAX_METRIC_ATTRIBUTE_SETS:
-            _metric_attribute_sets.clear()
-        _metric_attribute_sets[key] = found
+        _metric_attribute_sets.put(key, found)
     return found
 
 

@@ -9,9 +9,11 @@ comes first ends the spans.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, Observation
+
+from exo_otel.core.lru import LruCache
 
 if TYPE_CHECKING:
     from exo_otel.sdk.execution import Execution
@@ -40,20 +42,17 @@ def snapshot() -> list[Execution]:
 
 # Every metric attribute set that has had a state in flight: observed at 0 when none is, so a
 # series drops to 0 rather than vanishing. Few sets (namespaces x graphs x nodes); bounded anyway.
-_known_sets: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
-_MAX_KNOWN_SETS: Final = 4096
+_known_sets: LruCache[tuple[tuple[str, str], ...], dict[str, str]] = LruCache(4096)
 
 
 def note_attribute_set(attributes: dict[str, str]) -> None:
     """A state with these metric attributes may be in flight from now on (once per distinct set)."""
-    key = tuple(attributes.items())
-    if key not in _known_sets and len(_known_sets) < _MAX_KNOWN_SETS:
-        _known_sets[key] = attributes
+    _known_sets.put(tuple(attributes.items()), attributes)
 
 
 def observe(options: CallbackOptions) -> Iterator[Observation]:
     """``exosphere.runtime.inflight``: the states in flight now, by metric attribute set."""
-    counts = dict.fromkeys(_known_sets.copy(), 0)
+    counts = dict.fromkeys((key for key, _attributes in _known_sets.snapshot()), 0)
     for execution in snapshot():
         key = tuple(execution.metric_attributes.items())
         counts[key] = counts.get(key, 0) + 1

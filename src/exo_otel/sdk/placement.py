@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
 from opentelemetry.trace import SpanContext
 
+from exo_otel.core.lru import LruCache
 from exo_otel.core.metrics import ExosphereMetrics
 from exo_otel.sdk.state_context import RunInfo
 
@@ -36,24 +36,17 @@ class PlacementMemory:
     """The node spans this runtime started, by state id; the least recently used are forgotten first."""
 
     def __init__(self, max_states: int = 20_000) -> None:
-        self._max = max(1, max_states)
-        self._placed: OrderedDict[str, Placed] = OrderedDict()
+        self._placed: LruCache[str, Placed] = LruCache(max(1, max_states))
 
     def remember(self, state_id: str, run: RunInfo | None, context: SpanContext) -> None:
         if not context.is_valid:
             return
-        self._placed[state_id] = Placed(run, context)
-        self._placed.move_to_end(state_id)
-        while len(self._placed) > self._max:
-            self._placed.popitem(last=False)
+        self._placed.put(state_id, Placed(run, context))
 
     def get(self, state_id: str | None) -> Placed | None:
         if state_id is None:
             return None
-        placed = self._placed.get(state_id)
-        if placed is not None:
-            self._placed.move_to_end(state_id)
-        return placed
+        return self._placed.get(state_id)
 
 
 UNPLACED_ADVICE: Final = (

@@ -9,10 +9,10 @@ to the states indexed says the same as of the page's time.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from exo_otel.core.lru import LruCache
 from exo_otel.sdk.state_context import RunInfo
 
 
@@ -86,26 +86,24 @@ class RunIndex:
     """States to runs (bounded, least recently used evicted) and runs to what is known of them."""
 
     def __init__(self, max_states: int = 20_000, max_runs: int = 2_000) -> None:
-        self._max_states = max(1, max_states)
-        self._max_runs = max(1, max_runs)
-        self.states: OrderedDict[str, RunInfo] = OrderedDict()
-        self.runs: OrderedDict[str, RunRecord] = OrderedDict()
+        self.states: LruCache[str, RunInfo] = LruCache(max(1, max_states), on_evict=self._state_forgotten)
+        self.runs: LruCache[str, RunRecord] = LruCache(max(1, max_runs))
 
     def known(self, state_id: str) -> RunInfo | None:
-        info = self.states.get(state_id)
-        if info is not None:
-            self.states.move_to_end(state_id)
-        return info
+        return self.states.get(state_id)
 
     def record(self, run_id: str) -> RunRecord:
         run = self.runs.get(run_id)
         if run is None:
-            run = self.runs[run_id] = RunRecord(run_id)
-            while len(self.runs) > self._max_runs:
-                self.runs.popitem(last=False)
-        else:
-            self.runs.move_to_end(run_id)
+            run = RunRecord(run_id)
+            self.runs.put(run_id, run)
         return run
+
+    def _state_forgotten(self, _state_id: str, info: RunInfo) -> None:
+        # That run's index is incomplete now: its graph must be fetched again to find the state.
+        stale = self.runs.peek(info.run_id)
+        if stale is not None:
+            stale.indexed_count, stale.complete_at = -1, float("-inf")
 
     def note_page(self, items: list[tuple[str, dict[str, Any]]], sent_at: float) -> int:
         """Remember what a runs page says; the number of its runs still pending."""
@@ -133,19 +131,13 @@ class RunIndex:
         """Remember every state of a run graph fetched at ``sent_at``."""
         run = self.record(run_id)
         run.graph_name = graph.graph_name or run.graph_name
-        for state_id in graph.node_ids:
-            self.states[state_id] = RunInfo(run_id, run.graph_name, graph.parent_of.get(state_id))
-            self.states.move_to_end(state_id)
         run.indexed_count = len(graph.node_ids)
         run.complete_at = max(run.complete_at, sent_at)
         run.graph_fetched_at = sent_at
         run.grown_since = None
-        while len(self.states) > self._max_states:
-            _, evicted = self.states.popitem(last=False)
-            # That run's index is incomplete now: its graph must be fetched again to find the state.
-            stale = self.runs.get(evicted.run_id)
-            if stale is not None:
-                stale.indexed_count, stale.complete_at = -1, float("-inf")
+        # After the run's own record: a state of this very run forgotten to make room marks it stale.
+        for state_id in graph.node_ids:
+            self.states.put(state_id, RunInfo(run_id, run.graph_name, graph.parent_of.get(state_id)))
 
     def expect_growth(self, run_id: str, at: float) -> None:
         """A state of the run was just reported done here: the state manager is making its next states."""

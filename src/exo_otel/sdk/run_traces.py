@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanContext, TraceFlags
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id, trace_flags, trace_id_for_run
+from exo_otel.core.lru import LruCache
 from exo_otel.core.sanitize import clean_text, log_safe
 from exo_otel.sdk.context_keys import BAGGAGE_KEY
 from exo_otel.sdk.state_context import (
@@ -101,7 +102,7 @@ def run_baggage(run: RunInfo | None, namespace: str) -> dict[str, str]:
 
 
 class RunTraces:
-    """A runtime's runs, each derived once; the oldest are forgotten first beyond ``max_runs``.
+    """A runtime's runs, each derived once; the least recently used are forgotten beyond ``max_runs``.
 
     Forgetting costs nothing but a recomputation: a run's trace is a function of the run.
     """
@@ -109,8 +110,9 @@ class RunTraces:
     def __init__(self, namespace: str, sampler: Sampler | None, max_runs: int = 4096) -> None:
         self._namespace = namespace
         self._sampler = sampler
-        self._max = max(1, max_runs)
-        self._traces: dict[tuple[str, str | None, tuple[tuple[str, str], ...], bool], RunTrace] = {}
+        self._traces: LruCache[tuple[str, str | None, tuple[tuple[str, str], ...], bool], RunTrace] = (
+            LruCache(max(1, max_runs))
+        )
         self.no_run: dict[str, str] = run_baggage(None, namespace)
         """The run-wide entries of a state placed in no run: the namespace alone (its node span, the
         root of the state's own trace, carries it)."""
@@ -122,7 +124,6 @@ class RunTraces:
         key = (run.run_id, run.graph_name, run.carrier, run.node_spans_by_server)
         found = self._traces.get(key)
         if found is None:
-            found = self._traces[key] = run_trace(run, self._namespace, self._sampler)
-            if len(self._traces) > self._max:
-                del self._traces[next(iter(self._traces))]
+            found = run_trace(run, self._namespace, self._sampler)
+            self._traces.put(key, found)
         return found

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
+from exo_otel.core.lru import LruCache
 from exo_otel.server.context import RunContext
 from exo_otel.server.records import PENDING_STATUSES, RunNotes, StateRecord, apply_note
 
@@ -59,14 +59,12 @@ class MongoRunStore:
         self._indexed = False
         # The runs of states runtimes took from this process, for their reports (which mostly come
         # back to it): a read by _id saved per report. The oldest go first past the bound.
-        self._run_of_state: OrderedDict[str, str] = OrderedDict()
+        self._run_of_state: LruCache[str, str] = LruCache(MAX_KNOWN_STATES)
 
     def states_taken(self, runs_by_state: Mapping[str, str]) -> None:
         for state_id, run_id in runs_by_state.items():
             if run_id:
-                self._run_of_state[state_id] = run_id
-        while len(self._run_of_state) > MAX_KNOWN_STATES:
-            self._run_of_state.popitem(last=False)
+                self._run_of_state.put(state_id, run_id)
 
     def _states(self) -> Any:
         return self._state_collection()

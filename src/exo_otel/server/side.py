@@ -8,7 +8,6 @@ manually retried. Nothing here may fail a request: every entry point is guarded 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,6 +17,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.cpu_report import CPU_TIME_HEADER, read_cpu_time_header
+from exo_otel.core.lru import LruCache
 from exo_otel.core.spans import guard
 from exo_otel.server.context import RunContext, enqueue_extension, new_run_context
 from exo_otel.server.spans import ServerMetrics, emit_run_root
@@ -54,7 +54,9 @@ class ServerSide:
     sweeper: Sweeper = field(init=False)
     # Run contexts by run id, with when they were read: kept a bounded time, since another process may
     # purge a run's records once its retention passed, and a run without records gets no extension.
-    _contexts: OrderedDict[str, tuple[RunContext, float]] = field(default_factory=OrderedDict)
+    _contexts: LruCache[str, tuple[RunContext, float]] = field(
+        default_factory=lambda: LruCache(_CACHE_SIZE)
+    )
 
     def __post_init__(self) -> None:
         self.sweeper = Sweeper(
@@ -64,10 +66,7 @@ class ServerSide:
 
     def _remember(self, run: RunContext) -> None:
         # A run's context never changes once made; only whether its records still exist does.
-        self._contexts[run.run_id] = (run, time.monotonic())
-        self._contexts.move_to_end(run.run_id)
-        while len(self._contexts) > _CACHE_SIZE:
-            self._contexts.popitem(last=False)
+        self._contexts.put(run.run_id, (run, time.monotonic()))
 
     def _cached(self, run_id: str, now: float) -> RunContext | None:
         entry = self._contexts.get(run_id)
@@ -134,7 +133,7 @@ class ServerSide:
         await self.store.withdraw_note(token)
 
     async def run_failed_to_start(self, run_id: str) -> None:
-        self._contexts.pop(run_id, None)
+        self._contexts.pop(run_id)
         await self.store.discard_run(run_id)
 
     async def contexts(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
