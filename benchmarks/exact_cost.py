@@ -339,25 +339,26 @@ class Part:
         self.polls = 0
         part = self
 
-        async def no_network(session: Any, method: str, url: str, **kwargs: Any) -> None:
+        # Each stand-in takes the parameters of what it replaces: exo_otel checks them before wrapping.
+        async def no_network(self: Any, method: str, str_or_url: str, **kwargs: Any) -> None:
             return None
 
-        async def recorded_enqueue_call(runtime: Any) -> Any:
-            body = {"nodes": runtime._node_names, "batch_size": runtime._batch_size}
+        async def recorded_enqueue_call(self: Any) -> Any:
+            body = {"nodes": self._node_names, "batch_size": self._batch_size}
             await aiohttp.client.ClientSession._request(
-                _SESSION, "POST", runtime._get_enque_endpoint(), json=body,
-                headers={"x-api-key": runtime._key})
+                _SESSION, "POST", self._get_enque_endpoint(), json=body,
+                headers={"x-api-key": self._key})
             part.polls += 1
-            return runtime._exact_answers.pop()
+            return self._exact_answers.pop()
 
-        async def notify_executed(runtime: Any, state_id: str, outputs: list[Any]) -> None:
+        async def notify_executed(self: Any, state_id: str, outputs: list[Any]) -> None:
             body = {"outputs": [output.model_dump() for output in outputs]}
             await aiohttp.client.ClientSession._request(
-                _SESSION, "POST", runtime._get_executed_endpoint(state_id), json=body,
-                headers={"x-api-key": runtime._key})
+                _SESSION, "POST", self._get_executed_endpoint(state_id), json=body,
+                headers={"x-api-key": self._key})
             part.executed += 1
 
-        async def notify_errored(runtime: Any, state_id: str, error: str) -> None:
+        async def notify_errored(self: Any, state_id: str, error: str) -> None:
             raise RuntimeError(f"state {state_id} errored in the benchmark: {error}")
 
         # Before exo_otel wraps them: its wrappers then wrap these, as they wrap the network calls.

@@ -1,6 +1,6 @@
 """Run-API placement at 1, 10, 50 and 200 runs in flight: states placed, reference integrity, calls per state.
 
-One instrumented runtime (``run_association="run_api"``: the enqueue answer carries no run context)
+One instrumented runtime (``placement="run_api"``: the enqueue answer carries no run context)
 runs N concurrent runs of the 11-state placement graph (tests/helpers/placement_graph.py) against the embedded
 state manager, or against the real upstream one with ``--upstream`` (needs UPSTREAM_GIT_DIR, see
 tests/helpers/upstream_sm.py). Prints one line per level; no assertions.
@@ -45,7 +45,7 @@ async def main(levels: list[int], budget: float | None, wait_ms: int | None, ups
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=provider, run_association="run_api", run_api_budget=budget,
+    instrumentor.instrument(tracer_provider=provider, placement="run_api", run_api_budget=budget,
                             placement_wait_ms=wait_ms)
     label = "upstream" if upstream else "embedded"
     settings = instrumentor._telemetry.settings

@@ -1,5 +1,5 @@
 """Milliseconds from a state's arrival in a runtime's queue to its node's ``execute()``, for a runtime's
-first 5 states, plain and with exo_otel's SDK side loaded (its defaults: run association ``auto``,
+first 5 states, plain and with exo_otel's SDK side loaded (its defaults: placement ``auto``,
 placement wait 250 ms).
 
 Each round is a fresh embedded state manager on 127.0.0.1 and a fresh runtime (4 workers, polls every

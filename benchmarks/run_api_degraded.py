@@ -1,6 +1,6 @@
 """Runtime throughput when the run APIs answer slowly or hang, against the same run with healthy run APIs.
 
-One instrumented runtime (``run_association="run_api"``) runs N concurrent runs of the 11-state
+One instrumented runtime (``placement="run_api"``) runs N concurrent runs of the 11-state
 placement graph (tests/helpers/placement_graph.py) against the embedded state manager, through a loopback
 proxy that passes the run API calls (healthy), delays each by 1.9 s (slow), or never answers them
 (hanging: the lookup's 2 s timeout ends them). An uninstrumented round is the reference. For each mode
@@ -45,7 +45,7 @@ async def main(runs: int, rounds: int) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=provider, run_association="run_api")
+    instrumentor.instrument(tracer_provider=provider, placement="run_api")
     results: dict[str, list[LoadResult]] = {}
     try:
         for _ in range(rounds):  # interleaved, so drift in the machine's load hits every mode alike

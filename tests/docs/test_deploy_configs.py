@@ -347,7 +347,7 @@ def test_latency_and_run_cost_panels_show_exemplars(dashboard: dict[str, Any]) -
                 assert target.get("exemplar") is True, panel["title"]
 
 
-def test_run_lookup(dashboard: dict[str, Any]) -> None:
+def test_a_run_is_found_by_its_run_id(dashboard: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["run_id"]["type"] == "textbox"
     traceql = [

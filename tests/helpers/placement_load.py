@@ -146,7 +146,7 @@ async def run_load(
             proxy.calls["enqueue_with_states"],
         )
         tracing = getattr(runtime, "_exo_otel_tracing", None)
-        latency = tracing.lookup().api.latency if tracing is not None else None
+        latency = tracing.run_api_placement().api.latency if tracing is not None else None
         state_ids = {node["id"] for graph in graphs.values() for node in graph["nodes"]}
         # Node spans end when the worker is done; copies when a later run graph names them.
         deadline = time.monotonic() + 10

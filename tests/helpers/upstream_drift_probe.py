@@ -7,20 +7,12 @@ instrumentor was loaded before the app was imported, after uninstrument, and whe
 from __future__ import annotations
 
 import json
-import sys
 
-from exo_otel.server.instrumentor import PATCHES, StateManagerInstrumentor, check_targets, is_ours
+from exo_otel.server.instrumentor import PATCHES, StateManagerInstrumentor, check_targets
 
 
 def wrapped() -> list[bool]:
-    flags = []
-    for patch in PATCHES:
-        owner = sys.modules[patch.module]
-        *path, name = patch.attribute.split(".")
-        for part in path:
-            owner = getattr(owner, part)
-        flags.append(is_ours(getattr(owner, name)))
-    return flags
+    return [patch.is_wrapped() for patch in PATCHES]
 
 
 before = StateManagerInstrumentor()

@@ -43,7 +43,7 @@ async def main() -> None:
     worker = asyncio.create_task(runtime._worker(0))
     while sm.run_status(run_id) == "PENDING":
         await asyncio.sleep(0.01)
-    lookup = runtime._exo_otel_tracing.lookup()
+    lookup = runtime._exo_otel_tracing.run_api_placement()
     print(f"RUN={sm.run_status(run_id)} CALLS={lookup.calls} RUNNING={lookup.running}", flush=True)
     del worker  # left running, as a program that just returns leaves it
 

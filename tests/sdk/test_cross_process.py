@@ -29,12 +29,12 @@ def _hex(span_id: int) -> str:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("expose_run_context", [True, False], ids=["payload", "run_api"])
 def test_every_span_of_a_run_lands_in_its_one_trace(expose_run_context: bool, tmp_path: Path) -> None:
-    association = "payload" if expose_run_context else "run_api"
+    mode = "payload" if expose_run_context else "run_api"
     processes: list[subprocess.Popen[str]] = []
     with OtlpHttpReceiver() as rx, EmbeddedStateManager(expose_run_context=expose_run_context) as sm:
         try:
             for name, nodes in (("runtime-a", RUNTIME_A), ("runtime-b", RUNTIME_B)):
-                env = otel_env(rx.endpoint, name, OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION=association)
+                env = otel_env(rx.endpoint, name, OTEL_PYTHON_EXOSPHERE_PLACEMENT=mode)
                 args = ["--uri", sm.uri, f"--key={sm.api_key}", "--namespace", cg.NAMESPACE,
                         "--nodes", ",".join(nodes), "--name", name]
                 processes.append(launch("proc_runtime.py", args, env, tmp_path / f"{name}.log"))

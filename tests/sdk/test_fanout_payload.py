@@ -20,7 +20,7 @@ from helpers.placement_load import run_load
 
 @pytest.fixture
 def payload_first(tracer_provider: TracerProvider) -> Iterator[ExosphereInstrumentor]:
-    with instrumented(tracer_provider=tracer_provider, run_association="auto") as instrumentor:
+    with instrumented(tracer_provider=tracer_provider, placement="auto") as instrumentor:
         yield instrumentor
 
 

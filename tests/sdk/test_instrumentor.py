@@ -15,9 +15,11 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from packaging.requirements import Requirement
 
 from exo_otel.core.ids import RunIdGenerator
-from exo_otel.sdk.config import RunAssociation
-from exo_otel.sdk.instrumentor import CPU_TIME_PATCHES, PATCHES, ExosphereInstrumentor, Patch
+from exo_otel.core.patches import Patch
+from exo_otel.sdk.config import PlacementMode
+from exo_otel.sdk.instrumentor import CPU_TIME_PATCHES, PATCHES, ExosphereInstrumentor
 from exo_otel.sdk.package import _instruments
+from exo_otel.sdk.telemetry import Telemetry
 
 
 def _target(module_name: str, attribute: str) -> object:
@@ -28,16 +30,18 @@ def _target(module_name: str, attribute: str) -> object:
     return owner
 
 
-def _wrapped_flags(patches: tuple[Patch, ...] = PATCHES + CPU_TIME_PATCHES) -> list[bool]:
-    return [isinstance(_target(m, a), wrapt.FunctionWrapper) for m, a, _ in patches]
+def _wrapped_flags(patches: tuple[Patch[Telemetry], ...] = PATCHES + CPU_TIME_PATCHES) -> list[bool]:
+    return [isinstance(_target(p.module, p.attribute), wrapt.FunctionWrapper) for p in patches]
 
 
 def test_every_patch_target_exists_in_the_installed_sdk() -> None:
     # Drift: the targets are (partly private) methods of a 0.0.x SDK; a release that renames one
     # must fail here, loudly, not silently lose spans.
-    for module_name, attribute, _factory in PATCHES + CPU_TIME_PATCHES:
-        target = _target(module_name, attribute)
-        assert callable(target), f"{module_name}.{attribute} is gone or not callable"
+    for patch in PATCHES + CPU_TIME_PATCHES:
+        target = _target(patch.module, patch.attribute)
+        assert callable(target), f"{patch.target} is gone or not callable"
+        # ... and takes the parameters its wrapper reads.
+        assert patch.problem(importlib.import_module(patch.module)) is None
 
 
 def test_instruments_extras_match_instrumentation_dependencies() -> None:
@@ -107,7 +111,7 @@ def test_a_run_id_generator_already_installed_is_kept() -> None:
 
 def test_bad_explicit_settings_raise_and_install_nothing() -> None:
     with pytest.raises(ValueError):
-        ExosphereInstrumentor().instrument(run_association="sometimes")
+        ExosphereInstrumentor().instrument(placement="sometimes")
     with pytest.raises(ValueError):
         ExosphereInstrumentor().instrument(io_max_length=0)
     assert not any(_wrapped_flags())
@@ -118,16 +122,39 @@ def test_bad_environment_settings_fall_back(
 ) -> None:
     from exo_otel.sdk.config import Settings
 
-    monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION", "sometimes")
+    monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_PLACEMENT", "sometimes")
     monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_CAPTURE_IO", "maybe")
     with caplog.at_level(logging.WARNING):
         settings = Settings.resolve()
-    assert settings.run_association is RunAssociation.AUTO
+    assert settings.placement is PlacementMode.AUTO
     assert settings.capture_io is False
-    assert "OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION" in caplog.text
+    assert "OTEL_PYTHON_EXOSPHERE_PLACEMENT='sometimes' is not one of" in caplog.text
+    monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_PLACEMENT", "payload")
+    assert Settings.resolve().placement is PlacementMode.PAYLOAD
+    assert Settings.resolve(placement="run_api").placement is PlacementMode.RUN_API
+
+
+def test_old_setting_names_still_work_with_a_deprecation_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from exo_otel.sdk import config
+
     monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION", "payload")
-    assert Settings.resolve().run_association is RunAssociation.PAYLOAD
-    assert Settings.resolve(run_association="run_api").run_association is RunAssociation.RUN_API
+    with caplog.at_level(logging.WARNING):
+        assert config.Settings.resolve().placement is PlacementMode.PAYLOAD
+    deprecated = "OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION is deprecated: set OTEL_PYTHON_EXOSPHERE_PLACEMENT"
+    assert deprecated in caplog.text
+    monkeypatch.setenv("OTEL_PYTHON_EXOSPHERE_PLACEMENT", "none")  # the new name wins
+    assert config.Settings.resolve().placement is PlacementMode.NONE
+    with pytest.warns(DeprecationWarning, match="use PlacementMode"):
+        assert config.RunAssociation is PlacementMode
+    instrumentor = ExosphereInstrumentor()
+    with pytest.warns(DeprecationWarning, match="use placement="):
+        instrumentor.instrument(tracer_provider=TracerProvider(), run_association="run_api")
+    try:
+        assert instrumentor._telemetry.settings.placement is PlacementMode.RUN_API
+    finally:
+        instrumentor.uninstrument()
 
 
 def test_no_op_and_foreign_providers_are_accepted() -> None:
@@ -140,3 +167,27 @@ def test_no_op_and_foreign_providers_are_accepted() -> None:
         instrumentor.instrument(tracer_provider=provider, cpu_time=True)
         assert all(_wrapped_flags())
         instrumentor.uninstrument()
+
+
+def test_a_target_of_another_shape_is_logged_and_left_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An SDK release whose _get_secrets takes other parameters: wrapping it would misread its calls.
+    import exospherehost.runtime
+
+    async def _get_secrets(self: object, state: object, extra: object) -> dict[str, str]:
+        return {}
+
+    monkeypatch.setattr(exospherehost.runtime.Runtime, "_get_secrets", _get_secrets)
+    shaped = [p for p in PATCHES if p.attribute != "Runtime._get_secrets"]
+    instrumentor = ExosphereInstrumentor()
+    with caplog.at_level(logging.WARNING, logger="exo_otel"):
+        instrumentor.instrument(tracer_provider=TracerProvider())
+    try:
+        assert "exospherehost.runtime.Runtime._get_secrets takes ('self', 'state', 'extra')" in caplog.text
+        assert exospherehost.runtime.Runtime._get_secrets is _get_secrets
+        assert all(_wrapped_flags(tuple(shaped)))
+    finally:
+        instrumentor.uninstrument()
+    assert not any(_wrapped_flags(tuple(shaped)))
+    assert exospherehost.runtime.Runtime._get_secrets is _get_secrets

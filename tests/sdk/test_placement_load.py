@@ -17,7 +17,7 @@ from helpers.placement_load import run_load
 
 @pytest.fixture
 def run_api_only(tracer_provider: TracerProvider) -> Iterator[ExosphereInstrumentor]:
-    with instrumented(tracer_provider=tracer_provider, run_association="run_api") as instrumentor:
+    with instrumented(tracer_provider=tracer_provider, placement="run_api") as instrumentor:
         yield instrumentor
 
 

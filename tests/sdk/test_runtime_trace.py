@@ -1,4 +1,4 @@
-"""Every state a runtime executes lands in its run's trace: the tree, links, outcomes, run association."""
+"""Every state a runtime executes lands in its run's trace: the tree, links, outcomes, placement modes."""
 
 from __future__ import annotations
 
@@ -56,15 +56,15 @@ def assert_complete_trace(spans: list[ReadableSpan], run_id: str) -> None:
             assert float(attributes["exosphere.state.queue_wait_ms"]) >= 0  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("association", ["payload", "auto"])
+@pytest.mark.parametrize("mode", ["payload", "auto"])
 async def test_one_run_is_one_trace_with_the_expected_tree(
     state_manager_with_context: EmbeddedStateManager,
     tracer_provider: TracerProvider,
     span_exporter: InMemorySpanExporter,
-    association: str,
+    mode: str,
 ) -> None:
     instrumentor = ExosphereInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, run_association=association)
+    instrumentor.instrument(tracer_provider=tracer_provider, placement=mode)
     try:
         run_id, spans = await run_conformance_graph(
             state_manager_with_context, span_exporter, f"tree-{uuid.uuid4()}"
@@ -80,7 +80,7 @@ async def test_upstream_shaped_answers_give_the_same_tree_through_the_run_apis(
     tracer_provider: TracerProvider,
     span_exporter: InMemorySpanExporter,
 ) -> None:
-    with instrumented(tracer_provider=tracer_provider, run_association="auto"):
+    with instrumented(tracer_provider=tracer_provider, placement="auto"):
         run_id, spans = await run_conformance_graph(state_manager, span_exporter, f"api-{uuid.uuid4()}")
     assert dump_tree(spans, label) == EXPECTED_RUN_TREE
     assert_complete_trace(spans, run_id)

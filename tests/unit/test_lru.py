@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from opentelemetry.trace import SpanContext
 
 from exo_otel.core.lru import LruCache
 from exo_otel.sdk.placement import PlacementMemory
 from exo_otel.sdk.run_index import GraphNodes, RunIndex
 from exo_otel.sdk.state_context import RunInfo
-from opentelemetry.trace import SpanContext
 
 
 def test_least_recently_used_is_forgotten_first() -> None:
@@ -19,7 +19,7 @@ def test_least_recently_used_is_forgotten_first() -> None:
     assert cache.get("a") == 1  # "a" is now the most recently used
     cache.put("d", 4)
     assert evicted == [("b", 2)]
-    assert list(cache.keys()) == ["c", "a", "d"]
+    assert list(cache) == ["c", "a", "d"]
     assert cache.peek("c") == 3
     cache.put("e", 5)  # peek did not make "c" recent
     assert evicted[-1] == ("c", 3)
@@ -45,7 +45,7 @@ def test_bound_holds_over_many_puts() -> None:
         if key % 7 == 0:
             assert cache.get(key // 2) in (None, (key // 2) * 2)  # a read never grows it
     assert len(cache) == 100 and cache.max_entries == 100
-    assert all(cache.peek(key) == key * 2 for key in cache.keys())
+    assert all(cache.peek(key) == key * 2 for key in cache)
 
 
 def test_a_bound_below_one_is_refused() -> None:

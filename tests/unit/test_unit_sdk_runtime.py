@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
 from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run, trace_id_for_state
-from exo_otel.sdk.config import RunAssociation, Settings
+from exo_otel.sdk.config import PlacementMode, Settings
 from exo_otel.sdk.request_headers import make_request_headers_wrapper
 from exo_otel.sdk.runtime import (
     TRACING_ATTRIBUTE,
@@ -185,7 +185,7 @@ async def test_an_unsampled_carrier_records_nothing(
 async def test_a_state_placed_in_no_run_roots_a_trace_of_its_own(
     telemetry: Telemetry, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    none = dataclasses.replace(telemetry, settings=Settings(run_association=RunAssociation.NONE))
+    none = dataclasses.replace(telemetry, settings=Settings(placement=PlacementMode.NONE))
     runtime = traced_runtime(none, monkeypatch)
     await runtime._state_queue.put(payload())
     await runtime._state_queue.get()
@@ -347,7 +347,7 @@ async def test_without_cpu_time_the_node_is_not_metered_and_the_report_carries_n
 async def test_a_poll_returns_its_answer_unchanged_with_http_spans_suppressed_and_is_timed(
     telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch, points: Callable[[str], list[Any]]
 ) -> None:
-    none = dataclasses.replace(telemetry, settings=Settings(run_association=RunAssociation.NONE))
+    none = dataclasses.replace(telemetry, settings=Settings(placement=PlacementMode.NONE))
     runtime = traced_runtime(none, monkeypatch)
     answer = {"states": [payload()], "status": "ok"}
     http_enabled: list[bool] = []

@@ -66,7 +66,7 @@ class LruCache[K: Hashable, V]:
         """The values, oldest first; the cache must not change while they are iterated."""
         return iter(self._entries.values())
 
-    def keys(self) -> Iterator[K]:
+    def __iter__(self) -> Iterator[K]:
         """The keys, oldest first; the cache must not change while they are iterated."""
         return iter(self._entries)
 

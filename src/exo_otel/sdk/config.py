@@ -5,18 +5,24 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Final
 
 _logger = logging.getLogger(__name__)
 
-OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION: Final = "OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION"
-"""How a runtime finds the run of a state it executes: ``auto`` (default), ``payload``, ``run_api``, ``none``.
+OTEL_PYTHON_EXOSPHERE_PLACEMENT: Final = "OTEL_PYTHON_EXOSPHERE_PLACEMENT"
+"""How a runtime places a state in its run's trace (finds the state's run): ``auto`` (default),
+``payload``, ``run_api``, ``none``.
 
 ``auto`` uses the run context in the enqueue answer when the state manager sends it and asks the
 run APIs otherwise; ``payload`` only the former; ``run_api`` only the latter; ``none`` gives every
 state a trace of its own.
 """
+
+OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION: Final = "OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION"
+"""The old name of `OTEL_PYTHON_EXOSPHERE_PLACEMENT`: still read when the new one is unset, with a
+deprecation warning."""
 
 OTEL_PYTHON_EXOSPHERE_CAPTURE_IO: Final = "OTEL_PYTHON_EXOSPHERE_CAPTURE_IO"
 """``true`` records node inputs and outputs on execute spans, truncated. Default ``false``."""
@@ -33,7 +39,7 @@ context in the payload get traces of their own).
 
 OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS: Final = "OTEL_PYTHON_EXOSPHERE_PLACEMENT_WAIT_MS"
 """Milliseconds a worker may wait, when it takes a state whose run is not known yet, for the
-background lookup to find it. Default 250; ``0`` never waits."""
+run API placement to find it. Default 250; ``0`` never waits."""
 
 OTEL_PYTHON_EXOSPHERE_CPU_TIME: Final = "OTEL_PYTHON_EXOSPHERE_CPU_TIME"
 """``true`` measures each execution's CPU time (``exosphere.execution.cpu_time``, the
@@ -46,8 +52,8 @@ DEFAULT_RUN_API_BUDGET: Final = 50.0
 DEFAULT_PLACEMENT_WAIT_MS: Final = 250
 
 
-class RunAssociation(enum.StrEnum):
-    """Where a runtime looks for a state's run."""
+class PlacementMode(enum.StrEnum):
+    """Where a runtime looks for a state's run, to place the state in the run's trace."""
 
     AUTO = "auto"
     PAYLOAD = "payload"
@@ -56,18 +62,18 @@ class RunAssociation(enum.StrEnum):
 
     @property
     def uses_payload(self) -> bool:
-        return self in (RunAssociation.AUTO, RunAssociation.PAYLOAD)
+        return self in (PlacementMode.AUTO, PlacementMode.PAYLOAD)
 
     @property
     def uses_run_api(self) -> bool:
-        return self in (RunAssociation.AUTO, RunAssociation.RUN_API)
+        return self in (PlacementMode.AUTO, PlacementMode.RUN_API)
 
 
 @dataclass(frozen=True)
 class Settings:
     """What `ExosphereInstrumentor.instrument` was told, with the environment filling the gaps."""
 
-    run_association: RunAssociation = RunAssociation.AUTO
+    placement: PlacementMode = PlacementMode.AUTO
     capture_io: bool = False
     io_max_length: int = DEFAULT_IO_MAX_LENGTH
     run_api_budget: float = DEFAULT_RUN_API_BUDGET
@@ -77,7 +83,7 @@ class Settings:
     @classmethod
     def resolve(
         cls,
-        run_association: RunAssociation | str | None = None,
+        placement: PlacementMode | str | None = None,
         capture_io: bool | None = None,
         io_max_length: int | None = None,
         run_api_budget: float | None = None,
@@ -85,10 +91,7 @@ class Settings:
         cpu_time: bool | None = None,
     ) -> Settings:
         """Explicit arguments win; the environment fills what is None; bad values raise ValueError."""
-        if run_association is None:
-            association = _env_association()
-        else:
-            association = RunAssociation(str(run_association).strip().lower())
+        mode = _env_placement() if placement is None else PlacementMode(str(placement).strip().lower())
         if capture_io is None:
             capture_io = _env_bool(OTEL_PYTHON_EXOSPHERE_CAPTURE_IO, default=False)
         if io_max_length is None:
@@ -110,7 +113,7 @@ class Settings:
         if cpu_time is None:
             cpu_time = _env_bool(OTEL_PYTHON_EXOSPHERE_CPU_TIME, default=False)
         return cls(
-            run_association=association,
+            placement=mode,
             capture_io=capture_io,
             io_max_length=io_max_length,
             run_api_budget=float(run_api_budget),
@@ -119,19 +122,34 @@ class Settings:
         )
 
 
-def _env_association() -> RunAssociation:
+def _env_placement() -> PlacementMode:
     # A bad environment value must not abort the launcher's start-up: warn and use the default.
-    raw = os.environ.get(OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION, "").strip().lower()
+    name = OTEL_PYTHON_EXOSPHERE_PLACEMENT
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw and os.environ.get(OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION, "").strip():
+        name = OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION
+        raw = os.environ[name].strip().lower()
+        _logger.warning("%s is deprecated: set %s instead", name, OTEL_PYTHON_EXOSPHERE_PLACEMENT)
     if not raw:
-        return RunAssociation.AUTO
+        return PlacementMode.AUTO
     try:
-        return RunAssociation(raw)
+        return PlacementMode(raw)
     except ValueError:
-        choices = ", ".join(member.value for member in RunAssociation)
-        _logger.warning(
-            "%s=%r is not one of %s; using auto", OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION, raw, choices
+        choices = ", ".join(member.value for member in PlacementMode)
+        _logger.warning("%s=%r is not one of %s; using auto", name, raw, choices)
+        return PlacementMode.AUTO
+
+
+def __getattr__(name: str) -> object:
+    # The enum's old name, kept importable for code written against it.
+    if name == "RunAssociation":
+        warnings.warn(
+            "exo_otel.sdk.config.RunAssociation is deprecated: use PlacementMode",
+            DeprecationWarning,
+            stacklevel=2,
         )
-        return RunAssociation.AUTO
+        return PlacementMode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _env_bool(name: str, default: bool) -> bool:

@@ -1,7 +1,7 @@
 """Spans for fan-out copies: states the state manager makes from extra outputs, which no runtime executes.
 
 The executed answer does not name the copies; a run graph fetched after it does. The runtime asks
-its background lookup for one (the worker never waits for it) and emits the copies' node spans when
+its run API placement for one (the worker never waits for it) and emits the copies' node spans when
 it arrives.
 """
 

@@ -6,22 +6,22 @@ import importlib
 import importlib.util
 import logging
 import sys
-from collections.abc import Callable, Collection
+import warnings
+from collections.abc import Collection
 from typing import Any, Final
 
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.sampling import Sampler
-from wrapt import wrap_function_wrapper
 
 from exo_otel.core import attributes as attr
 from exo_otel.core.metrics import ExosphereMetrics
+from exo_otel.core.patches import Patch
 from exo_otel.core.providers import install_run_id_generator, remove_run_id_generator
 from exo_otel.core.spans import guard
 from exo_otel.sdk import inflight
-from exo_otel.sdk.config import RunAssociation, Settings
+from exo_otel.sdk.config import PlacementMode, Settings
 from exo_otel.sdk.cpu_time import make_executor_wrapper
 from exo_otel.sdk.logs import install_log_correlation, remove_log_correlation
 from exo_otel.sdk.package import _instruments
@@ -39,7 +39,7 @@ from exo_otel.sdk.runtime import (
 from exo_otel.sdk.secrets import make_secrets_wrapper
 from exo_otel.sdk.shutdown import SignalFlush
 from exo_otel.sdk.telemetry import Telemetry
-from exo_otel.sdk.trigger import make_graph_call_wrapper, make_trigger_wrapper
+from exo_otel.sdk.trigger import make_get_graph_wrapper, make_trigger_wrapper, make_upsert_graph_wrapper
 from exo_otel.sdk.worker import make_worker_wrapper
 from exo_otel.version import __version__
 
@@ -47,52 +47,54 @@ _logger = logging.getLogger(__name__)
 
 SCHEMA_URL: Final = attr.SCHEMA_URL
 
-WrapperFactory = Callable[[Telemetry], Callable[..., Any]]
-
-Patch = tuple[str, str, WrapperFactory]
-
-# (module, "Class.method", wrapper factory). _instrument wraps the rows that apply (`patches_for`) and
-# _uninstrument unwraps exactly the rows it wrapped, so the two cannot drift. The targets are methods of
-# a 0.0.x SDK (some private); the drift test fails loudly if one disappears.
-PATCHES: Final[tuple[Patch, ...]] = (
-    ("exospherehost.statemanager", "StateManager.trigger", make_trigger_wrapper),
-    (
+# What each row's wrapper reads of its call: the rows of a 0.0.x SDK (some private methods) and of
+# aiohttp and asyncio; a target missing or taking other parameters is logged and left unwrapped, and
+# the drift test fails loudly. _instrument wraps the rows that apply (`patches_for`) and _uninstrument
+# unwraps exactly the rows it wrapped, so the two cannot drift.
+PATCHES: Final[tuple[Patch[Telemetry], ...]] = (
+    Patch(
         "exospherehost.statemanager",
-        "StateManager.upsert_graph",
-        lambda telemetry: make_graph_call_wrapper(telemetry, "upsert_graph"),
+        "StateManager.trigger",
+        make_trigger_wrapper,
+        ("self", "graph_name", "inputs", "store", "start_delay"),
     ),
-    (
-        "exospherehost.statemanager",
-        "StateManager.get_graph",
-        lambda telemetry: make_graph_call_wrapper(telemetry, "get_graph"),
-    ),
+    Patch("exospherehost.statemanager", "StateManager.upsert_graph", make_upsert_graph_wrapper,
+          ("self", "graph_name")),
+    Patch("exospherehost.statemanager", "StateManager.get_graph", make_get_graph_wrapper,
+          ("self", "graph_name")),
     # The runtime has no hook for "a worker took a state": __init__ swaps in a traced queue.
-    ("exospherehost.runtime", "Runtime.__init__", make_runtime_init_wrapper),
-    ("exospherehost.runtime", "Runtime._enqueue_call", make_poll_wrapper),
-    ("exospherehost.runtime", "Runtime._start", make_start_wrapper),
-    ("exospherehost.runtime", "Runtime._notify_executed", make_executed_wrapper),
-    ("exospherehost.runtime", "Runtime._notify_errored", make_errored_wrapper),
-    ("exospherehost.signals", "PruneSignal.send", make_pruned_wrapper),
-    ("exospherehost.signals", "ReQueueAfterSignal.send", make_requeued_wrapper),
+    Patch("exospherehost.runtime", "Runtime.__init__", make_runtime_init_wrapper, ("self",)),
+    Patch("exospherehost.runtime", "Runtime._enqueue_call", make_poll_wrapper, ("self",)),
+    Patch("exospherehost.runtime", "Runtime._start", make_start_wrapper, ("self",)),
+    Patch("exospherehost.runtime", "Runtime._notify_executed", make_executed_wrapper,
+          ("self", "state_id", "outputs")),
+    Patch("exospherehost.runtime", "Runtime._notify_errored", make_errored_wrapper,
+          ("self", "state_id", "error")),
+    Patch("exospherehost.signals", "PruneSignal.send", make_pruned_wrapper, ("self", "endpoint", "key")),
+    Patch("exospherehost.signals", "ReQueueAfterSignal.send", make_requeued_wrapper,
+          ("self", "endpoint", "key")),
     # A worker stopped by cancellation or a BaseException still ends its state's spans.
-    ("exospherehost.runtime", "Runtime._worker", make_worker_wrapper),
+    Patch("exospherehost.runtime", "Runtime._worker", make_worker_wrapper, ("self", "idx")),
     # The secrets a node receives, so that no telemetry shows them.
-    ("exospherehost.runtime", "Runtime._get_secrets", make_secrets_wrapper),
+    Patch("exospherehost.runtime", "Runtime._get_secrets", make_secrets_wrapper, ("self", "state_id")),
     # The SDK builds its requests inside: the trigger gets the caller's W3C headers here, a state's
     # report its execution's CPU time.
-    ("aiohttp.client", "ClientSession._request", make_request_headers_wrapper),
+    Patch("aiohttp.client", "ClientSession._request", make_request_headers_wrapper,
+          ("self", "method", "str_or_url")),
 )
 
 # Only with CPU time on (`Settings.cpu_time`): the node's own code, metered for the execution's CPU time
 # (docs/trace-model.md, "CPU time"), with what it hands to the event loop's executor threads
 # (asyncio.to_thread among them). With it off, neither the node call nor the event loop is wrapped.
-CPU_TIME_PATCHES: Final[tuple[Patch, ...]] = (
-    ("exospherehost.node.BaseNode", "BaseNode._execute", make_node_wrapper),
-    ("asyncio.base_events", "BaseEventLoop.run_in_executor", make_executor_wrapper),
+CPU_TIME_PATCHES: Final[tuple[Patch[Telemetry], ...]] = (
+    Patch("exospherehost.node.BaseNode", "BaseNode._execute", make_node_wrapper,
+          ("self", "inputs", "secrets")),
+    Patch("asyncio.base_events", "BaseEventLoop.run_in_executor", make_executor_wrapper,
+          ("self", "executor", "func")),
 )
 
 
-def patches_for(settings: Settings) -> tuple[Patch, ...]:
+def patches_for(settings: Settings) -> tuple[Patch[Telemetry], ...]:
     """The rows the instrumentor wraps with these settings."""
     return PATCHES + CPU_TIME_PATCHES if settings.cpu_time else PATCHES
 
@@ -112,7 +114,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         *,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
-        run_association: RunAssociation | str | None = None,
+        placement: PlacementMode | str | None = None,
         capture_io: bool | None = None,
         io_max_length: int | None = None,
         run_api_budget: float | None = None,
@@ -120,14 +122,16 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         cpu_time: bool | None = None,
         skip_dep_check: bool = False,
         raise_exception_on_conflict: bool = False,
+        run_association: PlacementMode | str | None = None,
     ) -> None:
         """Install the instrumentation (a second call while installed does nothing).
 
         Args:
             tracer_provider: where spans go; the global provider when None.
             meter_provider: where metrics go; the global provider when None.
-            run_association: how a runtime finds a state's run (see `exo_otel.sdk.config`); the
-                ``OTEL_PYTHON_EXOSPHERE_RUN_ASSOCIATION`` variable when None, else ``auto``.
+            placement: where a runtime looks for a state's run, to place the state in the run's trace
+                (`exo_otel.sdk.config.PlacementMode`); the ``OTEL_PYTHON_EXOSPHERE_PLACEMENT`` variable
+                when None, else ``auto``.
             capture_io: record node inputs and outputs (truncated); default off.
             io_max_length: characters kept of a recorded input or output.
             run_api_budget: run API calls per second a runtime may spend finding states' runs
@@ -138,13 +142,21 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 default off).
             skip_dep_check: do not check the installed exospherehost version.
             raise_exception_on_conflict: raise instead of logging on a version conflict.
+            run_association: the old name of ``placement`` (deprecated; ``placement`` wins).
 
         Raises:
             ValueError: an explicit argument has a bad value.
         """
         # Resolve here so that a bad explicit argument raises at the caller.
+        if run_association is not None:
+            warnings.warn(
+                "instrument(run_association=...) is deprecated: use placement=...",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            placement = run_association if placement is None else placement
         settings = Settings.resolve(
-            run_association, capture_io, io_max_length, run_api_budget, placement_wait_ms, cpu_time
+            placement, capture_io, io_max_length, run_api_budget, placement_wait_ms, cpu_time
         )
         super().instrument(
             tracer_provider=tracer_provider,
@@ -179,11 +191,10 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         )
         self._telemetry = telemetry
         install_log_correlation()
-        self._installed_patches: tuple[Patch, ...] = ()
+        self._installed_patches: tuple[Patch[Telemetry], ...] = ()
         for patch in patches_for(settings):
-            module_name, attribute, factory = patch
-            wrap_function_wrapper(module_name, attribute, factory(telemetry))
-            self._installed_patches += (patch,)
+            if _wrap(patch, telemetry):
+                self._installed_patches += (patch,)
         self._signal_flush = SignalFlush(tracer_provider, meter_provider)
         with guard("installing the signal handlers"):
             self._signal_flush.install()
@@ -195,12 +206,9 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             telemetry.enabled = False
         if not getattr(self, "_patched", False):
             return
-        for module_name, attribute, _factory in getattr(self, "_installed_patches", ()):
-            owner_name, _, method = attribute.rpartition(".")
-            owner = importlib.import_module(module_name)
-            for part in owner_name.split("."):
-                owner = getattr(owner, part)
-            unwrap(owner, method)
+        for patch in getattr(self, "_installed_patches", ()):
+            with guard(f"unwrapping {patch.target}"):
+                patch.unwrap()
         self._installed_patches = ()
         remove_log_correlation()
         signal_flush = getattr(self, "_signal_flush", None)
@@ -209,6 +217,23 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 signal_flush.uninstall()
         remove_run_id_generator(getattr(self, "_installed_generator", None))
         self._installed_generator = None
+
+
+def _wrap(patch: Patch[Telemetry], telemetry: Telemetry) -> bool:
+    """Wrap one row's target; a target that is not the supported SDK's is logged and left alone."""
+    try:
+        module = importlib.import_module(patch.module)
+        problem = patch.problem(module)
+        if problem is None:
+            patch.wrap(module, telemetry)
+            return True
+        _logger.warning(
+            "exo_otel: %s does not look like the supported one (%s); it is left unwrapped and its "
+            "telemetry is missing", patch.target, problem,
+        )
+    except Exception:
+        _logger.warning("exo_otel: wrapping %s failed", patch.target, exc_info=True)
+    return False
 
 
 _LAUNCHER_MODULE: Final = "opentelemetry.instrumentation.auto_instrumentation"

@@ -52,7 +52,7 @@ class PlacementMemory:
 UNPLACED_ADVICE: Final = (
     "their run was not found through the state manager's run APIs in time (slow, failing, or more "
     "states than the budget of OTEL_PYTHON_EXOSPHERE_RUN_API_BUDGET calls per second can place), so "
-    "each has a trace of its own. To place every state with no lookup, load exo_otel's state manager "
+    "each has a trace of its own. To place every state without the run APIs, load exo_otel's state manager "
     "side into the state manager: the `exosphere_state_manager` instrumentor of opentelemetry-instrument, "
     "or exo_otel.StateManagerInstrumentor().instrument() before the app is imported"
 )

@@ -1,4 +1,4 @@
-"""The HTTP side of the run lookup: one session, a call budget (token bucket), how healthy the APIs are."""
+"""The HTTP side of the run API placement: one session, a call budget (token bucket), the APIs' health."""
 
 from __future__ import annotations
 
@@ -81,9 +81,9 @@ class RunApiClient:
                 if response.status == 200:
                     body = await response.json(content_type=None)
                 else:
-                    _logger.debug("run lookup: GET %s answered %s", url, response.status)
+                    _logger.debug("run API placement: GET %s answered %s", url, response.status)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            _logger.debug("run lookup: GET %s failed: %r", url, exc)
+            _logger.debug("run API placement: GET %s failed: %r", url, exc)
         elapsed = time.monotonic() - started
         self.latency = elapsed if self.latency is None else 0.7 * self.latency + 0.3 * elapsed
         if body is None:

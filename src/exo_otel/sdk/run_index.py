@@ -1,6 +1,6 @@
 """What the run APIs have said so far: which run each state is in, and which runs may hold states not seen.
 
-Pure bookkeeping, no I/O: `RunLookup` feeds it the answers of ``runs/{page}/{size}`` and
+Pure bookkeeping, no I/O: `RunApiPlacement` feeds it the answers of ``runs/{page}/{size}`` and
 ``states/run/{run_id}/graph`` with the (monotonic) time each request was sent, and asks it which call
 is worth making next. States are never deleted from a run, so a run's graph fetched at time T holds
 every state of the run that existed at T, and a runs page that shows the run's ``total_count`` equal

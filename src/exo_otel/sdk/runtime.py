@@ -17,13 +17,13 @@ from exo_otel.core import attributes as attr
 from exo_otel.core.cpu_report import CPU_TIME_HEADER, cpu_time_header
 from exo_otel.core.spans import guard
 from exo_otel.core.wrapping import AsyncMethod, call_argument
-from exo_otel.sdk.config import RunAssociation
+from exo_otel.sdk.config import PlacementMode
 from exo_otel.sdk.cpu_time import CpuMeter, metered_node_call
 from exo_otel.sdk.execution import Execution, begin, finish, record_outputs
 from exo_otel.sdk.fanout import FanOut, FanOutsUnderWay
 from exo_otel.sdk.placement import PlacementMemory, UnplacedReporter
 from exo_otel.sdk.request_headers import add_headers, adding_headers, stop_adding
-from exo_otel.sdk.run_lookup import RunLookup
+from exo_otel.sdk.run_api_placement import RunApiPlacement
 from exo_otel.sdk.run_traces import RunTrace, RunTraces
 from exo_otel.sdk.state_context import PolledState, RunInfo, has_payload_run, run_from_payload
 from exo_otel.sdk.telemetry import Telemetry
@@ -55,8 +55,8 @@ class RuntimeTracing:
         self.polled: dict[str, PolledState] = {}
         self.memory = PlacementMemory()
         self.unplaced = UnplacedReporter(telemetry.metrics)
-        self._fanouts = FanOutsUnderWay(RunLookup.WATCH_TTL_S)
-        self._lookup: RunLookup | None = None
+        self._fanouts = FanOutsUnderWay(RunApiPlacement.WATCH_TTL_S)
+        self._run_api_placement: RunApiPlacement | None = None
         self._traces: RunTraces | None = None
         self.poll_s: float | None = None
         """How long the last poll that brought states took."""
@@ -77,12 +77,12 @@ class RuntimeTracing:
         return str(getattr(self.runtime, "_name", ""))
 
     def on_polled(self, answer: Any) -> None:
-        """Place what an enqueue answer allows at once; hand the rest to the background lookup. No I/O."""
+        """Place what an enqueue answer allows at once; hand the rest to the run API placement. No I/O."""
         states = answer.get("states") if isinstance(answer, dict) else None
         if not isinstance(states, list):
             return
-        association = self.telemetry.settings.run_association
-        uses_payload = association.uses_payload
+        mode = self.telemetry.settings.placement
+        uses_payload = mode.uses_payload
         unknown = []
         for state in states:
             if not isinstance(state, dict) or not isinstance(state.get("state_id"), str):
@@ -91,40 +91,40 @@ class RuntimeTracing:
                 continue  # placed from its payload when a worker takes it: nothing to do now
             state_id = state["state_id"]
             run = None
-            if association.uses_run_api and self.memory.get(state_id) is None:
-                run = self.lookup().known(state_id)
+            if mode.uses_run_api and self.memory.get(state_id) is None:
+                run = self.run_api_placement().known(state_id)
                 if run is None:
                     unknown.append(state_id)
             self.polled[state_id] = PolledState.from_payload(state, run)
         if unknown:
-            self.lookup().want(unknown)
+            self.run_api_placement().want(unknown)
 
     def _from_payload(self, state: dict[str, Any]) -> PolledState:
         """A state the poll left to its worker: its run is the payload's (when that is used), if any."""
-        run = run_from_payload(state) if self.telemetry.settings.run_association.uses_payload else None
+        run = run_from_payload(state) if self.telemetry.settings.placement.uses_payload else None
         return PolledState.from_payload(state, run, run_from_payload=run is not None)
 
-    def lookup(self) -> RunLookup:
+    def run_api_placement(self) -> RunApiPlacement:
         """The run API client, made on first use (the runtime's settings are final by then)."""
-        if self._lookup is None:
+        if self._run_api_placement is None:
             runtime = self.runtime
-            self._lookup = RunLookup(
+            self._run_api_placement = RunApiPlacement(
                 str(runtime._state_manager_uri),
                 self.namespace,
                 str(runtime._key),
                 version=str(runtime._state_manager_version),
                 calls_per_second=self.telemetry.settings.run_api_budget,
             )
-        return self._lookup
+        return self._run_api_placement
 
     async def close(self) -> None:
-        """The runtime stopped: stop the lookup's task and close its HTTP session."""
-        if self._lookup is not None:
-            await self._lookup.close()
+        """The runtime stopped: stop the run API placement's task and close its HTTP session."""
+        if self._run_api_placement is not None:
+            await self._run_api_placement.close()
 
     async def place(self, state: Any, wait: bool = True) -> Placement | None:
         """Where the spans of a state a worker took go: its run and its upstream state's node span,
-        waiting briefly for the background lookup when that can pay (``wait``). Changes nothing, so a
+        waiting briefly for the run API placement when that can pay (``wait``). Changes nothing, so a
         worker cancelled while it waits loses nothing; `start` acts on the answer. None: no spans."""
         if not isinstance(state, dict) or not self.telemetry.enabled or not is_instrumentation_enabled():
             return None
@@ -162,8 +162,8 @@ class RuntimeTracing:
         self.polled.pop(polled.state_id, None)
         if placement.searched:
             if self._uses_run_api():
-                self.lookup().taken(polled.state_id)
-            if polled.run is None and self.telemetry.settings.run_association is not RunAssociation.NONE:
+                self.run_api_placement().taken(polled.state_id)
+            if polled.run is None and self.telemetry.settings.placement is not PlacementMode.NONE:
                 self.unplaced.report({attr.NAMESPACE: self.namespace, attr.NODE_NAME: polled.node_name})
         execution = begin(
             self.telemetry, polled, state, self.namespace, self.name, placement.upstream, self.traces,
@@ -177,37 +177,37 @@ class RuntimeTracing:
 
     def _uses_run_api(self) -> bool:
         settings = self.telemetry.settings
-        return settings.run_association.uses_run_api and settings.run_api_budget > 0
+        return settings.placement.uses_run_api and settings.run_api_budget > 0
 
     async def _find_run(self, polled: PolledState, deadline: _Deadline) -> PolledState:
-        """A state the poll brought with no run: what the background lookup knows, waited for briefly."""
+        """A state the poll brought with no run: what the run API placement knows, waited for briefly."""
         if self._uses_run_api():
-            lookup = self.lookup()
-            run = lookup.known(polled.state_id)
+            run_api = self.run_api_placement()
+            run = run_api.known(polled.state_id)
             if run is None and deadline.left() > 0:
                 # Before the run APIs' first answer the first call may take the whole bound (a failure
                 # ends the wait at once); after it their speed rules (`_wait_s`).
-                run = await lookup.wait(polled.state_id, deadline.left())
+                run = await run_api.wait(polled.state_id, deadline.left())
             polled = replace(polled, run=run)
         return polled
 
     def warm(self) -> None:
-        """The runtime is starting: with ``run_association="run_api"``, learn how the run APIs answer
+        """The runtime is starting: with ``placement="run_api"``, learn how the run APIs answer
         before the first state arrives. With ``auto`` nothing is asked until a poll brings a state
         without its run, so that with the state manager side a runtime makes no run API call at all."""
         settings = self.telemetry.settings
-        if (settings.run_association is RunAssociation.RUN_API and settings.run_api_budget > 0
+        if (settings.placement is PlacementMode.RUN_API and settings.run_api_budget > 0
                 and settings.placement_wait_ms > 0):
-            self.lookup().probe()
+            self.run_api_placement().probe()
 
     def _wait_s(self) -> float:
-        """How long a worker may wait for the background lookup now (0 when it is failing or slow, and
+        """How long a worker may wait for the run API placement now (0 when it is failing or slow, and
         before the run APIs' first answer when no poll was timed: nothing to presume their speed from)."""
         wait_s = self.telemetry.settings.placement_wait_ms / 1000
-        lookup = self.lookup()
-        if not lookup.answered and self.poll_s is None:
+        run_api = self.run_api_placement()
+        if not run_api.answered and self.poll_s is None:
             return 0.0
-        return wait_s if lookup.can_place_within(wait_s) else 0.0
+        return wait_s if run_api.can_place_within(wait_s) else 0.0
 
     def _upstream_now(
         self, polled: PolledState, run: RunInfo, parent_state_id: str, run_trace: RunTrace | None = None
@@ -231,10 +231,10 @@ class RuntimeTracing:
     ) -> SpanContext | None:
         """The upstream state's node span once this runtime's fan-outs of the run have their spans, or
         the wait is over (then only a span known to be emitted is named). The copies get their spans from
-        a run graph the lookup fetches: the wait ends too when the lookup can fetch none."""
+        a run graph the run API placement fetches: the wait ends too when it can fetch none."""
         left = deadline.left()
         if left > 0:
-            await self.lookup().hold(self._fanouts.wait(run.run_id, left), left)
+            await self.run_api_placement().hold(self._fanouts.wait(run.run_id, left), left)
         answer = self._upstream_now(polled, run, parent_state_id)
         return None if isinstance(answer, _AfterFanOuts) else answer
 
@@ -245,12 +245,12 @@ class RuntimeTracing:
             return  # the run's next states come with their run too: nothing to look up
         if run is not None and execution.outcome in (attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED):
             settings = self.telemetry.settings
-            if settings.run_association.uses_run_api and settings.run_api_budget > 0:
-                self.lookup().expect_growth(run.run_id)
+            if settings.placement.uses_run_api and settings.run_api_budget > 0:
+                self.run_api_placement().expect_growth(run.run_id)
 
     def on_fanned_out(self, execution: Execution) -> None:
         """A state reported several outputs: emit its copies' spans once a run graph names them."""
-        if execution.state.server_node_spans:
+        if execution.state.node_spans_by_server:
             return  # the server emits every state's node span, copies included
         state = execution.state
         run_id = state.run.run_id if state.run is not None else None
@@ -261,10 +261,10 @@ class RuntimeTracing:
             # Its next states may wait for the copies' spans: then they link only to spans known here.
             self.memory.remember(state.state_id, state.run, execution.node_span.get_span_context())
         settings = self.telemetry.settings
-        if settings.run_api_budget <= 0 or settings.run_association is RunAssociation.NONE:
+        if settings.run_api_budget <= 0 or settings.placement is PlacementMode.NONE:
             return
         fan_out = FanOut.of(execution, self.memory, self._fanouts)
-        self.lookup().watch(fan_out.emit, execution.state.state_id, run_id)
+        self.run_api_placement().watch(fan_out.emit, execution.state.state_id, run_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,8 +387,9 @@ def make_runtime_init_wrapper(telemetry: Telemetry) -> Callable[..., None]:
 
 
 def make_start_wrapper(telemetry: Telemetry) -> AsyncMethod:
-    """Around ``Runtime._start``: probe the run APIs as it starts; when it stops, stop its run lookup and
-    close its session (which also close by themselves when idle or when the event loop shuts down)."""
+    """Around ``Runtime._start``: probe the run APIs as it starts; when it stops, stop its run API
+    placement and close its session (which also close by themselves when idle or when the event loop
+    shuts down)."""
 
     async def traced_start(
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -401,15 +402,15 @@ def make_start_wrapper(telemetry: Telemetry) -> AsyncMethod:
             return await wrapped(*args, **kwargs)
         finally:
             if isinstance(tracing, RuntimeTracing):
-                with guard("closing a runtime's run lookup"):
+                with guard("closing a runtime's run API placement"):
                     await tracing.close()
 
     return traced_start
 
 
 def make_poll_wrapper(telemetry: Telemetry) -> AsyncMethod:
-    """Around ``Runtime._enqueue_call``: no spans (not even HTTP ones), a poll duration; run lookup is
-    handed to the background (the poll never waits for it)."""
+    """Around ``Runtime._enqueue_call``: no spans (not even HTTP ones), a poll duration; what the run
+    APIs must place is handed to the background (the poll never waits for it)."""
 
     async def traced_poll(
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

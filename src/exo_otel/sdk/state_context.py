@@ -47,7 +47,7 @@ class PolledState:
     retry_count: int | None = None
     run_from_payload: bool = False
     """The run came with the state (the server's extension), so every runtime places its states alike."""
-    server_node_spans: bool = False
+    node_spans_by_server: bool = False
     """The server emits the state's node span (its run's ``node_spans_by_server``), copies' included."""
 
     @classmethod
@@ -63,7 +63,7 @@ class PolledState:
             run=run,
             retry_count=_retry_count(get("retry_count")),
             run_from_payload=run_from_payload and run is not None,
-            server_node_spans=run is not None and run.node_spans_by_server,
+            node_spans_by_server=run is not None and run.node_spans_by_server,
         )
 
 

@@ -157,3 +157,11 @@ def make_graph_call_wrapper(telemetry: Telemetry, operation: str) -> Wrapper:
             end_span(span)
 
     return traced_graph_call
+
+
+def make_upsert_graph_wrapper(telemetry: Telemetry) -> Wrapper:
+    return make_graph_call_wrapper(telemetry, "upsert_graph")
+
+
+def make_get_graph_wrapper(telemetry: Telemetry) -> Wrapper:
+    return make_graph_call_wrapper(telemetry, "get_graph")

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 import logging
 import sys
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Collection
 from types import ModuleType
 from typing import Any, Final
 
 import wrapt
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
 
 from exo_otel.core import attributes as attr
+from exo_otel.core.patches import Patch
 from exo_otel.core.providers import flush_spans, install_run_id_generator, remove_run_id_generator
-from exo_otel.core.wrapping import AsyncMethod
+from exo_otel.core.spans import guard
 from exo_otel.server.mongo_store import MongoRunStore
 from exo_otel.server.sampling import install_stored_decision
 from exo_otel.server.side import ServerSide
@@ -51,25 +49,12 @@ SCHEMA_URL: Final = attr.SCHEMA_URL
 STATE_MODULE: Final = "app.models.db.state"
 SUPPORTED_VERSION: Final = "exospherehost state-manager 0.0.3"
 
-# (where a target is looked up, its name there, its wrapper, the parameters it must take). instrument
-# patches every row and uninstrument unpatches every row; the drift test checks every row upstream.
-Factory = Callable[[ServerSide], AsyncMethod]
-
-
-@dataclass(frozen=True)
-class Patch:
-    """One patch target: where it is looked up, its name there, its wrapper, the parameters it must have."""
-
-    module: str
-    attribute: str
-    factory: Factory
-    parameters: tuple[str, ...]
-
-
 # What the routes acting on one state (errored, prune, requeue, manual retry) call their controller with.
 STATE_ROUTE_PARAMETERS: Final = ("namespace_name", "state_id", "body", "x_exosphere_request_id")
 
-PATCHES: Final[tuple[Patch, ...]] = (
+# instrument patches every row as its module is imported, uninstrument unpatches every row it patched;
+# the drift test checks every row against the real upstream server.
+PATCHES: Final[tuple[Patch[ServerSide], ...]] = (
     Patch(
         "app.middlewares.request_id_middleware",
         "RequestIdMiddleware.dispatch",
@@ -137,37 +122,6 @@ PATCHES: Final[tuple[Patch, ...]] = (
 )
 
 
-def _resolve(module: ModuleType, attribute: str) -> tuple[Any, str, Any]:
-    """(owner, name, current value) of a dotted attribute of a module; AttributeError if absent."""
-    owner: Any = module
-    *path, name = attribute.split(".")
-    for part in path:
-        owner = getattr(owner, part)
-    return owner, name, getattr(owner, name)
-
-
-def target_problem(patch: Patch, module: ModuleType) -> str | None:
-    """Why a patch target does not look like the supported upstream one, or None when it does."""
-    try:
-        _owner, _name, target = _resolve(module, patch.attribute)
-    except AttributeError:
-        return f"{patch.module}.{patch.attribute} is missing"
-    target = getattr(target, "__wrapped__", target)
-    try:
-        parameters = tuple(inspect.signature(target).parameters)
-    except (TypeError, ValueError):
-        return f"{patch.module}.{patch.attribute} has no readable signature"
-    if parameters[: len(patch.parameters)] != patch.parameters:
-        return f"{patch.module}.{patch.attribute} takes {parameters}, expected {patch.parameters}"
-    return None
-
-
-def is_ours(value: object) -> bool:
-    """Whether a patch target currently is one of our wrappers."""
-    wrapper = getattr(value, "_self_wrapper", None) if isinstance(value, wrapt.BaseObjectProxy) else None
-    return getattr(wrapper, "__module__", None) == "exo_otel.server.upstream"
-
-
 def check_targets() -> list[str]:
     """Problems with every patch target whose module is imported (the drift test calls this)."""
     problems = []
@@ -176,7 +130,7 @@ def check_targets() -> list[str]:
         if module is None:
             problems.append(f"{patch.module} is not imported")
             continue
-        problem = target_problem(patch, module)
+        problem = patch.problem(module)
         if problem is not None:
             problems.append(problem)
     return problems
@@ -208,7 +162,7 @@ class StateManagerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             flush=functools.partial(flush_spans, given),
         )
         self._side: ServerSide | None = side
-        self._patched: list[Patch] = []
+        self._patched: list[Patch[ServerSide]] = []
         for module_name in dict.fromkeys(patch.module for patch in PATCHES):
             wrapt.register_post_import_hook(self._hook_for(side, module_name), module_name)
 
@@ -222,9 +176,9 @@ class StateManagerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         return patch_module
 
-    def _apply(self, side: ServerSide, patch: Patch, module: ModuleType) -> None:
+    def _apply(self, side: ServerSide, patch: Patch[ServerSide], module: ModuleType) -> None:
         try:
-            problem = target_problem(patch, module)
+            problem = patch.problem(module)
             if problem is not None:
                 _logger.warning(
                     "exo_otel: %s does not look like %s (%s); it is left unpatched and the state manager "
@@ -234,10 +188,9 @@ class StateManagerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     problem,
                 )
                 return
-            owner, name, current = _resolve(module, patch.attribute)
-            if is_ours(current):
+            if patch.is_wrapped():
                 return  # patched already
-            wrapt.wrap_function_wrapper(owner, name, patch.factory(side))
+            patch.wrap(module, side)
             self._patched.append(patch)
         except Exception:
             _logger.warning("exo_otel: patching %s.%s failed", patch.module, patch.attribute, exc_info=True)
@@ -248,11 +201,8 @@ class StateManagerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             side.enabled = False
             side.sweeper.stop()
         for patch in getattr(self, "_patched", []):
-            module = sys.modules.get(patch.module)
-            if module is None:
-                continue
-            owner, name, _current = _resolve(module, patch.attribute)
-            unwrap(owner, name)
+            with guard(f"unpatching {patch.target}"):
+                patch.unwrap()
         self._patched = []
         self._side = None
         remove_run_id_generator(getattr(self, "_installed_generator", None))

@@ -66,7 +66,7 @@ async def runtime_through(
 
 @pytest.fixture
 def instrumented_run_api(tracer_provider: TracerProvider) -> ExosphereInstrumentor:
-    with instrumented(tracer_provider=tracer_provider, run_association="run_api") as instrumentor:
+    with instrumented(tracer_provider=tracer_provider, placement="run_api") as instrumentor:
         yield instrumentor  # type: ignore[misc]
 
 
@@ -79,7 +79,7 @@ async def test_run_api_association_is_bounded_per_poll(
         counting_proxy(state_manager.uri) as proxy,
         runtime_through(proxy, state_manager, cg.NAMESPACE, cg.NODES) as runtime,
     ):
-        lookup = runtime._exo_otel_tracing.lookup()
+        lookup = runtime._exo_otel_tracing.run_api_placement()
         client = sdk_state_manager(state_manager, cg.NAMESPACE)
         await cg.upsert(client)  # type: ignore[arg-type]
         run_id = (await client.trigger(cg.GRAPH, store={"topic": f"bound-{uuid.uuid4()}"}))["run_id"]

@@ -1,4 +1,4 @@
-"""RunLookup over real HTTP: right runs and parents, bounded calls and caches, quiet failures."""
+"""RunApiPlacement over real HTTP: right runs and parents, bounded calls and caches, quiet failures."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrument
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from exo_otel.sdk.run_api_placement import RunApiPlacement, RunInfo
 from exo_otel.sdk.run_index import GraphNodes, RunIndex
-from exo_otel.sdk.run_lookup import RunInfo, RunLookup
 from exo_otel_demo.embedded import EmbeddedStateManager, StateView
 from helpers.conformance_graph import GRAPH, NAMESPACE, NODES, upsert
 from helpers.http_proxy import serve_loopback
@@ -50,11 +50,11 @@ def expected(states: list[StateView]) -> dict[str, RunInfo]:
     }
 
 
-def lookup_for(sm: EmbeddedStateManager, **options: Any) -> RunLookup:
-    return RunLookup(sm.uri, NAMESPACE, sm.api_key, **options)
+def placement_for(sm: EmbeddedStateManager, **options: Any) -> RunApiPlacement:
+    return RunApiPlacement(sm.uri, NAMESPACE, sm.api_key, **options)
 
 
-async def place(lookup: RunLookup, state_ids: list[str], timeout: float = 5.0) -> dict[str, RunInfo]:
+async def place(lookup: RunApiPlacement, state_ids: list[str], timeout: float = 5.0) -> dict[str, RunInfo]:
     """Hand the states to the background lookup and wait for each (as workers would)."""
     lookup.want(state_ids)
     found = {}
@@ -75,7 +75,7 @@ async def test_states_of_concurrent_runs_resolve_to_their_run_and_parent(
     sm = state_manager
     run_ids = await finished_runs(sm, 3)
     states = [state for run_id in run_ids for state in sm.states(run_id)]
-    lookup = lookup_for(sm)
+    lookup = placement_for(sm)
     try:
         resolved = await place(lookup, [state.id for state in states])
         assert resolved == expected(states)
@@ -103,7 +103,7 @@ async def test_budget_bounds_calls_per_second(state_manager: EmbeddedStateManage
     sm = state_manager
     await finished_runs(sm, 4)
     ids = [state.id for state in sm.states()]
-    lookup = lookup_for(sm, calls_per_second=4)
+    lookup = placement_for(sm, calls_per_second=4)
     try:
         started = time.monotonic()
         resolved = await place(lookup, ids, timeout=5.0)
@@ -119,7 +119,7 @@ async def test_budget_bounds_calls_per_second(state_manager: EmbeddedStateManage
     lookup.want(["f" * 24])
     assert lookup.calls == 5
     # Budget 0: no call at all, nothing found, no waiting.
-    off = lookup_for(sm, calls_per_second=0)
+    off = placement_for(sm, calls_per_second=0)
     assert await place(off, ids[:1]) == {}
     assert off.calls == 0
 
@@ -132,7 +132,7 @@ async def test_paging_reaches_older_pending_runs(state_manager: EmbeddedStateMan
     # No runtime polls now: every run stays pending with its root state; the oldest is on page 3 of 2 runs.
     run_ids = [(await client.trigger(GRAPH, store={"topic": f"page-{i}"}))["run_id"] for i in range(5)]
     (oldest_root,) = sm.states(run_ids[0])
-    lookup = lookup_for(sm, page_size=2)
+    lookup = placement_for(sm, page_size=2)
     try:
         assert await place(lookup, [oldest_root.id]) == {oldest_root.id: RunInfo(run_ids[0], GRAPH, None)}
         assert lookup.pages == 3
@@ -149,7 +149,7 @@ async def test_growing_run_is_fetched_again_and_finished_run_is_not(
         await upsert(client)
     run_id = (await client.trigger(GRAPH, store={"topic": "growing"}))["run_id"]
     (root,) = sm.states(run_id)
-    lookup = lookup_for(sm)
+    lookup = placement_for(sm)
     try:
         assert await place(lookup, [root.id]) == {root.id: RunInfo(run_id, GRAPH, None)}
         assert (lookup.pages, lookup.graphs) == (1, 1)
@@ -172,7 +172,7 @@ async def test_growing_run_is_fetched_again_and_finished_run_is_not(
 
 async def test_wrong_api_key_gives_nothing(state_manager: EmbeddedStateManager) -> None:
     (run_id,) = await finished_runs(state_manager, 1)
-    lookup = RunLookup(state_manager.uri, NAMESPACE, "not-the-key")
+    lookup = RunApiPlacement(state_manager.uri, NAMESPACE, "not-the-key")
     try:
         assert await place(lookup, [s.id for s in state_manager.states(run_id)], timeout=0.5) == {}
         assert lookup.calls == 1  # the runs page answers 401; no graph is asked for
@@ -185,13 +185,13 @@ def test_index_is_bounded() -> None:
     index = RunIndex(max_states=3, max_runs=2)
     graph = GraphNodes("g", ["a", "b", "c", "d"], {"b": "a"}, {n: "x" for n in "abcd"})
     index.index_graph("r1", graph, 1.0)
-    assert list(index.states.keys()) == ["b", "c", "d"]
+    assert list(index.states) == ["b", "c", "d"]
     # The run lost a state from the index: it must be fetched again to find it.
     record = index.runs.peek("r1")
     assert record is not None and record.indexed_count == -1
     for run_id in ("r2", "r3"):
         index.record(run_id)
-    assert list(index.runs.keys()) == ["r2", "r3"]
+    assert list(index.runs) == ["r2", "r3"]
 
 
 # --- a stand-in server for the failure modes the embedded state manager cannot produce ---
@@ -209,7 +209,7 @@ async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
 
 
 async def test_unreachable_port_gives_nothing_quickly() -> None:
-    lookup = RunLookup(f"http://127.0.0.1:{free_port()}", NAMESPACE, API_KEY, timeout_s=1.0)
+    lookup = RunApiPlacement(f"http://127.0.0.1:{free_port()}", NAMESPACE, API_KEY, timeout_s=1.0)
     try:
         started = time.monotonic()
         assert await place(lookup, ["a" * 24, "b" * 24], timeout=0.5) == {}
@@ -226,7 +226,7 @@ async def test_server_that_never_answers_times_out(serve: Callable[[Handler], Aw
         await asyncio.sleep(10)
         return web.json_response({})
 
-    lookup = RunLookup(await serve(sleepy), NAMESPACE, API_KEY, timeout_s=0.3)
+    lookup = RunApiPlacement(await serve(sleepy), NAMESPACE, API_KEY, timeout_s=0.3)
     try:
         started = time.monotonic()
         # The worker waits its bound, not the call's time.
@@ -264,7 +264,7 @@ async def test_malformed_answers_give_nothing(
             return web.Response(text=body, content_type="application/json")
         return web.json_response(body)
 
-    lookup = RunLookup(await serve(handler), NAMESPACE, API_KEY, calls_per_second=1)
+    lookup = RunApiPlacement(await serve(handler), NAMESPACE, API_KEY, calls_per_second=1)
     try:
         assert await place(lookup, ["s-wanted"], timeout=0.5) == {}
         assert lookup.calls <= 2  # one from the full bucket, one more after a second at most
@@ -276,7 +276,7 @@ async def test_error_status_gives_nothing(serve: Callable[[Handler], Awaitable[s
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"detail": "boom"}, status=500)
 
-    lookup = RunLookup(await serve(handler), NAMESPACE, API_KEY)
+    lookup = RunApiPlacement(await serve(handler), NAMESPACE, API_KEY)
     try:
         assert await place(lookup, ["s-wanted"], timeout=0.5) == {}
         assert lookup.calls == 1
@@ -306,7 +306,7 @@ async def test_own_calls_make_no_client_spans(
             pass
         assert len(exporter.get_finished_spans()) == 1  # the instrumentation is live
         exporter.clear()
-        lookup = RunLookup(base_uri, NAMESPACE, API_KEY)
+        lookup = RunApiPlacement(base_uri, NAMESPACE, API_KEY)
         try:
             assert await place(lookup, ["s-child"]) == {"s-child": RunInfo("r1", "g", "s-root")}
             assert lookup.calls == 2

@@ -1,8 +1,8 @@
-"""Finding states' runs through the state manager's run APIs, in a background task with a call budget.
+"""Placing states in their runs' traces through the run APIs, in a background task with a call budget.
 
-A poll only hands the lookup the ids it did not place (no I/O in the poll); a worker that takes a
+A poll only hands it the ids it did not place (no I/O in the poll); a worker that takes a
 state not placed yet may wait a short, bounded time for it, and only while the run APIs answer in time
-(`can_place_within`); a failed call ends every wait at once, and so does a lookup with nothing left to
+(`can_place_within`); a failed call ends every wait at once, and so does a placement with nothing left to
 ask. The task and its HTTP session live only while there is work: idle for
 ``IDLE_CLOSE_S``, or cancelled (``close``, or the event loop shutting down), the task ends and closes
 the session, so nothing is left open whether or not the runtime was started with ``Runtime.start()``.
@@ -49,8 +49,8 @@ class _Watch:
     callback: GraphCallback
 
 
-class RunLookup:
-    """One runtime's run finder. Not thread-safe: used from the runtime's event loop only."""
+class RunApiPlacement:
+    """One runtime's placement through the run APIs. Not thread-safe: used from its event loop only."""
 
     DEFAULT_PAGE_SIZE: Final = 100
     DEFAULT_MAX_PAGES: Final = 10
@@ -76,7 +76,7 @@ class RunLookup:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         index: RunIndex | None = None,
     ) -> None:
-        """Set up an idle lookup; its task starts on the first `want`, `wait` or `watch`.
+        """Set up an idle placement; its task starts on the first `want`, `wait` or `watch`.
 
         Args:
             base_uri: the state manager, e.g. ``http://127.0.0.1:8000`` (what the SDK is given).
@@ -182,7 +182,7 @@ class RunLookup:
 
     async def wait(self, state_id: str, timeout: float) -> RunInfo | None:
         """The state's run, waiting at most ``timeout`` seconds for the background task to find it; less
-        when a call fails or the lookup has nothing more to ask (then what is known now)."""
+        when a call fails or the placement has nothing more to ask (then what is known now)."""
         info = self.index.known(state_id)
         if info is not None or not self.enabled or timeout <= 0:
             return info
@@ -201,8 +201,8 @@ class RunLookup:
                 del self._waiting[state_id]
 
     async def hold(self, waiting: Coroutine[Any, Any, Any], timeout: float) -> None:
-        """Await ``waiting`` (something the lookup's answers end, e.g. a fan-out's copies getting their
-        spans) for at most ``timeout`` seconds, and no longer than the lookup can answer: a failed call,
+        """Await ``waiting`` (something the placement's answers end, e.g. a fan-out's copies getting their
+        spans) for at most ``timeout`` seconds, and no longer than the placement can answer: a failed call,
         or nothing left to ask, ends it as it ends `wait`."""
         task = asyncio.ensure_future(waiting)
         if timeout <= 0 or not self.enabled:
@@ -256,7 +256,7 @@ class RunLookup:
             loop = asyncio.get_running_loop()
             self._wake = asyncio.Event()
             self._task_ending = False
-            # A context of its own: the poll's or a worker's context must not leak into the lookup.
+            # A context of its own: the poll's or a worker's context must not leak into the placement.
             self._task = loop.create_task(self._loop(), context=contextvars.Context())
         if self._wake is not None:
             self._wake.set()
@@ -319,7 +319,7 @@ class RunLookup:
         try:
             await self._perform(*call)
         except Exception:
-            _logger.debug("run lookup step failed", exc_info=True)
+            _logger.debug("run API placement step failed", exc_info=True)
         finally:
             self._in_flight.pop(call, None)
             self._probe_due = False

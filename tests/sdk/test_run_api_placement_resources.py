@@ -13,7 +13,7 @@ from exospherehost import BaseNode, GraphNodeModel, Runtime
 from pydantic import BaseModel
 
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
-from exo_otel.sdk.run_lookup import RunLookup
+from exo_otel.sdk.run_api_placement import RunApiPlacement
 from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers import HELPERS_DIR, TESTS_DIR
 from helpers.sm_fixtures import sdk_state_manager, wait_until
@@ -49,10 +49,10 @@ async def test_lookup_ends_its_task_and_session_when_idle_without_start(
     worker = asyncio.create_task(runtime._worker(0))
     try:
         await wait_until(lambda: sm.run_status(run_id) == "SUCCESS")
-        lookup: RunLookup = runtime._exo_otel_tracing.lookup()  # type: ignore[attr-defined]
+        lookup: RunApiPlacement = runtime._exo_otel_tracing.run_api_placement()  # type: ignore[attr-defined]
         assert lookup.calls > 0 and lookup.running
         # Nothing more to ask: within IDLE_CLOSE_S the task ends and the session is closed.
-        await wait_until(lambda: not lookup.running, timeout=RunLookup.IDLE_CLOSE_S + 3)
+        await wait_until(lambda: not lookup.running, timeout=RunApiPlacement.IDLE_CLOSE_S + 3)
         assert not lookup.api.session_open
     finally:
         worker.cancel()

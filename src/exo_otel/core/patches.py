@@ -1,0 +1,90 @@
+"""`Patch`: one row of an instrumentor's patch table, and checking, wrapping and unwrapping it.
+
+Both instrumentors (the SDK side's and the state manager side's) describe what they wrap as rows of
+this one shape: the module a target lives in, its dotted name there, the factory making its wrapper
+from the side's telemetry, and the parameters the wrapper relies on. A target that is missing or
+takes other parameters than those (another version of the code it patches) is reported by
+`Patch.problem` and left alone by the instrumentors, which log it: wrapping it would break calls.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import wrapt
+from opentelemetry.instrumentation.utils import unwrap
+
+
+@dataclass(frozen=True)
+class Patch[T]:
+    """A target (``attribute`` of ``module``, dotted for a method: ``"Class.method"``), the factory of
+    its wrapper, and the first parameters the target must take for the wrapper to read its arguments."""
+
+    module: str
+    attribute: str
+    factory: Callable[[T], Callable[..., Any]]
+    parameters: tuple[str, ...]
+
+    @property
+    def target(self) -> str:
+        return f"{self.module}.{self.attribute}"
+
+    def resolve(self, module: ModuleType) -> tuple[Any, str, Any]:
+        """(owner, name, current value) of the target in ``module``; AttributeError when it is absent."""
+        owner: Any = module
+        *path, name = self.attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        return owner, name, getattr(owner, name)
+
+    def problem(self, module: ModuleType) -> str | None:
+        """Why the target in ``module`` is not what the wrapper expects, or None when it is."""
+        try:
+            _owner, _name, current = self.resolve(module)
+        except AttributeError:
+            return f"{self.target} is missing"
+        current = getattr(current, "__wrapped__", current)
+        try:
+            parameters = tuple(inspect.signature(current).parameters)
+        except (TypeError, ValueError):
+            return f"{self.target} has no readable signature"
+        if parameters[: len(self.parameters)] != self.parameters:
+            return f"{self.target} takes {parameters}, expected {self.parameters}"
+        return None
+
+    def wrap(self, module: ModuleType, side: T) -> None:
+        """Wrap the target in ``module`` with the wrapper the factory makes for ``side``."""
+        owner, name, _current = self.resolve(module)
+        wrapt.wrap_function_wrapper(owner, name, self.factory(side))
+
+    def unwrap(self) -> None:
+        """Restore the target, when its module is imported and the target is wrapped."""
+        module = sys.modules.get(self.module)
+        if module is None:
+            return
+        owner, name, _current = self.resolve(module)
+        unwrap(owner, name)
+
+    def is_wrapped(self) -> bool:
+        """Whether the target is currently one of exo_otel's wrappers."""
+        module = sys.modules.get(self.module)
+        if module is None:
+            return False
+        try:
+            _owner, _name, current = self.resolve(module)
+        except AttributeError:
+            return False
+        return is_ours(current)
+
+
+def is_ours(value: object) -> bool:
+    """Whether a value is a wrapper exo_otel installed (a wrapt proxy whose wrapper is exo_otel's)."""
+    if not isinstance(value, wrapt.BaseObjectProxy):
+        return False
+    wrapper = getattr(value, "_self_wrapper", None)
+    return str(getattr(wrapper, "__module__", "")).startswith("exo_otel.")

@@ -1,0 +1,67 @@
+"""One patch-table row (`exo_otel.core.patches.Patch`): checking, wrapping and unwrapping a target."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from exo_otel.core.patches import Patch, is_ours
+from exo_otel.sdk.worker import make_worker_wrapper
+
+
+@pytest.fixture
+def module() -> Iterator[types.ModuleType]:
+    module = types.ModuleType("exo_otel_patch_target")
+
+    class Service:
+        def handle(self, request: str, reply: str = "") -> str:
+            return f"{request}:{reply}"
+
+    module.Service = Service  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    yield module
+    del sys.modules[module.__name__]
+
+
+def _tagging(side: str) -> Callable[..., Any]:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return f"{side}({wrapped(*args, **kwargs)})"
+
+    return wrapper
+
+
+def test_problem_names_a_missing_target_and_a_changed_signature(module: types.ModuleType) -> None:
+    assert Patch(module.__name__, "Service.handle", _tagging, ("self", "request")).problem(module) is None
+    missing = Patch(module.__name__, "Service.gone", _tagging, ("self",)).problem(module)
+    assert missing == "exo_otel_patch_target.Service.gone is missing"
+    changed = Patch(module.__name__, "Service.handle", _tagging, ("self", "state_id")).problem(module)
+    assert changed == (
+        "exo_otel_patch_target.Service.handle takes ('self', 'request', 'reply'), "
+        "expected ('self', 'state_id')"
+    )
+
+
+def test_wrap_and_unwrap_restore_the_target(module: types.ModuleType) -> None:
+    patch = Patch(module.__name__, "Service.handle", _tagging, ("self", "request"))
+    original = module.Service.__dict__["handle"]
+    patch.wrap(module, "traced")
+    assert module.Service().handle("a", reply="b") == "traced(a:b)"
+    assert patch.problem(module) is None  # the check sees through a wrapper
+    assert not patch.is_wrapped()  # a wrapper from outside exo_otel is not ours
+    patch.unwrap()
+    assert module.Service.__dict__["handle"] is original
+    assert module.Service().handle("a") == "a:"
+
+
+def test_is_ours_tells_exo_otel_wrappers_from_others(module: types.ModuleType) -> None:
+    import wrapt
+
+    ours = wrapt.FunctionWrapper(module.Service.handle, make_worker_wrapper(None))  # type: ignore[arg-type]
+    theirs = wrapt.FunctionWrapper(module.Service.handle, _tagging("x"))
+    assert is_ours(ours) and not is_ours(theirs) and not is_ours(module.Service.handle)
