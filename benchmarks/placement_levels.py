@@ -1,7 +1,7 @@
 """Run-API placement at 1, 10, 50 and 200 runs in flight: states placed, reference integrity, calls per state.
 
 One instrumented runtime (``placement="run_api"``: the enqueue answer carries no run context)
-runs N concurrent runs of the 11-state placement graph (tests/helpers/placement_graph.py) against the embedded
+runs N concurrent runs of the 11-state test graph (tests/helpers/upstream_graph.py) against the embedded
 state manager, or against the real upstream one with ``--upstream`` (needs UPSTREAM_GIT_DIR, see
 tests/helpers/upstream_sm.py). Prints one line per level; no assertions.
 

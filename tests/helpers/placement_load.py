@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from exo_otel.core.ids import state_span_id, trace_id_for_run
-from helpers import placement_graph as pg
+from helpers import upstream_graph as pg
 from helpers.http_proxy import CountingProxy, RunApiMode, counting_proxy
 from helpers.trace_checks import flatten, integrity
 

@@ -37,7 +37,7 @@ async def test_fan_out_in_payload_mode_never_blocks_the_worker(
     spans = span_exporter.get_finished_spans()
     # The run graph call never answers when hanging (the lookup gives up after 2 s): had the worker
     # waited for it, reporting split's outputs would have taken that long.
-    for split in [s for s in spans if s.name == "execute PlaceSplit"]:
+    for split in [s for s in spans if s.name == "execute Split"]:
         assert split.end_time is not None and split.start_time is not None
         assert (split.end_time - split.start_time) / 1e9 < 1.0
     assert result.dangling_parents == result.missing_links == result.duplicate_span_ids == 0
