@@ -3,9 +3,9 @@
 One instrumented runtime (``placement="run_api"``) runs N concurrent runs of the
 11-state test graph (tests/helpers/upstream_graph.py) against the embedded state manager, through a
 loopback proxy that passes the run API calls (healthy), delays each by 1.9 s (slow), or never answers them
-(hanging: the run API placement's 2 s timeout ends them). An uninstrumented round is the reference. For each mode
-it prints states per second, the ratio to the healthy round, whether every state executed exactly once
-(the re-enqueued state twice, by design), and the placement and reference-integrity counts.
+(hanging: the run API placement's 2 s timeout ends them). An uninstrumented round is the reference. For
+each mode it prints states per second, the ratio to the healthy round, whether every state executed
+exactly once (the re-enqueued state twice, by design), and the placement and reference-integrity counts.
 
 Run: ``.venv/bin/python benchmarks/run_api_degraded.py [--runs 30] [--rounds 2]``. No assertions.
 """

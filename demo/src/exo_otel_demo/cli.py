@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Final
 
+from exo_otel.cli import checked_run_id
 from exo_otel.version import __version__
 from exo_otel_demo.embedded import EmbeddedStateManager
-from exo_otel_demo.links import is_uuid_run_id, run_links
+from exo_otel_demo.links import run_links
 
 DESCRIPTION: Final = (
     "exo-otel: OpenTelemetry for Exosphere. Runs the instrumented demo, serves the embedded state "
@@ -184,20 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _links(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    # Surrounding blanks come from copy and paste; Exosphere run ids never have them.
-    run_id = args.run_id.strip()
-    if not run_id:
-        parser.error(f"{args.command}: RUN_ID is empty")  # exits with status 2
-    if not run_id.isascii() and run_id != run_id.encode("utf-8", "replace").decode("utf-8"):
-        # Bytes that are not UTF-8 reach argv as lone surrogates: no run id looks like that.
-        parser.error(f"{args.command}: RUN_ID is not valid UTF-8 text")
-    if not is_uuid_run_id(run_id):
-        # A typo in a run id still gives a valid-looking trace id (a hash): say so.
-        print(
-            f"exo-otel: warning: {run_id!r} is not a UUID, as Exosphere run ids are (a typo?); "
-            "its trace id is a hash of the text",
-            file=sys.stderr,
-        )
+    run_id = checked_run_id(parser, args.command, args.run_id)
     links = run_links(run_id)
     if args.command == "trace-id":
         print(links.trace_id)

@@ -8,7 +8,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Final
 
-from exo_otel.core.ids import format_trace_id, run_id_for_trace
+from exo_otel.core.ids import format_trace_id
 
 EXO_OTEL_JAEGER_URL: Final = "EXO_OTEL_JAEGER_URL"
 """Base URL of the Jaeger UI; default ``http://localhost:16686`` (the deploy/jaeger stack)."""
@@ -124,8 +124,3 @@ def run_links(run_id: str, jaeger_base: str | None = None, grafana_base: str | N
         grafana=grafana_dashboard_url(run_id, grafana_base),
         explore=grafana_explore_url(run_id, grafana_base),
     )
-
-
-def is_uuid_run_id(run_id: str) -> bool:
-    """True when ``run_id`` is a UUID as Exosphere issues them (else its trace id is a hash of it)."""
-    return run_id_for_trace(format_trace_id(run_id)) is not None

@@ -214,3 +214,9 @@ class RunIdGenerator(IdGenerator):
         # Run trace ids keep the UUID's random bytes at the right (W3C level 2); a pinned
         # non-UUID id is a hash, which is uniformly distributed too.
         return self.delegate.is_trace_id_random()
+
+
+def is_uuid_run_id(run_id: str) -> bool:
+    """Whether a run id is a UUID as Exosphere issues them (its trace id is then the UUID's bytes,
+    rearranged, and `run_id_for_trace` gives it back); else its trace id is a hash of the text."""
+    return run_id_for_trace(format_trace_id(run_id)) is not None
