@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id, trace_id_for_state
 from exo_otel.core.redaction import Redactor
-from exo_otel.core.sanitize import clean_str, clean_text, timestamp_or
+from exo_otel.core.sanitize import MAX_TIMESTAMP_NS, clean_str, clean_text, timestamp_or
 from exo_otel.core.spans import (
     end_span,
     error_type,
@@ -25,6 +25,7 @@ from exo_otel.core.spans import (
     start_span,
 )
 from exo_otel.sdk import inflight
+from exo_otel.sdk.context_keys import SPAN_KEY
 from exo_otel.sdk.cpu_time import CpuMeter
 from exo_otel.sdk.execution_context import execution_context
 from exo_otel.sdk.logs import LogFields
@@ -124,7 +125,9 @@ def begin(
     node_name = attributes[attr.NODE_NAME]
     secrets = Redactor()
     # Before 1970 or after now is no creation time: the span starts now, with no queue wait.
-    created = timestamp_or(state.created_at_ns, now)
+    created = state.created_at_ns
+    if created is None or not 0 < created <= now <= MAX_TIMESTAMP_NS:
+        created = timestamp_or(created, now)
     # Only the run's context: never whatever was current where the runtime started.
     parent = run_trace.node_parent if run_trace is not None else context.Context()
     server_node_span = False
@@ -153,7 +156,11 @@ def begin(
     execute_span = start_span(
         telemetry.tracer,
         f"execute {node_name}",
-        context=trace.set_span_in_context(node_span, parent),
+        context=(
+            trace.set_span_in_context(node_span, parent)
+            if SPAN_KEY is None
+            else context.Context({**parent, SPAN_KEY: node_span})
+        ),
         kind=SpanKind.CONSUMER,
         attributes=execute_attributes,
         start_time=now,
@@ -230,7 +237,8 @@ def record_outputs(execution: Execution, outputs: object) -> None:
 def finish(execution: Execution) -> None:
     """End the attempt and detach its context (in the worker task that attached it)."""
     try:
-        end_once(execution)
+        if inflight.claim(execution):  # `end_once`, in one call less
+            _end_spans(execution)
     finally:
         if execution.token is not None:
             context.detach(execution.token)
