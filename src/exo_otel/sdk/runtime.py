@@ -477,8 +477,12 @@ def make_executed_wrapper(telemetry: Telemetry) -> AsyncMethod:
             return _report(wrapped, args, kwargs, None)
         headers = None
         try:
-            _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
-            headers = _report_headers(execution)
+            # `_note_outcome` and `_report_headers`, called only when they have more to do (once per state).
+            execution.outcome = attr.OUTCOME_EXECUTED
+            if execution.telemetry.settings.capture_io:
+                _note_outcome(execution, attr.OUTCOME_EXECUTED, instance, args, kwargs)
+            if execution.cpu is not None:
+                headers = _report_headers(execution)
         except Exception as exc:
             _NOTING_EXECUTED.failed(exc)
         outputs = call_argument(args, kwargs, 1, "outputs", None)
