@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id, trace_id_for_state
 from exo_otel.core.redaction import Redactor
-from exo_otel.core.sanitize import MAX_TIMESTAMP_NS, clean_str, clean_text, timestamp_or
+from exo_otel.core.sanitize import MAX_TIMESTAMP_NS, clean_text, timestamp_or
 from exo_otel.core.spans import (
     end_span,
     error_type,
@@ -83,9 +83,10 @@ def state_attributes(state: PolledState, namespace: str | None = None) -> dict[s
     identifier, the parent the run root. ``namespace`` (cleaned) is given for a state placed in no
     run, whose node span is the only span of its trace that could say it.
     """
-    attributes: dict[str, Any] = {
-        attr.STATE_ID: clean_str(state.state_id),
-        attr.NODE_NAME: clean_str(state.node_name),
+    state_id, node_name = state.state_id, state.node_name
+    attributes: dict[str, Any] = {  # `clean_str`, inline: ASCII (nearly every id) as is
+        attr.STATE_ID: state_id if state_id.isascii() else clean_text(state_id),
+        attr.NODE_NAME: node_name if node_name.isascii() else clean_text(node_name),
     }
     if namespace is not None:
         attributes[attr.NAMESPACE] = namespace
@@ -121,7 +122,9 @@ def begin(
         run_trace = traces.of(run)
     run_attributes = run_trace.attributes if run_trace is not None else traces.no_run
     attributes = state_attributes(state, None if run_trace is not None else run_attributes[attr.NAMESPACE])
-    identifier = clean_str(state.identifier)
+    identifier = state.identifier
+    if not identifier.isascii():
+        identifier = clean_text(identifier)
     node_name = attributes[attr.NODE_NAME]
     secrets = Redactor()
     # Before 1970 or after now is no creation time: the span starts now, with no queue wait.
