@@ -64,7 +64,7 @@ class PolledState:
             str(get("identifier", "")),  # identifier
             parse_timestamp_ns(get("created_at")),  # created_at_ns
             run,
-            None if retry is None else _retry_count(retry),  # retry_count
+            retry if type(retry) is int and retry >= 0 else _retry_count(retry),  # retry_count
             run_from_payload and run is not None,  # run_from_payload
             run is not None and run.node_spans_by_server,  # server_node_spans
         )
