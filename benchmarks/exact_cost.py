@@ -107,10 +107,15 @@ LOG_FORMAT = ("%(asctime)s %(levelname)s %(name)s [%(otelTraceID)s %(otelSpanID)
 LOG_DEFAULTS = {"otelTraceID": "-", "otelSpanID": "-", "exosphere_run_id": "-"}
 CALLGRIND_ENV = "EXO_OTEL_EXACT_CALLGRIND"
 CPU_TIME_ENV = "EXO_OTEL_EXACT_CPU_TIME"  # "0": exo_otel with cpu_time=False, and the floor likewise
+FLOOR_PARENTS_ENV = "EXO_OTEL_EXACT_FLOOR_PARENTS"  # "1": the floor makes its parents' SDK objects itself
 
 
 def _cpu_time_on() -> bool:
     return os.environ.get(CPU_TIME_ENV, "1") != "0"
+
+
+def _floor_makes_parents() -> bool:
+    return os.environ.get(FLOOR_PARENTS_ENV) == "1"
 
 
 # --- callgrind client requests ------------------------------------------------------------------------
@@ -193,6 +198,14 @@ class FloorPlan:
     created_ns: int
     metric_attributes: dict[str, str]
     outcome_attributes: dict[str, str]
+    # With --floor-parents, what it makes ``parent`` and ``links`` from in the measured part (the ids
+    # are still given): the run, its carrier (side), the trace id, the span id of the server's node span
+    # (side) or of the run root (embedded), the upstream state's node span id (embedded; 0: none).
+    run_id: str = ""
+    carrier: dict[str, str] | None = None
+    trace_id: int = 0
+    span_id: int = 0
+    upstream_span_id: int = 0
 
 
 @dataclass
@@ -248,12 +261,23 @@ _floor_current: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.Con
 
 
 def _floor_queue_class() -> type[Any]:
-    from opentelemetry import context, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry import context, propagate, trace
+    from opentelemetry.sdk.trace.sampling import Decision
+    from opentelemetry.trace import (
+        Link,
+        NonRecordingSpan,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+    )
 
     from exo_otel.core import attributes as attr
 
     ok = Status(StatusCode.OK)
+    makes_parents = _floor_makes_parents()
+    sampled_flags = TraceFlags(TraceFlags.SAMPLED)
     # Not empty: the SDK takes an empty context for "none given" and uses the current one.
     no_span = context.set_value(context.create_key("exact_cost.no_exemplar"), True, context.Context())
     messaging = attr.execute_messaging()
@@ -263,20 +287,50 @@ def _floor_queue_class() -> type[Any]:
     class FloorQueue(asyncio.Queue[Any]):
         """A worker queue making, with the OpenTelemetry API alone, the spans and records exo_otel makes."""
 
-        def __init__(self, maxsize: int, tracer: Any, metrics: Any, plans: dict[str, FloorPlan]) -> None:
+        def __init__(self, maxsize: int, tracer: Any, metrics: Any, plans: dict[str, FloorPlan],
+                     sampler: Any = None) -> None:
             super().__init__(maxsize)
-            self.tracer, self.metrics, self.plans = tracer, metrics, plans
+            self.tracer, self.metrics, self.plans, self.sampler = tracer, metrics, plans, sampler
+            self.roots: dict[str, Any] = {}
+
+        def _parents(self, plan: FloorPlan) -> tuple[Any, list[Any]]:
+            """The SDK calls exo_otel makes for a state's parent and links: once per run the run root's
+            context (the carrier extracted through the configured propagators, or the sampler asked and
+            the root's span context made), per state the node span's or the upstream link's."""
+            root = self.roots.get(plan.run_id)
+            if root is None:
+                if plan.carrier is not None:
+                    root = propagate.extract(plan.carrier, context=context.Context())
+                else:
+                    decision = self.sampler.should_sample(
+                        context.Context(), plan.trace_id, f"trigger {GRAPH}", SpanKind.PRODUCER).decision
+                    flags = sampled_flags if decision is Decision.RECORD_AND_SAMPLE else TraceFlags(0)
+                    root_span = NonRecordingSpan(SpanContext(plan.trace_id, plan.span_id, is_remote=True,
+                                                             trace_flags=flags))
+                    root = trace.set_span_in_context(root_span, context.Context())
+                self.roots[plan.run_id] = root
+                if len(self.roots) > 4096:
+                    del self.roots[next(iter(self.roots))]
+            if plan.server_node:
+                node = SpanContext(plan.trace_id, plan.span_id, is_remote=True, trace_flags=sampled_flags)
+                return trace.set_span_in_context(NonRecordingSpan(node), root), []
+            if not plan.upstream_span_id:
+                return root, []
+            upstream = SpanContext(plan.trace_id, plan.upstream_span_id, is_remote=True,
+                                   trace_flags=sampled_flags)
+            return root, [Link(upstream)]
 
         async def get(self) -> Any:
             state = await super().get()
             plan = self.plans[state["state_id"]]
             now = time.time_ns()
+            parent, links = self._parents(plan) if makes_parents else (plan.parent, plan.links)
             if plan.server_node:
                 node = None
-                execute_parent = plan.parent
+                execute_parent = parent
             else:
                 node = self.tracer.start_span(
-                    f"node {state['identifier']}", context=plan.parent, links=plan.links,
+                    f"node {state['identifier']}", context=parent, links=links,
                     attributes={attr.STATE_ID: state["state_id"], attr.NODE_NAME: state["node_name"]},
                     start_time=plan.created_ns)
                 execute_parent = trace.set_span_in_context(node, plan.parent)
@@ -416,7 +470,7 @@ class Part:
             queue_class = _floor_queue_class()
             self.runtime._state_queue = queue_class(self.runtime._state_queue.maxsize,
                                                     tracer_provider.get_tracer("exact_cost.floor"),
-                                                    metrics, self.floor_plans)
+                                                    metrics, self.floor_plans, tracer_provider.sampler)
         self.rng = random.Random(SEED)
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
@@ -460,6 +514,7 @@ class Part:
                                              "identifier": identifier, "inputs": {"value": values[index]},
                                              "created_at": created_at}
                     trace_id = trace_id_for_run(run_id)
+                    carrier: dict[str, str] | None = None
                     if kind == "embedded":
                         state.update(run_id=run_id, graph_name=GRAPH, parents=parents)
                         root = SpanContext(trace_id, run_span_id(run_id), is_remote=True, trace_flags=sampled)
@@ -470,6 +525,8 @@ class Part:
                     else:
                         run = RunContext(run_id, NAMESPACE, GRAPH, created_ns, sampled=True)
                         state.update(enqueue_extension(run, parents, 0))
+                        carrier = {key: state[key] for key in ("traceparent", "tracestate", "baggage")
+                                   if key in state}
                         node = SpanContext(trace_id, state_span_id(state_id), is_remote=True,
                                            trace_flags=sampled)
                         run_root = trace.set_span_in_context(NonRecordingSpan(run.root_span_context()),
@@ -480,7 +537,9 @@ class Part:
                     if self.mode == "floor":
                         self.floor_plans[state_id] = FloorPlan(
                             parent, kind == "side", links, created_ns, metric_sets[node_name],
-                            outcome_sets[node_name])
+                            outcome_sets[node_name], run_id, carrier, trace_id,
+                            state_span_id(state_id) if kind == "side" else run_span_id(run_id),
+                            state_span_id(ids[index][wave - 1]) if kind == "embedded" and wave else 0)
                 answers.append({"count": len(states), "namespace": NAMESPACE, "status": "QUEUED",
                                 "states": states})
         answers.reverse()  # popped from the end
@@ -927,6 +986,10 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=15, help="exo_otel functions listed by the profile")
     parser.add_argument("--cpu-time", action=argparse.BooleanOptionalAction, default=True,
                         help="exo_otel's CPU-time accounting on (the default) or off, the floor alike")
+    parser.add_argument("--floor-parents", action="store_true",
+                        help="the floor makes, in the measured part, the SDK calls exo_otel makes for its "
+                             "spans' parents and links (the run's carrier extracted, or the sampler asked, "
+                             "once per run; span contexts per state), the ids still given")
     parser.add_argument("--child", choices=["plain", "floor", "exo"], help=argparse.SUPPRESS)
     parser.add_argument("--signals", choices=["spans", "metrics"], default="spans", help=argparse.SUPPRESS)
     parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
@@ -935,6 +998,8 @@ if __name__ == "__main__":
         parser.error(f"--executions and --warmup are multiples of {GROUP} (--executions at least {GROUP})")
     if not arguments.cpu_time:
         os.environ[CPU_TIME_ENV] = "0"  # the children read it
+    if arguments.floor_parents:
+        os.environ[FLOOR_PARENTS_ENV] = "1"
     if arguments.child:
         child(arguments)
     else:

@@ -27,9 +27,11 @@ PER_STATE_METRICS = {metrics.NODE_QUEUE_WAIT, metrics.NODE_DURATION, metrics.NOD
 )
 
 
-def _windows(part: str) -> dict[str, Any]:
+def _windows(part: str, floor_parents: bool = False) -> dict[str, Any]:
     mode, signals = part.split("-")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "EXOSPHERE_"))}
+    if floor_parents:  # --floor-parents: the floor makes its spans' parents and links itself
+        env["EXO_OTEL_EXACT_FLOOR_PARENTS"] = "1"
     done = subprocess.run(
         [sys.executable, str(BENCHMARK), "--child", mode, "--signals", signals,
          "--executions", str(EXECUTIONS), "--warmup", str(EXECUTIONS), "--check"],
@@ -103,6 +105,20 @@ def test_the_floor_makes_the_same_spans_and_records_as_exo_otel(windows: dict[st
         for kind in KINDS:
             exo, floor = windows[f"exo-{signals}"][kind], windows[f"floor-{signals}"][kind]
             assert floor["spans"] == exo["spans"], (signals, kind)
+            assert _shapes(floor) == _shapes(exo), (signals, kind)
+            traces = {s["trace_id"] for s in exo["span_shapes"]}
+            assert {s["trace_id"] for s in floor["span_shapes"]} == traces, (signals, kind)
+            assert _points(floor) == _points(exo), (signals, kind)
+
+
+def test_the_floor_making_its_parents_makes_the_same_spans_and_records(
+    windows: dict[str, dict[str, Any]],
+) -> None:
+    for signals in ("spans", "metrics"):
+        made = _windows(f"floor-{signals}", floor_parents=True)
+        for kind in KINDS:
+            exo, floor = windows[f"exo-{signals}"][kind], made[kind]
+            assert floor["executions"] == EXECUTIONS, (signals, kind)
             assert _shapes(floor) == _shapes(exo), (signals, kind)
             traces = {s["trace_id"] for s in exo["span_shapes"]}
             assert {s["trace_id"] for s in floor["span_shapes"]} == traces, (signals, kind)

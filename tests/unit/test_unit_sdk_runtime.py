@@ -456,3 +456,33 @@ async def test_with_instrumentation_off_states_pass_through_without_spans(
     runtime._state_queue.task_done()
     assert exporter.get_finished_spans() == ()
     assert getattr(runtime, TRACING_ATTRIBUTE).polled == {}
+
+
+def test_the_current_context_and_suppression_read_directly_answer_as_the_api() -> None:
+    from opentelemetry import context as otel_context
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+    from exo_otel.sdk import context_keys
+
+    # The probes found the context variable and both suppression keys (else the API calls are used).
+    assert context_keys.get_current is not otel_context.get_current
+    assert context_keys.instrumentation_enabled is not is_instrumentation_enabled
+    outer = otel_context.get_current()
+    assert context_keys.get_current() is outer
+    token = otel_context.attach(otel_context.set_value("exo_otel.test", 1))
+    try:
+        assert context_keys.get_current() is otel_context.get_current() is not outer
+        assert context_keys.instrumentation_enabled() is is_instrumentation_enabled() is True
+        with suppress_instrumentation():
+            assert context_keys.instrumentation_enabled() is is_instrumentation_enabled() is False
+        keys = context_keys._SUPPRESSION_KEYS
+        assert keys is not None
+        for key in keys:  # either key alone suppresses, for both
+            alone = otel_context.attach(otel_context.set_value(key, True))
+            try:
+                assert context_keys.instrumentation_enabled() is is_instrumentation_enabled() is False
+            finally:
+                otel_context.detach(alone)
+    finally:
+        otel_context.detach(token)
+    assert context_keys.get_current() is outer

@@ -16,7 +16,7 @@ from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id, trace_id_for_state
 from exo_otel.core.lru import LruCache
 from exo_otel.core.redaction import Redactor
-from exo_otel.core.sanitize import clean_str, clean_text, timestamp_or
+from exo_otel.core.sanitize import MAX_TIMESTAMP_NS, clean_text, timestamp_or
 from exo_otel.core.spans import (
     end_span,
     error_type,
@@ -26,6 +26,7 @@ from exo_otel.core.spans import (
     start_span,
 )
 from exo_otel.sdk import inflight
+from exo_otel.sdk.context_keys import SPAN_KEY
 from exo_otel.sdk.cpu_time import CpuMeter
 from exo_otel.sdk.execution_context import execution_context
 from exo_otel.sdk.logs import LogFields
@@ -83,9 +84,10 @@ def state_attributes(state: PolledState, namespace: str | None = None) -> dict[s
     identifier, the parent the run root. ``namespace`` (cleaned) is given for a state placed in no
     run, whose node span is the only span of its trace that could say it.
     """
-    attributes: dict[str, Any] = {
-        attr.STATE_ID: clean_str(state.state_id),
-        attr.NODE_NAME: clean_str(state.node_name),
+    state_id, node_name = state.state_id, state.node_name
+    attributes: dict[str, Any] = {  # `clean_str`, inline: ASCII (nearly every id) as is
+        attr.STATE_ID: state_id if state_id.isascii() else clean_text(state_id),
+        attr.NODE_NAME: node_name if node_name.isascii() else clean_text(node_name),
     }
     if namespace is not None:
         attributes[attr.NAMESPACE] = namespace
@@ -121,11 +123,15 @@ def begin(
         run_trace = traces.of(run)
     run_attributes = run_trace.attributes if run_trace is not None else traces.no_run
     attributes = state_attributes(state, None if run_trace is not None else run_attributes[attr.NAMESPACE])
-    identifier = clean_str(state.identifier)
+    identifier = state.identifier
+    if not identifier.isascii():
+        identifier = clean_text(identifier)
     node_name = attributes[attr.NODE_NAME]
     secrets = Redactor()
     # Before 1970 or after now is no creation time: the span starts now, with no queue wait.
-    created = timestamp_or(state.created_at_ns, now)
+    created = state.created_at_ns
+    if created is None or not 0 < created <= now <= MAX_TIMESTAMP_NS:
+        created = timestamp_or(created, now)
     # Only the run's context: never whatever was current where the runtime started.
     parent = run_trace.node_parent if run_trace is not None else context.Context()
     server_node_span = False
@@ -154,7 +160,11 @@ def begin(
     execute_span = start_span(
         telemetry.tracer,
         f"execute {node_name}",
-        context=trace.set_span_in_context(node_span, parent),
+        context=(
+            trace.set_span_in_context(node_span, parent)
+            if SPAN_KEY is None
+            else context.Context({**parent, SPAN_KEY: node_span})
+        ),
         kind=SpanKind.CONSUMER,
         attributes=execute_attributes,
         start_time=now,
@@ -228,7 +238,8 @@ def record_outputs(execution: Execution, outputs: object) -> None:
 def finish(execution: Execution) -> None:
     """End the attempt and detach its context (in the worker task that attached it)."""
     try:
-        end_once(execution)
+        if inflight.claim(execution):  # `end_once`, in one call less
+            _end_spans(execution)
     finally:
         if execution.token is not None:
             context.detach(execution.token)

@@ -28,9 +28,10 @@ from exo_otel.sdk.state_context import (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunTrace:
-    """A run as its states' spans need it."""
+    """A run as its states' spans need it. Never changed once made (not frozen: a frozen one costs
+    ~5k instructions more to make, once per run)."""
 
     trace_id: int
     flags: TraceFlags
@@ -74,7 +75,7 @@ def run_trace(run: RunInfo, namespace: str, sampler: Sampler | None) -> RunTrace
         carried is not None and run.node_spans_by_server,
         log_safe(entries[attr.RUN_ID]),
         entries,
-        f"{trace_id:032x}",
+        trace_id.to_bytes(16).hex(),  # f"{trace_id:032x}", in fewer instructions
     )
 
 
