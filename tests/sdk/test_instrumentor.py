@@ -17,8 +17,9 @@ from packaging.requirements import Requirement
 from exo_otel.core.ids import RunIdGenerator
 from exo_otel.core.patches import Patch
 from exo_otel.sdk.config import PlacementMode
-from exo_otel.sdk.instrumentor import CPU_TIME_PATCHES, PATCHES, ExosphereInstrumentor
+from exo_otel.sdk.instrumentor import CPU_TIME_PATCHES, PATCHES, REQUEST_PATCH, ExosphereInstrumentor
 from exo_otel.sdk.package import _instruments
+from exo_otel.sdk.request_headers import add_headers, stop_adding
 from exo_otel.sdk.telemetry import Telemetry
 
 
@@ -37,7 +38,7 @@ def _wrapped_flags(patches: tuple[Patch[Telemetry], ...] = PATCHES + CPU_TIME_PA
 def test_every_patch_target_exists_in_the_installed_sdk() -> None:
     # Drift: the targets are (partly private) methods of a 0.0.x SDK; a release that renames one
     # must fail here, loudly, not silently lose spans.
-    for patch in PATCHES + CPU_TIME_PATCHES:
+    for patch in (*PATCHES, *CPU_TIME_PATCHES, REQUEST_PATCH):
         target = _target(patch.module, patch.attribute)
         assert callable(target), f"{patch.target} is gone or not callable"
         # ... and takes the parameters its wrapper reads.
@@ -191,3 +192,48 @@ def test_a_target_of_another_shape_is_logged_and_left_alone(
         instrumentor.uninstrument()
     assert not any(_wrapped_flags(tuple(shaped)))
     assert exospherehost.runtime.Runtime._get_secrets is _get_secrets
+
+
+async def test_requests_are_wrapped_only_once_a_call_adds_headers() -> None:
+    # A runtime with CPU time off adds no header to any request: aiohttp stays unwrapped for it.
+    from aiohttp import ClientSession, web
+
+    seen: list[str | None] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("x-exo-otel-test"))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    instrumentor = ExosphereInstrumentor()
+    instrumentor.instrument(tracer_provider=TracerProvider())
+    try:
+        async with ClientSession() as session:
+            assert not _wrapped_flags((REQUEST_PATCH,))[0]
+            async with session.get(f"http://127.0.0.1:{port}/") as answer:
+                assert await answer.text() == "ok"
+            token = add_headers({"x-exo-otel-test": "added"})
+            try:
+                assert _wrapped_flags((REQUEST_PATCH,))[0]
+                async with session.get(f"http://127.0.0.1:{port}/") as answer:
+                    assert await answer.text() == "ok"
+            finally:
+                stop_adding(token)
+            async with session.get(f"http://127.0.0.1:{port}/") as answer:
+                assert await answer.text() == "ok"
+        assert seen == [None, "added", None]
+    finally:
+        instrumentor.uninstrument()
+        await runner.cleanup()
+    assert not _wrapped_flags((REQUEST_PATCH,))[0]
+    instrumentor.instrument(tracer_provider=TracerProvider())
+    try:
+        assert not _wrapped_flags((REQUEST_PATCH,))[0]  # installed again only on need
+    finally:
+        instrumentor.uninstrument()

@@ -25,7 +25,7 @@ from exo_otel.sdk.config import PlacementMode, Settings
 from exo_otel.sdk.cpu_time import make_executor_wrapper
 from exo_otel.sdk.logs import install_log_correlation, remove_log_correlation
 from exo_otel.sdk.package import _instruments
-from exo_otel.sdk.request_headers import make_request_headers_wrapper
+from exo_otel.sdk.request_headers import make_request_headers_wrapper, wrap_requests_on_first_headers
 from exo_otel.sdk.runtime import (
     make_errored_wrapper,
     make_executed_wrapper,
@@ -77,10 +77,13 @@ PATCHES: Final[tuple[Patch[Telemetry], ...]] = (
     Patch("exospherehost.runtime", "Runtime._worker", make_worker_wrapper, ("self", "idx")),
     # The secrets a node receives, so that no telemetry shows them.
     Patch("exospherehost.runtime", "Runtime._get_secrets", make_secrets_wrapper, ("self", "state_id")),
-    # The SDK builds its requests inside: the trigger gets the caller's W3C headers here, a state's
-    # report its execution's CPU time.
-    Patch("aiohttp.client", "ClientSession._request", make_request_headers_wrapper,
-          ("self", "method", "str_or_url")),
+)
+
+# The SDK builds its requests inside: the trigger gets the caller's W3C headers here, a state's report
+# its execution's CPU time. Wrapped on first need (`request_headers.wrap_requests_on_first_headers`):
+# where no call adds headers (a runtime with CPU time off), no aiohttp request pays for a wrapper.
+REQUEST_PATCH: Final[Patch[Telemetry]] = Patch(
+    "aiohttp.client", "ClientSession._request", make_request_headers_wrapper, ("self", "method", "str_or_url")
 )
 
 # Only with CPU time on (`Settings.cpu_time`): the node's own code, metered for the execution's CPU time
@@ -195,10 +198,15 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for patch in patches_for(settings):
             if _wrap(patch, telemetry):
                 self._installed_patches += (patch,)
+        wrap_requests_on_first_headers(lambda: self._wrap_on_demand(REQUEST_PATCH, telemetry))
         self._signal_flush = SignalFlush(tracer_provider, meter_provider)
         with guard("installing the signal handlers"):
             self._signal_flush.install()
         self._patched = True
+
+    def _wrap_on_demand(self, patch: Patch[Telemetry], telemetry: Telemetry) -> None:
+        if self._telemetry is telemetry and telemetry.enabled and _wrap(patch, telemetry):
+            self._installed_patches += (patch,)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         telemetry = getattr(self, "_telemetry", None)
@@ -206,6 +214,7 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             telemetry.enabled = False
         if not getattr(self, "_patched", False):
             return
+        wrap_requests_on_first_headers(None)
         for patch in getattr(self, "_installed_patches", ()):
             with guard(f"unwrapping {patch.target}"):
                 patch.unwrap()
