@@ -198,39 +198,33 @@ async def test_requests_are_wrapped_only_once_a_call_adds_headers() -> None:
     # A runtime with CPU time off adds no header to any request: aiohttp stays unwrapped for it.
     from aiohttp import ClientSession, web
 
+    from helpers.http_proxy import serve_loopback
+
     seen: list[str | None] = []
 
     async def echo(request: web.Request) -> web.Response:
         seen.append(request.headers.get("x-exo-otel-test"))
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_get("/", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     instrumentor = ExosphereInstrumentor()
     instrumentor.instrument(tracer_provider=TracerProvider())
     try:
-        async with ClientSession() as session:
+        async with serve_loopback(echo) as uri, ClientSession() as session:
             assert not _wrapped_flags((REQUEST_PATCH,))[0]
-            async with session.get(f"http://127.0.0.1:{port}/") as answer:
+            async with session.get(uri) as answer:
                 assert await answer.text() == "ok"
             token = add_headers({"x-exo-otel-test": "added"})
             try:
                 assert _wrapped_flags((REQUEST_PATCH,))[0]
-                async with session.get(f"http://127.0.0.1:{port}/") as answer:
+                async with session.get(uri) as answer:
                     assert await answer.text() == "ok"
             finally:
                 stop_adding(token)
-            async with session.get(f"http://127.0.0.1:{port}/") as answer:
+            async with session.get(uri) as answer:
                 assert await answer.text() == "ok"
         assert seen == [None, "added", None]
     finally:
         instrumentor.uninstrument()
-        await runner.cleanup()
     assert not _wrapped_flags((REQUEST_PATCH,))[0]
     instrumentor.instrument(tracer_provider=TracerProvider())
     try:
