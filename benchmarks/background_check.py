@@ -44,13 +44,20 @@ from exo_otel.server.sweeper import Sweeper
 from helpers.process_cpu import tree_cpu_seconds
 from helpers.upstream_harness import memory_db, secantus_database
 
+# Upstream 0.0.3's indexes on State that the side's queries and these documents meet (app/models/db/state.py).
+UPSTREAM_STATE_INDEXES = (
+    ([("enqueue_after", 1), ("status", 1), ("namespace_name", 1), ("node_name", 1)], "enqueue_query"),
+    ([("run_id", 1), ("status", 1)], "run_id_status_index"),
+)
+attributing = False  # see timed_store
+
 
 def timed_store(
     store: MongoRunStore, seconds: dict[str, float], database_seconds: dict[str, float],
     database_cpu: Callable[[], float],
 ) -> None:
-    """Wrap each async method of ``store`` to add its process time to ``seconds``, and the database
-    process's CPU meanwhile to ``database_seconds`` (by name)."""
+    """Wrap each async method of ``store`` to add its process time to ``seconds`` or, while
+    ``attributing`` is set, the database process's CPU meanwhile to ``database_seconds`` (by name)."""
     for name in dir(type(store)):
         method = getattr(store, name)
         if name.startswith("_") or not asyncio.iscoroutinefunction(method):
@@ -59,12 +66,16 @@ def timed_store(
         def wrap(inner: Callable[..., Awaitable[Any]], label: str) -> Callable[..., Awaitable[Any]]:
             @functools.wraps(inner)
             async def call(*args: Any, **kwargs: Any) -> Any:
+                if not attributing:  # the process time alone (no /proc reads in the checks timed)
+                    started = time.process_time()
+                    try:
+                        return await inner(*args, **kwargs)
+                    finally:
+                        seconds[label] += time.process_time() - started
                 database_before = database_cpu()
-                started = time.process_time()
                 try:
                     return await inner(*args, **kwargs)
                 finally:
-                    seconds[label] += time.process_time() - started
                     database_seconds[label] += database_cpu() - database_before
 
             return call
@@ -117,6 +128,8 @@ async def checks_at(
     timed_store(store, seconds, database_seconds, database_cpu)
     sweeper = Sweeper(store, TracerProvider().get_tracer("background-check"))
     await store.ensure_indexes()
+    for keys, name in UPSTREAM_STATE_INDEXES:  # as upstream's State model declares them (beanie makes them)
+        await database["State"].create_index(keys, name=name)
     opened = 0
     first: float | None = None
     for total in totals:
@@ -137,6 +150,13 @@ async def checks_at(
                 profiler.disable()
             per_check.append(time.process_time() - started)
         database_ms = (database_cpu() - database_before) / checks * 1e3
+        if db == "secantus":  # the same checks again, the database's CPU read around each store call
+            global attributing
+            attributing = True
+            for _ in range(checks):
+                sweeper._next_check = 0.0
+                await sweeper.sweep_once()
+            attributing = False
         per_check.sort()
         median = per_check[len(per_check) // 2] * 1e3
         first = first or median
