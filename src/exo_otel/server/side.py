@@ -62,17 +62,25 @@ class ServerSide:
             flush=self.flush,
         )
 
+    def _max_age(self) -> float:
+        return min(_CACHE_MAX_AGE_SECONDS, self.retention_seconds / 10)
+
     def _remember(self, run: RunContext) -> None:
         # A run's context never changes once made; only whether its records still exist does.
-        self._contexts[run.run_id] = (run, time.monotonic())
+        now = time.monotonic()
+        self._contexts[run.run_id] = (run, now)
         self._contexts.move_to_end(run.run_id)
-        while len(self._contexts) > _CACHE_SIZE:
+        # Oldest first (each entry moves to the end when remembered): those past their age are never
+        # used again, so they go now, not only once 10,000 runs have been remembered since.
+        max_age = self._max_age()
+        while self._contexts and (
+            len(self._contexts) > _CACHE_SIZE or now - next(iter(self._contexts.values()))[1] > max_age
+        ):
             self._contexts.popitem(last=False)
 
     def _cached(self, run_id: str, now: float) -> RunContext | None:
         entry = self._contexts.get(run_id)
-        max_age = min(_CACHE_MAX_AGE_SECONDS, self.retention_seconds / 10)
-        if entry is None or now - entry[1] > max_age:
+        if entry is None or now - entry[1] > self._max_age():
             return None
         return entry[0]
 
