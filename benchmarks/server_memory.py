@@ -7,8 +7,11 @@ database would keep every document in the server's memory). Each round starts ``
 chain of ``--chain`` nodes (tests/helpers/stuck_runs.py's ``Step``) by plain HTTP, 32 at a time, with one
 runtime polling; it ends once every run settled and, with the side, every run's outcome span was
 received. After each round the server's RSS is read from /proc and printed, with the change from
-the first round. It should stay flat: nothing the side keeps in memory grows with the runs that
-settled (docs/state-manager-side.md, section "What is stored where").
+the first round, and the CPU the server and the database process used in the round, per state. The
+RSS should stay flat: nothing the side keeps in memory grows with the runs that settled
+(docs/state-manager-side.md, section "What is stored where"). The rounds do slow down, and not from
+the side: upstream's enqueue query examines every State on SecantusDB at each poll slot
+(benchmarks/upstream_enqueue_scan.py), and every round adds ``--runs`` states to the polled namespace.
 
 Run: ``UPSTREAM_GIT_DIR=... .venv/bin/python benchmarks/server_memory.py [--rounds 10] [--runs 200]
 [--chain 1] [--side on|off]``. No assertions: the numbers are the result.
@@ -71,6 +74,7 @@ async def main(rounds: int, runs: int, chain: int, side: bool) -> None:
             for round_number in range(1, rounds + 1):
                 started = time.monotonic()
                 cpu_before = tree_cpu_seconds(server.pid)
+                database_before = tree_cpu_seconds(database.process.pid)
                 run_ids = list(await asyncio.gather(*(one() for _ in range(runs))))
                 await wait_settled(server.uri, server.api_key, namespace, run_ids, timeout=3600,
                                    states_per_run=chain)
@@ -85,13 +89,15 @@ async def main(rounds: int, runs: int, chain: int, side: bool) -> None:
                         break
                     await asyncio.sleep(0.2)
                 cpu = tree_cpu_seconds(server.pid) - cpu_before
+                database_cpu = tree_cpu_seconds(database.process.pid) - database_before
                 rss = tree_rss_bytes(server.pid) / MIB
                 first = first or rss
                 states = runs * chain
                 print(
                     f"{label}: round {round_number:2d}: {runs} runs ({states} states) settled in "
                     f"{settled:.1f} s ({states / settled:.2f} states/s), outcomes {outcomes}/{runs}, server "
-                    f"CPU {1000 * cpu / states:.1f} ms/state; RSS {rss:.1f} MiB ({rss - first:+.1f} MiB "
+                    f"CPU {1000 * cpu / states:.1f} ms/state, database CPU "
+                    f"{1000 * database_cpu / states:.1f} ms/state; RSS {rss:.1f} MiB ({rss - first:+.1f} MiB "
                     f"from round 1)",
                     flush=True,
                 )

@@ -3,17 +3,21 @@
 On one server with the side (the embedded one, or the real upstream one under the launcher on its
 in-process database), runs that never settle are opened in steps (10, then 1,000, then 10,000 in
 all); at each step a new three-node run is started beside them and timed from its trigger to its
-root, its node spans and its outcome, and then the server is left idle for a while: the side's cost
+root, its node spans and its outcome, then the server is left idle for a while, and a new run is
+timed again (the first one comes while the sweep still works through the opening's burst of
+triggers, each of which touched its run; the second with only the stuck runs open). The side's cost
 over that time is printed per pass (embedded: the sweep's own time, its passes being synchronous
 over the in-memory store) or per second (real server: the process's CPU from /proc, all of it, the
 side's and upstream's own idle work). Both should stay flat. No assertions: the numbers are the result.
 
-``--side off`` (real server only) runs the same server without the side, opening the same stuck runs
-and measuring the same idle CPU (there is no new run to time: its spans would come from the side), so
-the side's share of the idle cost is the difference between the two at each count. The real server
-runs on upstream's in-process database (a full-scan imitation of MongoDB: every query reads every
-document) unless ``EXO_OTEL_UPSTREAM_DB=secantus`` puts it on SecantusDB (its own process, real
-indexes).
+Every new run is also timed to the server's runs API answering it settled, which needs no side:
+``--side off`` (real server only) runs the same server without the side, opening the same stuck runs,
+timing the new runs that way and measuring the same idle CPU, so the side's share of the idle cost is
+the difference between the two at each count. The real server runs on upstream's in-process database
+(a full-scan imitation of MongoDB: every query reads every document) unless
+``EXO_OTEL_UPSTREAM_DB=secantus`` puts it on SecantusDB (its own process, real indexes); then the
+database process's idle CPU is printed too (what the side's background check asks of it shows there,
+not in the server's CPU).
 
 Run: ``.venv/bin/python benchmarks/stuck_runs.py [--server embedded|upstream] [--side on|off]
 [--open 10 1000 10000] [--idle 30]``.
@@ -24,10 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from opentelemetry.sdk.trace import TracerProvider
@@ -39,33 +45,61 @@ from exo_otel_demo.embedded import EmbeddedStateManager
 from helpers.otlp_receiver import OtlpHttpReceiver, Span
 from helpers.process_cpu import tree_cpu_seconds
 from helpers.servers import EmbeddedServer, Server, UpstreamServerUnderTest
-from helpers.stuck_runs import open_stuck_runs, time_a_new_run
+from helpers.stuck_runs import NewRun, open_stuck_runs, time_a_new_run
 from helpers.trace_checks import flatten
-from helpers.upstream_side import SIDE_PIP, side_server
-from helpers.upstream_sm import upstream_state_manager
+from helpers.upstream_harness import Settings, in_process_server, secantus_database
+from helpers.upstream_side import AUTO_INIT, SIDE_PIP, otel_env
+from helpers.upstream_sm import DATABASE, require_upstream
+
+
+@dataclass
+class Counters:
+    """What the benchmark reads of a server: its CPU seconds (and sweep passes, embedded), and its
+    database's CPU seconds where the database is a process of its own (SecantusDB), else None."""
+
+    server: Callable[[], tuple[float, int]]
+    database: Callable[[], float] | None = None
 
 
 @contextlib.asynccontextmanager
 async def serving(
     kind: str, side: bool, provider: TracerProvider, exporter: InMemorySpanExporter
-) -> AsyncIterator[
-    tuple[Server, Callable[[], list[Span]], Callable[[], tuple[float, int]]]
-]:
-    """The server, every span collected, and its idle-cost counter (seconds used, passes or 0)."""
+) -> AsyncIterator[tuple[Server, Callable[[], list[Span]] | None, Counters]]:
+    """The server, every span collected (None without the side), and its cost counters."""
     if kind == "embedded":
         async with EmbeddedStateManager(server_side=True, tracer_provider=provider) as sm:
             assert sm._api.side is not None
             stats = sm._api.side.side.sweeper.stats
             yield (EmbeddedServer(sm), lambda: flatten(exporter.get_finished_spans()),
-                   lambda: (stats.seconds, stats.passes))
+                   Counters(lambda: (stats.seconds, stats.passes)))
         return
-    if not side:  # the same server and venv, nothing preloaded
-        with upstream_state_manager(pip=SIDE_PIP, history=False) as plain:
-            yield UpstreamServerUnderTest(plain), list, lambda: (tree_cpu_seconds(plain.pid), 0)
-        return
-    with OtlpHttpReceiver() as rx, side_server(rx, history=False) as server:
-        yield (UpstreamServerUnderTest(server), lambda: rx.spans() + flatten(exporter.get_finished_spans()),
-               lambda: (tree_cpu_seconds(server.pid), 0))
+    require_upstream()
+    with contextlib.ExitStack() as stack:
+        settings, database = Settings(), None
+        if DATABASE == "secantus":
+            database = stack.enter_context(secantus_database())
+            settings = Settings(mongo_uri=database.uri)
+        rx = stack.enter_context(OtlpHttpReceiver())
+        # With the side: under the launcher's auto-initialisation, exporting to rx; without it the same
+        # server and venv, nothing preloaded.
+        server = stack.enter_context(in_process_server(
+            pip=tuple(SIDE_PIP.split()), preload=(AUTO_INIT,) if side else (), history=False,
+            settings=settings, **(otel_env(rx) if side else {}),
+        ))
+        database_cpu = None
+        if database is not None:
+            database_pid = database.process.pid
+            database_cpu = lambda: tree_cpu_seconds(database_pid)  # noqa: E731
+        collected = (lambda: rx.spans() + flatten(exporter.get_finished_spans())) if side else None
+        yield (UpstreamServerUnderTest(server), collected,
+               Counters(lambda: (tree_cpu_seconds(server.pid), 0), database_cpu))
+
+
+def new_run_line(run: NewRun) -> str:
+    spans = ""
+    if not math.isnan(run.root_s):
+        spans = f"root {run.root_s:.2f} s, node spans {run.nodes_s:.2f} s, outcome {run.outcome_s:.2f} s, "
+    return f"new run's {spans}settled (runs API) {run.settled_s:.2f} s"
 
 
 async def main() -> None:
@@ -78,18 +112,16 @@ async def main() -> None:
     side = args.side == "on"
     if not side and args.server != "upstream":
         parser.error("--side off needs --server upstream")
-    label = f"{args.server} side {args.side}"
+    label = f"{args.server}{'' if args.server == 'embedded' else ' on ' + DATABASE} side {args.side}"
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     instrumentor = ExosphereInstrumentor()
     instrumentor.instrument(tracer_provider=provider)
     try:
-        async with serving(args.server, side, provider, exporter) as (server, spans, cost):
-            if side:
-                alone = await time_a_new_run(server, spans)
-                print(f"{label}: 0 open runs: new run's root {alone.root_s:.2f} s, node spans "
-                      f"{alone.nodes_s:.2f} s, outcome {alone.outcome_s:.2f} s", flush=True)
+        async with serving(args.server, side, provider, exporter) as (server, spans, counters):
+            alone = await time_a_new_run(server, spans)
+            print(f"{label}: 0 open runs: {new_run_line(alone)}", flush=True)
             opened = 0
             first: float | None = None
             for total in args.open:
@@ -98,21 +130,32 @@ async def main() -> None:
                 opened = total
                 opening_s = time.monotonic() - started
                 exporter.clear()  # the stuck runs' roots: collected spans are searched while timing
-                timed = ""
-                if side:
-                    beside = await time_a_new_run(server, spans)
-                    timed = (f": new run's root {beside.root_s:.2f} s, node spans {beside.nodes_s:.2f} s, "
-                             f"outcome {beside.outcome_s:.2f} s")
+                # Right after the opening: the sweep may still be working through its touches.
+                beside = await time_a_new_run(server, spans)
                 exporter.clear()
-                seconds_before, passes_before = cost()
+                seconds_before, passes_before = counters.server()
+                database_before = counters.database() if counters.database is not None else 0.0
                 await asyncio.sleep(args.idle)
-                seconds_after, passes_after = cost()
+                seconds_after, passes_after = counters.server()
                 used, passes = seconds_after - seconds_before, passes_after - passes_before
-                per = used / passes * 1e3 if passes else used / args.idle * 1e3
-                unit = f"ms per pass over {passes} passes" if passes else "ms CPU per second, whole server"
+                per_second = used / args.idle * 1e3
+                per = used / passes * 1e3 if passes else per_second
+                if passes:
+                    unit = f"ms per pass over {passes} passes ({per_second:.3f} ms per second)"
+                else:
+                    unit = "ms CPU per second, whole server"
                 first = first or per
-                print(f"{label}: {total} stuck runs (opened in {opening_s:.0f} s){timed}; idle "
-                      f"{args.idle:.0f} s: {per:.3f} {unit} (x{per / first:.2f} of the first)", flush=True)
+                on_database = ""
+                if counters.database is not None:
+                    database_ms = (counters.database() - database_before) / args.idle * 1e3
+                    on_database = f"; the database process {database_ms:.2f} ms CPU per second"
+                print(f"{label}: {total} stuck runs (opened in {opening_s:.0f} s): {new_run_line(beside)}; "
+                      f"idle {args.idle:.0f} s: {per:.3f} {unit} (x{per / first:.2f} of the first)"
+                      f"{on_database}", flush=True)
+                # Again, the opening's touches long swept: only the stuck runs are open.
+                again = await time_a_new_run(server, spans)
+                exporter.clear()
+                print(f"{label}: {total} stuck runs, after the idle time: {new_run_line(again)}", flush=True)
     finally:
         instrumentor.uninstrument()
         provider.shutdown()

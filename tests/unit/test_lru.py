@@ -73,3 +73,13 @@ def test_run_index_marks_a_run_stale_when_one_of_its_states_is_forgotten() -> No
     assert r2.indexed_count == 2 and r2.complete_at == 2.0
     assert index.known("a") is None
     assert index.known("d") == RunInfo("r2", "g", None)
+
+
+def test_oldest_is_the_least_recently_used_untouched() -> None:
+    cache: LruCache[str, int] = LruCache(3)
+    assert cache.oldest() is None
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.oldest() == ("a", 1) and cache.oldest() == ("a", 1)
+    cache.get("a")
+    assert cache.oldest() == ("b", 2)

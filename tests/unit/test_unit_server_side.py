@@ -154,6 +154,24 @@ async def test_run_contexts_are_cached_for_a_bounded_time_only(
         forgetting.sweeper.stop()
 
 
+async def test_run_contexts_past_their_age_leave_the_cache_when_another_run_is_remembered(
+    server_tracer: trace.Tracer, meter_provider: MeterProvider
+) -> None:
+    side = make_side(server_tracer, meter_provider, retention_seconds=1.0)  # cached 0.1 s
+    try:
+        for index in range(50):
+            await side.run_starting(f"{RUN_ID[:-2]}{index:02d}", "ns", "greet", time.time_ns(), None)
+        assert len(side._contexts) == 50  # all within their age
+        time.sleep(0.15)
+        await side.run_starting(RUN_ID, "ns", "greet", time.time_ns(), None)
+        # The 50 older ones are gone from memory (their records are still in the store), not kept until
+        # 10,000 runs push them out.
+        assert list(side._contexts) == [RUN_ID]
+        assert len(await side.store.load_runs(f"{RUN_ID[:-2]}{index:02d}" for index in range(50))) == 50
+    finally:
+        side.sweeper.stop()
+
+
 @pytest.mark.parametrize("header", [None, "", "abc", "-1", "nan", "inf", "1e300", "0.1" * 20])
 async def test_a_report_without_a_valid_cpu_time_notes_nothing(side: ServerSide, header: str | None) -> None:
     await started(side)

@@ -51,6 +51,12 @@ class LruCache[K: Hashable, V]:
             if self._on_evict is not None:
                 self._on_evict(evicted_key, evicted)
 
+    def oldest(self) -> tuple[K, V] | None:
+        """The least recently used entry (not touched), or None when the cache is empty."""
+        for key, value in self._entries.items():
+            return key, value
+        return None
+
     def pop(self, key: K) -> V | None:
         """Forget an entry; its value, or None when it was not kept."""
         return self._entries.pop(key, None)

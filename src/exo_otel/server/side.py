@@ -64,14 +64,22 @@ class ServerSide:
             flush=self.flush,
         )
 
+    def _max_age(self) -> float:
+        return min(_CACHE_MAX_AGE_SECONDS, self.retention_seconds / 10)
+
     def _remember(self, run: RunContext) -> None:
         # A run's context never changes once made; only whether its records still exist does.
-        self._contexts.put(run.run_id, (run, time.monotonic()))
+        now = time.monotonic()
+        self._contexts.put(run.run_id, (run, now))
+        # Oldest first (each entry moves to the end when remembered): those past their age are never
+        # used again, so they go now, not only once 10,000 runs have been remembered since.
+        max_age = self._max_age()
+        while (oldest := self._contexts.oldest()) is not None and now - oldest[1][1] > max_age:
+            self._contexts.pop(oldest[0])
 
     def _cached(self, run_id: str, now: float) -> RunContext | None:
-        entry = self._contexts.get(run_id)
-        max_age = min(_CACHE_MAX_AGE_SECONDS, self.retention_seconds / 10)
-        if entry is None or now - entry[1] > max_age:
+        entry = self._contexts.peek(run_id)  # no recency: the order stays the order they were read
+        if entry is None or now - entry[1] > self._max_age():
             return None
         return entry[0]
 
