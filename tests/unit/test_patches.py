@@ -65,3 +65,19 @@ def test_is_ours_tells_exo_otel_wrappers_from_others(module: types.ModuleType) -
     ours = wrapt.FunctionWrapper(module.Service.handle, make_worker_wrapper(None))  # type: ignore[arg-type]
     theirs = wrapt.FunctionWrapper(module.Service.handle, _tagging("x"))
     assert is_ours(ours) and not is_ours(theirs) and not is_ours(module.Service.handle)
+
+
+def test_apply_wraps_once_and_leaves_a_target_of_another_shape_alone(
+    module: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    ours = Patch(module.__name__, "Service.handle", make_worker_wrapper, ("self", "request"))
+    assert ours.apply(module, None, "Service 1.0")  # type: ignore[arg-type]
+    assert ours.is_wrapped()
+    assert not ours.apply(module, None, "Service 1.0")  # type: ignore[arg-type]  # wrapped already
+    ours.unwrap()
+    assert not ours.is_wrapped()
+    other = Patch(module.__name__, "Service.handle", make_worker_wrapper, ("self", "state_id"))
+    with caplog.at_level("WARNING", logger="exo_otel"):
+        assert not other.apply(module, None, "Service 1.0")  # type: ignore[arg-type]
+    assert "exo_otel_patch_target.Service.handle does not look like Service 1.0" in caplog.text
+    assert not other.is_wrapped()

@@ -486,3 +486,25 @@ def test_the_current_context_and_suppression_read_directly_answer_as_the_api() -
     finally:
         otel_context.detach(token)
     assert context_keys.get_current() is outer
+
+
+def test_a_polled_state_gets_each_payload_field_under_its_own_name() -> None:
+    # `PolledState.from_payload` passes its fields by position (cheaper, once per state): every field
+    # must land where it is declared, whatever order the dataclass lists them in.
+    from exo_otel.sdk.state_context import PolledState, RunInfo
+
+    carrier = (("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01"),)
+    run = RunInfo("run-1", "g", "parent-1", carrier, True)
+    payload = {"state_id": "s-1", "node_name": "Node", "identifier": "ident", "retry_count": 3,
+               "created_at": "2026-12-04T10:00:00.000001"}
+    polled = PolledState.from_payload(payload, run, run_from_payload=True)
+    expected = {
+        "state_id": "s-1", "node_name": "Node", "identifier": "ident",
+        "created_at_ns": 1_796_378_400_000_001_000, "run": run, "retry_count": 3,
+        "run_from_payload": True, "node_spans_by_server": True,
+    }
+    assert {f.name: getattr(polled, f.name) for f in dataclasses.fields(PolledState)} == expected
+    plain = PolledState.from_payload({"state_id": "s-2", "retry_count": -1}, None, run_from_payload=True)
+    assert (plain.run, plain.retry_count, plain.run_from_payload, plain.node_spans_by_server) == (
+        None, None, False, False
+    )

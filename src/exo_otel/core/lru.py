@@ -26,10 +26,6 @@ class LruCache[K: Hashable, V]:
         self._entries: OrderedDict[K, V] = OrderedDict()
         self._on_evict = on_evict
 
-    @property
-    def max_entries(self) -> int:
-        return self._max
-
     def get(self, key: K) -> V | None:
         """The entry's value (now the most recently used), or None when it is not kept."""
         value = self._entries.get(key)
@@ -60,9 +56,6 @@ class LruCache[K: Hashable, V]:
     def pop(self, key: K) -> V | None:
         """Forget an entry; its value, or None when it was not kept."""
         return self._entries.pop(key, None)
-
-    def clear(self) -> None:
-        self._entries.clear()
 
     def snapshot(self) -> list[tuple[K, V]]:
         """The entries now, oldest first (a copy)."""

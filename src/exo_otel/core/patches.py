@@ -10,6 +10,7 @@ takes other parameters than those (another version of the code it patches) is re
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any
 
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,26 @@ class Patch[T]:
         if parameters[: len(self.parameters)] != self.parameters:
             return f"{self.target} takes {parameters}, expected {self.parameters}"
         return None
+
+    def apply(self, module: ModuleType, side: T, supported: str) -> bool:
+        """Wrap the target in ``module`` for ``side`` when it looks like ``supported`` (the version the
+        wrapper was written for) and is not wrapped by exo_otel already; True when this call wrapped it.
+        A target of another shape, or a failure, is logged and the target left alone: never raised."""
+        try:
+            problem = self.problem(module)
+            if problem is not None:
+                _logger.warning(
+                    "exo_otel: %s does not look like %s (%s); it is left unwrapped and its telemetry is "
+                    "missing", self.target, supported, problem,
+                )
+                return False
+            if self.is_wrapped():
+                return False
+            self.wrap(module, side)
+            return True
+        except Exception:
+            _logger.warning("exo_otel: wrapping %s failed", self.target, exc_info=True)
+            return False
 
     def wrap(self, module: ModuleType, side: T) -> None:
         """Wrap the target in ``module`` with the wrapper the factory makes for ``side``."""

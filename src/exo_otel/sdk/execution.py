@@ -16,7 +16,7 @@ from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id, trace_id_for_state
 from exo_otel.core.lru import LruCache
 from exo_otel.core.redaction import Redactor
-from exo_otel.core.sanitize import MAX_TIMESTAMP_NS, clean_text, timestamp_or
+from exo_otel.core.sanitize import clean_text, timestamp_or
 from exo_otel.core.spans import (
     end_span,
     error_type,
@@ -129,9 +129,7 @@ def begin(
     node_name = attributes[attr.NODE_NAME]
     secrets = Redactor()
     # Before 1970 or after now is no creation time: the span starts now, with no queue wait.
-    created = state.created_at_ns
-    if created is None or not 0 < created <= now <= MAX_TIMESTAMP_NS:
-        created = timestamp_or(created, now)
+    created = timestamp_or(state.created_at_ns, now)
     # Only the run's context: never whatever was current where the runtime started.
     parent = run_trace.node_parent if run_trace is not None else context.Context()
     server_node_span = False
@@ -238,8 +236,7 @@ def record_outputs(execution: Execution, outputs: object) -> None:
 def finish(execution: Execution) -> None:
     """End the attempt and detach its context (in the worker task that attached it)."""
     try:
-        if inflight.claim(execution):  # `end_once`, in one call less
-            _end_spans(execution)
+        end_once(execution)
     finally:
         if execution.token is not None:
             context.detach(execution.token)

@@ -46,6 +46,7 @@ from exo_otel.version import __version__
 _logger = logging.getLogger(__name__)
 
 SCHEMA_URL: Final = attr.SCHEMA_URL
+SUPPORTED_SDK: Final = f"the supported exospherehost and aiohttp ({', '.join(_instruments)})"
 
 # What each row's wrapper reads of its call: the rows of a 0.0.x SDK (some private methods) and of
 # aiohttp and asyncio; a target missing or taking other parameters is logged and left unwrapped, and
@@ -229,20 +230,13 @@ class ExosphereInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
 
 def _wrap(patch: Patch[Telemetry], telemetry: Telemetry) -> bool:
-    """Wrap one row's target; a target that is not the supported SDK's is logged and left alone."""
+    """Wrap one row's target (imported now); one of another shape is logged and left alone."""
     try:
         module = importlib.import_module(patch.module)
-        problem = patch.problem(module)
-        if problem is None:
-            patch.wrap(module, telemetry)
-            return True
-        _logger.warning(
-            "exo_otel: %s does not look like the supported one (%s); it is left unwrapped and its "
-            "telemetry is missing", patch.target, problem,
-        )
     except Exception:
-        _logger.warning("exo_otel: wrapping %s failed", patch.target, exc_info=True)
-    return False
+        _logger.warning("exo_otel: importing %s failed", patch.module, exc_info=True)
+        return False
+    return patch.apply(module, telemetry, SUPPORTED_SDK)
 
 
 _LAUNCHER_MODULE: Final = "opentelemetry.instrumentation.auto_instrumentation"

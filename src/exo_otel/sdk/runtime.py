@@ -131,8 +131,8 @@ class RuntimeTracing:
             return None
         state_id = str(state.get("state_id"))
         polled = self.polled.get(state_id) or self._from_payload(state)
-        # One bound for all the waiting a worker does for one state (made when something may wait).
-        deadline = None
+        # One bound for all the waiting a worker does for one state (worked out only if something waits).
+        deadline = _Deadline(self._wait_s if wait else _no_wait)
         searched = False
         earlier = self.memory.get(state_id)
         if earlier is not None:
@@ -140,7 +140,6 @@ class RuntimeTracing:
             polled = replace(polled, run=earlier.run)
         elif polled.run is None:
             searched = True
-            deadline = _Deadline(self._wait_s if wait else _no_wait)
             polled = await self._find_run(polled, deadline)
         run = polled.run
         run_trace = self.traces.of(run) if run is not None else None
@@ -152,8 +151,6 @@ class RuntimeTracing:
         ):
             now = self._upstream_now(polled, run, run.parent_state_id, run_trace)
             if isinstance(now, _AfterFanOuts):
-                if deadline is None:
-                    deadline = _Deadline(self._wait_s if wait else _no_wait)
                 upstream = await self._upstream_after_fanouts(polled, run, run.parent_state_id, deadline)
                 run_trace = self.traces.of(run)  # the same (a function of the run), if forgotten meanwhile
             else:

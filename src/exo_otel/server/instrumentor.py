@@ -177,23 +177,8 @@ class StateManagerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return patch_module
 
     def _apply(self, side: ServerSide, patch: Patch[ServerSide], module: ModuleType) -> None:
-        try:
-            problem = patch.problem(module)
-            if problem is not None:
-                _logger.warning(
-                    "exo_otel: %s does not look like %s (%s); it is left unpatched and the state manager "
-                    "side may be incomplete",
-                    patch.module,
-                    SUPPORTED_VERSION,
-                    problem,
-                )
-                return
-            if patch.is_wrapped():
-                return  # patched already
-            patch.wrap(module, side)
+        if patch.apply(module, side, SUPPORTED_VERSION):
             self._patched.append(patch)
-        except Exception:
-            _logger.warning("exo_otel: patching %s.%s failed", patch.module, patch.attribute, exc_info=True)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         side = getattr(self, "_side", None)
