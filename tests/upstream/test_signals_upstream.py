@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 
 import pytest
-from test_signals import check_sigterm_telemetry, start, stop
 
 from helpers.otlp_receiver import OtlpHttpReceiver
+from helpers.signalled_process import check_sigterm_telemetry, start, stop
 from helpers.upstream_sm import UpstreamServer, state_histories
 
 pytestmark = pytest.mark.upstream
