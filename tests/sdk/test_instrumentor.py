@@ -8,14 +8,13 @@ import inspect
 import logging
 
 import pytest
-import wrapt
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from packaging.requirements import Requirement
 
 from exo_otel.core.ids import RunIdGenerator
-from exo_otel.core.patches import Patch
+from exo_otel.core.patches import Patch, is_ours
 from exo_otel.sdk.config import PlacementMode
 from exo_otel.sdk.instrumentor import CPU_TIME_PATCHES, PATCHES, REQUEST_PATCH, ExosphereInstrumentor
 from exo_otel.sdk.package import _instruments
@@ -32,7 +31,8 @@ def _target(module_name: str, attribute: str) -> object:
 
 
 def _wrapped_flags(patches: tuple[Patch[Telemetry], ...] = PATCHES + CPU_TIME_PATCHES) -> list[bool]:
-    return [isinstance(_target(p.module, p.attribute), wrapt.FunctionWrapper) for p in patches]
+    # A wrapt proxy, or a plain function wrapper (`Patch.plain`), either of exo_otel's.
+    return [is_ours(_target(p.module, p.attribute)) for p in patches]
 
 
 def test_every_patch_target_exists_in_the_installed_sdk() -> None:

@@ -202,7 +202,7 @@ async def test_a_failure_without_an_exception_is_error_type_other(
     with instrumented(tracer_provider=tracer_provider) as instrumentor:
         telemetry = instrumentor._telemetry
         payload = {"state_id": "s-1", "node_name": "N", "identifier": "n", "inputs": {}, "retry_count": 1}
-        execution = begin(telemetry, PolledState.from_payload(payload, None), payload, "ns", "rt")
+        execution = begin(telemetry, PolledState.from_payload(payload, None), payload, "ns")
         await asyncio.sleep(0)
         finish(execution)
     spans = {s.name: s for s in span_exporter.get_finished_spans()}

@@ -59,6 +59,35 @@ def test_wrap_and_unwrap_restore_the_target(module: types.ModuleType) -> None:
     assert module.Service().handle("a") == "a:"
 
 
+def test_a_plain_wrapper_calls_the_wrapper_alike_and_unwrap_restores_the_method(
+    module: types.ModuleType,
+) -> None:
+    original = module.Service.__dict__["handle"]
+    seen: list[tuple[Any, Any, tuple[Any, ...], dict[str, Any]]] = []
+
+    def recording(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        seen.append((wrapped, instance, args, kwargs))
+        return f"plain({wrapped(*args, **kwargs)})"
+
+    recording.__module__ = "exo_otel.tests"  # counted as exo_otel's, as the factories' wrappers are
+    plain = Patch(module.__name__, "Service.handle", lambda side: recording, ("self", "request"), plain=True)
+    plain.wrap(module, None)
+    service = module.Service()
+    assert service.handle("a", reply="b") == "plain(a:b)"
+    assert module.Service.handle(service, "c") == "plain(c:)"  # called through the class alike
+    (bound, instance, args, kwargs), _ = seen
+    assert instance is service and args == ("a",) and kwargs == {"reply": "b"}
+    assert bound.__func__ is original and bound.__self__ is service
+    wrapped_method = module.Service.__dict__["handle"]
+    assert wrapped_method.__wrapped__ is original and wrapped_method.__name__ == "handle"
+    assert plain.is_wrapped() and plain.problem(module) is None  # the check sees through it
+    plain.unwrap()
+    assert module.Service.__dict__["handle"] is original and not plain.is_wrapped()
+    assert module.Service().handle("a") == "a:"
+
+
 def test_is_ours_tells_exo_otel_wrappers_from_others(module: types.ModuleType) -> None:
     import wrapt
 

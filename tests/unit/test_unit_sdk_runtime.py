@@ -102,7 +102,7 @@ def test_the_init_wrapper_gives_the_runtime_a_traced_queue_of_the_same_size(
     assert runtime._state_queue.maxsize == 6
     tracing = getattr(runtime, TRACING_ATTRIBUTE)
     assert isinstance(tracing, RuntimeTracing)
-    assert (tracing.namespace, tracing.name) == (NAMESPACE, "unit-runtime")
+    assert (tracing.namespace, tracing.runtime) == (NAMESPACE, runtime)
     assert runtime._node_names == ["Greet"]  # the runtime itself is as its __init__ made it
 
 

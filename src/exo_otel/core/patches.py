@@ -9,12 +9,13 @@ takes other parameters than those (another version of the code it patches) is re
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
+from types import MethodType, ModuleType
 from typing import Any
 
 import wrapt
@@ -26,12 +27,16 @@ _logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Patch[T]:
     """A target (``attribute`` of ``module``, dotted for a method: ``"Class.method"``), the factory of
-    its wrapper, and the first parameters the target must take for the wrapper to read its arguments."""
+    its wrapper, and the first parameters the target must take for the wrapper to read its arguments.
+
+    ``plain``: the target is a method called once per state, wrapped by a plain function instead of a
+    wrapt proxy (`plain_method`: the same wrapper call, without the proxy's binding per call)."""
 
     module: str
     attribute: str
     factory: Callable[[T], Callable[..., Any]]
     parameters: tuple[str, ...]
+    plain: bool = False
 
     @property
     def target(self) -> str:
@@ -82,16 +87,22 @@ class Patch[T]:
 
     def wrap(self, module: ModuleType, side: T) -> None:
         """Wrap the target in ``module`` with the wrapper the factory makes for ``side``."""
-        owner, name, _current = self.resolve(module)
-        wrapt.wrap_function_wrapper(owner, name, self.factory(side))
+        owner, name, current = self.resolve(module)
+        if self.plain:
+            setattr(owner, name, plain_method(current, self.factory(side)))
+        else:
+            wrapt.wrap_function_wrapper(owner, name, self.factory(side))
 
     def unwrap(self) -> None:
         """Restore the target, when its module is imported and the target is wrapped."""
         module = sys.modules.get(self.module)
         if module is None:
             return
-        owner, name, _current = self.resolve(module)
-        unwrap(owner, name)
+        owner, name, current = self.resolve(module)
+        if _PLAIN_WRAPPER in getattr(current, "__dict__", {}):
+            setattr(owner, name, current.__wrapped__)
+        else:
+            unwrap(owner, name)
 
     def is_wrapped(self) -> bool:
         """Whether the target is currently one of exo_otel's wrappers."""
@@ -105,9 +116,29 @@ class Patch[T]:
         return is_ours(current)
 
 
+_PLAIN_WRAPPER = "_exo_otel_wrapper"
+
+
+def plain_method(original: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """A function to put on a class in place of the method ``original``: each call is
+    ``wrapper(bound original, instance, args, kwargs)``, as with a wrapt function wrapper.
+    ``__wrapped__`` is ``original`` (what `Patch.unwrap` puts back)."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return wrapper(MethodType(original, self), self, args, kwargs)
+
+    functools.update_wrapper(method, original)
+    setattr(method, _PLAIN_WRAPPER, wrapper)
+    return method
+
+
 def is_ours(value: object) -> bool:
-    """Whether a value is a wrapper exo_otel installed (a wrapt proxy whose wrapper is exo_otel's)."""
-    if not isinstance(value, wrapt.BaseObjectProxy):
-        return False
-    wrapper = getattr(value, "_self_wrapper", None)
+    """Whether a value is a wrapper exo_otel installed (a wrapt proxy or a `plain_method` whose wrapper
+    is exo_otel's)."""
+    if isinstance(value, wrapt.BaseObjectProxy):
+        wrapper = getattr(value, "_self_wrapper", None)
+    else:
+        wrapper = getattr(value, "__dict__", {}).get(_PLAIN_WRAPPER)
+        if wrapper is None:
+            return False
     return str(getattr(wrapper, "__module__", "")).startswith("exo_otel.")

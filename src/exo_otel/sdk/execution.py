@@ -16,7 +16,7 @@ from exo_otel.core import attributes as attr
 from exo_otel.core.ids import state_span_id, trace_id_for_state
 from exo_otel.core.lru import LruCache
 from exo_otel.core.redaction import Redactor
-from exo_otel.core.sanitize import clean_text, timestamp_or
+from exo_otel.core.sanitize import clean_str, clean_text, timestamp_or
 from exo_otel.core.spans import (
     end_span,
     error_type,
@@ -43,6 +43,8 @@ _NO_SPAN: Final = context.set_value(context.create_key("exo_otel.no_exemplar"), 
 _EXECUTE_MESSAGING: Final = attr.execute_messaging()
 # The metric attributes of an execution when nothing is recorded (shared, never changed).
 _NOTHING_RECORDED: Final[dict[str, str]] = {}
+# The attributes of a node span the server emits: none here (shared, never changed).
+_SERVER_NODE_ATTRIBUTES: Final[dict[str, Any]] = {}
 FINAL_OUTCOMES = frozenset(
     {attr.OUTCOME_EXECUTED, attr.OUTCOME_ERRORED, attr.OUTCOME_PRUNED, attr.OUTCOME_INTERRUPTED}
 )
@@ -54,8 +56,6 @@ class Execution:
 
     telemetry: Telemetry
     state: PolledState
-    namespace: str
-    runtime_name: str
     node_span: trace.Span
     execute_span: trace.Span
     started_ns: int
@@ -68,7 +68,7 @@ class Execution:
     server_node_span: bool = False
     """``node_span`` is the state manager side's (not recording here): nothing to set on it or end."""
     attributes: dict[str, Any] = field(default_factory=dict)
-    """The node span's attributes at its start (cleaned); never changed."""
+    """The node span's attributes at its start (cleaned; none when the server emits it); never changed."""
     metric_attributes: dict[str, str] = field(default_factory=dict)
     """Namespace, graph and node name (`metric_attributes`): shared, never changed. Empty when the meter
     is the no-op one (nothing is recorded)."""
@@ -101,7 +101,6 @@ def begin(
     state: PolledState,
     payload: dict[str, Any],
     namespace: str,
-    runtime_name: str,
     upstream: trace.SpanContext | None = None,
     traces: RunTraces | None = None,
     run_trace: RunTrace | None = None,
@@ -117,33 +116,45 @@ def begin(
     """
     now = time.time_ns()
     run = state.run
-    if traces is None:
-        traces = RunTraces(namespace, telemetry.sampler)
     if run_trace is None and run is not None:
+        if traces is None:
+            traces = RunTraces(namespace, telemetry.sampler)
         run_trace = traces.of(run)
-    run_attributes = run_trace.attributes if run_trace is not None else traces.no_run
-    attributes = state_attributes(state, None if run_trace is not None else run_attributes[attr.NAMESPACE])
+    state_id = state.state_id
     identifier = state.identifier
     if not identifier.isascii():
         identifier = clean_text(identifier)
-    node_name = attributes[attr.NODE_NAME]
-    secrets = Redactor()
     # Before 1970 or after now is no creation time: the span starts now, with no queue wait.
     created = timestamp_or(state.created_at_ns, now)
-    # Only the run's context: never whatever was current where the runtime started.
-    parent = run_trace.node_parent if run_trace is not None else context.Context()
-    server_node_span = False
-    if run_trace is not None and run_trace.node_spans_by_server and state.state_id:
-        # The server emits the node span: execute spans go under its deterministic id.
-        server_node_span = True
-        node_span: trace.Span = trace.NonRecordingSpan(run_trace.state_context(state.state_id))
+    if run_trace is not None:
+        run_attributes = run_trace.attributes
+        base = run_trace.execution_base  # the run's baggage entries are in it already
+        # Only the run's context: never whatever was current where the runtime started.
+        parent = run_trace.node_parent
     else:
+        if traces is None:
+            traces = RunTraces(namespace, telemetry.sampler)
+        run_attributes = traces.no_run
+        base = traces.outside_any_run
+        parent = context.Context()
+    server_node_span = False
+    if run_trace is not None and run_trace.node_spans_by_server and state_id:
+        # The server emits the node span: execute spans go under its deterministic id. Nothing of
+        # this state is started here but the execute span, which needs its state id and node name.
+        server_node_span = True
+        attributes: dict[str, Any] = _SERVER_NODE_ATTRIBUTES
+        clean_state_id, node_name = clean_str(state_id), clean_str(state.node_name)
+        node_span: trace.Span = trace.NonRecordingSpan(run_trace.state_context(state_id))
+    else:
+        namespace_attribute = None if run_trace is not None else run_attributes[attr.NAMESPACE]
+        attributes = state_attributes(state, namespace_attribute)
+        clean_state_id, node_name = attributes[attr.STATE_ID], attributes[attr.NODE_NAME]
         node_span = start_span(
             telemetry.tracer,
             f"node {identifier}",
             context=parent,
-            trace_id=trace_id_for_state(state.state_id) if run is None and state.state_id else None,
-            span_id=state_span_id(state.state_id) if state.state_id else None,
+            trace_id=trace_id_for_state(state_id) if run is None and state_id else None,
+            span_id=state_span_id(state_id) if state_id else None,
             start_time=created,
             attributes=attributes,
             links=link_to_state(upstream),
@@ -168,20 +179,19 @@ def begin(
         start_time=now,
         cleaned=True,
     )
-    # The run's baggage entries are in the run's base context already; the state's are added here.
-    base = run_trace.execution_base if run_trace is not None else traces.outside_any_run
+    secrets = Redactor()
     log_fields = (
-        LogFields(execute_span, run_trace.run_id_for_logs, secrets, (run_trace.trace_id, run_trace.trace_hex))
+        LogFields(execute_span, run_trace.run_id_for_logs, secrets, run_trace.log_trace)
         if run_trace is not None
         else LogFields(execute_span, "", secrets)
     )
-    entries = {attr.NODE_IDENTIFIER: identifier, attr.STATE_ID: attributes[attr.STATE_ID]}
+    entries = {attr.NODE_IDENTIFIER: identifier, attr.STATE_ID: clean_state_id}
     current = execution_context(base, execute_span, entries, log_fields)
     recording = telemetry.metrics.recording
     # From the run's attributes, not the spans': the spans no longer carry namespace and graph.
     state_metric_attributes = metric_attributes(run_attributes, node_name) if recording else _NOTHING_RECORDED
     execution = Execution(
-        telemetry, state, namespace, runtime_name, node_span, execute_span, now,
+        telemetry, state, node_span, execute_span, now,
         server_node_span=server_node_span, attributes=attributes, metric_attributes=state_metric_attributes,
         secrets=secrets,
     )

@@ -67,10 +67,11 @@ PATCHES: Final[tuple[Patch[Telemetry], ...]] = (
     Patch("exospherehost.runtime", "Runtime.__init__", make_runtime_init_wrapper, ("self",)),
     Patch("exospherehost.runtime", "Runtime._enqueue_call", make_poll_wrapper, ("self",)),
     Patch("exospherehost.runtime", "Runtime._start", make_start_wrapper, ("self",)),
+    # Called once per state: plain function wrappers (`Patch.plain`).
     Patch("exospherehost.runtime", "Runtime._notify_executed", make_executed_wrapper,
-          ("self", "state_id", "outputs")),
+          ("self", "state_id", "outputs"), plain=True),
     Patch("exospherehost.runtime", "Runtime._notify_errored", make_errored_wrapper,
-          ("self", "state_id", "error")),
+          ("self", "state_id", "error"), plain=True),
     Patch("exospherehost.signals", "PruneSignal.send", make_pruned_wrapper, ("self", "endpoint", "key")),
     Patch("exospherehost.signals", "ReQueueAfterSignal.send", make_requeued_wrapper,
           ("self", "endpoint", "key")),

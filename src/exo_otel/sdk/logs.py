@@ -102,7 +102,8 @@ class _CorrelatingFactory:
         self._fresh = previous is logging.LogRecord
 
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = self.previous(*args, **kwargs)
+        # Without keywords (how `logging.Logger.makeRecord` calls it) no empty dict is passed on.
+        record = self.previous(*args, **kwargs) if kwargs else self.previous(*args)
         # Attributes set one by one, not through record.__dict__: that would make the record's dict
         # a separate object early, which costs more than the three fields.
         try:
@@ -113,17 +114,17 @@ class _CorrelatingFactory:
                     _set_span_ids(record, trace.get_current_span(current))
                 record.exosphere_run_id = ""
                 return record
-            if not self._fresh and getattr(record, TRACE_ID_FIELD, None) is not None:
-                pass  # set already (the OpenTelemetry logging instrumentation)
-            elif SPAN_KEY is not None and current.get(SPAN_KEY) is fields.span:
-                record.otelTraceID = fields.trace_id
-                record.otelSpanID = fields.span_id
-            else:  # inside a span the node code started
-                _set_span_ids(record, trace.get_current_span(current))
+            # Unless set already (by the OpenTelemetry logging instrumentation's factory).
+            if self._fresh or getattr(record, TRACE_ID_FIELD, None) is None:
+                # With no span key found (SPAN_KEY None) ``current.get`` answers None: never the span.
+                if current.get(SPAN_KEY) is fields.span:  # type: ignore[arg-type]
+                    record.otelTraceID = fields.trace_id
+                    record.otelSpanID = fields.span_id
+                else:  # inside a span the node code started
+                    _set_span_ids(record, trace.get_current_span(current))
             record.exosphere_run_id = fields.run_id
-            redactor = fields.redactor
-            if redactor is not None and redactor.values:
-                _redact_record(record, redactor)
+            if fields.redactor is not None and fields.redactor.values:
+                _redact_record(record, fields.redactor)
         except Exception:  # a log call must never fail because of us
             pass
         return record

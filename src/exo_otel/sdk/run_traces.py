@@ -47,8 +47,8 @@ class RunTrace:
     attributes: dict[str, str]
     """The run's baggage entries (namespace, run id, graph name), cleaned, where its states' metric
     attributes take namespace and graph from (their spans do not carry them); shared, never changed."""
-    trace_hex: str
-    """``trace_id`` as 32 hex digits, as log records carry it."""
+    log_trace: tuple[int, str]
+    """``trace_id`` and its 32 hex digits, as log records carry it (`exo_otel.sdk.logs.LogFields`)."""
 
     def state_context(self, state_id: str) -> SpanContext:
         """The remote context of a state's node span in this run."""
@@ -75,7 +75,7 @@ def run_trace(run: RunInfo, namespace: str, sampler: Sampler | None) -> RunTrace
         carried is not None and run.node_spans_by_server,
         log_safe(entries[attr.RUN_ID]),
         entries,
-        trace_id.to_bytes(16).hex(),  # f"{trace_id:032x}", in fewer instructions
+        (trace_id, trace_id.to_bytes(16).hex()),  # f"{trace_id:032x}", in fewer instructions
     )
 
 

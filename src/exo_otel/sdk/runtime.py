@@ -73,10 +73,6 @@ class RuntimeTracing:
     def namespace(self) -> str:
         return str(getattr(self.runtime, "_namespace", ""))
 
-    @property
-    def name(self) -> str:
-        return str(getattr(self.runtime, "_name", ""))
-
     def on_polled(self, answer: Any) -> None:
         """Place what an enqueue answer allows at once; hand the rest to the run API placement. No I/O."""
         states = answer.get("states") if isinstance(answer, dict) else None
@@ -167,7 +163,7 @@ class RuntimeTracing:
             if polled.run is None and self.telemetry.settings.placement is not PlacementMode.NONE:
                 self.unplaced.report({attr.NAMESPACE: self.namespace, attr.NODE_NAME: polled.node_name})
         execution = begin(
-            self.telemetry, polled, state, self.namespace, self.name, placement.upstream, self.traces,
+            self.telemetry, polled, state, self.namespace, placement.upstream, self.traces,
             placement.run_trace,
         )
         if not polled.run_from_payload:

@@ -17,6 +17,7 @@ from exo_otel.core.ids import run_root_span_context, trace_id_for_run
 # The W3C fields of the run's carrier in an enqueued state, and the marker that the server emits
 # node spans (docs/trace-model.md, section "The carrier").
 CARRIER_FIELDS = ("traceparent", "tracestate", "baggage")
+_ABSENT: Final = object()
 
 
 @dataclass(slots=True)
@@ -95,10 +96,17 @@ def run_from_payload(state: dict[str, Any]) -> RunInfo | None:
     if isinstance(parents, dict) and parents:
         # Parents are in insertion order: the last entry is the direct parent.
         parent = str(next(reversed(parents.values())))
-    carrier: tuple[tuple[str, str], ...] = ()
-    if "traceparent" in state:  # without it there is no run root to extract, whatever else is sent
+    traceparent = get("traceparent", _ABSENT)
+    if traceparent is _ABSENT:  # without it there is no run root to extract, whatever else is sent
+        return RunInfo(run_id, graph_name if isinstance(graph_name, str) else None, parent)
+    tracestate, entries = get("tracestate"), get("baggage")
+    if type(traceparent) is str and traceparent and tracestate is None and entries is None:
+        carrier: tuple[tuple[str, str], ...] = (("traceparent", traceparent),)  # the commonest carrier
+    else:
+        values = (traceparent, tracestate, entries)
         carrier = tuple(
-            [(key, value) for key in CARRIER_FIELDS if isinstance(value := get(key), str) and value]
+            [(key, value) for key, value in zip(CARRIER_FIELDS, values, strict=True)
+             if isinstance(value, str) and value]
         )
     return RunInfo(
         run_id,
