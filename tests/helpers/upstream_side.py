@@ -150,21 +150,37 @@ async def wait_settled(
     states_per_run: int = ug.STATES_PER_RUN,
 ) -> None:
     """Until every run has all its states (``states_per_run``: the test graph's, its join state counted)
-    and none pending (the runs API)."""
+    and none pending (the runs API), for at most ``timeout`` seconds in all.
+
+    ``timeout`` bounds the whole wait, each request of it included (a request gets what is left of it,
+    not aiohttp's default 300 s total): past it, an AssertionError names the runs not settled at the
+    last answer (all of them when no answer came)."""
     deadline = time.monotonic() + timeout
     wanted = set(run_ids)
+    done: set[str] = set()
     url = f"{uri}/v0/namespace/{namespace}/runs/1/{max(len(run_ids), 1) + 10}"
     async with aiohttp.ClientSession() as session:
         while True:
-            async with session.get(url, headers={"x-api-key": api_key}) as answer:
-                runs = (await answer.json())["runs"]
-            done = {
-                r["run_id"] for r in runs if r["pending_count"] == 0 and r["total_count"] >= states_per_run
-            }
-            if wanted <= done:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(wanted - done)} of {len(wanted)} runs not settled in {timeout} s")
+            left = deadline - time.monotonic()
+            try:
+                async with session.get(
+                    url, headers={"x-api-key": api_key}, timeout=aiohttp.ClientTimeout(total=max(left, 1.0))
+                ) as answer:
+                    runs = (await answer.json())["runs"]
+            except TimeoutError:
+                runs = None
+            if runs is not None:
+                done = {r["run_id"] for r in runs
+                        if r["pending_count"] == 0 and r["total_count"] >= states_per_run}
+                if wanted <= done:
+                    return
+            if runs is None or time.monotonic() > deadline:
+                missing = sorted(wanted - done)
+                raise AssertionError(
+                    f"{len(missing)} of {len(wanted)} runs not settled in {timeout:.0f} s"
+                    f"{' (the last runs request did not answer in time)' if runs is None else ''}: "
+                    f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}"
+                )
             await asyncio.sleep(0.2)
 
 

@@ -58,7 +58,9 @@ class MongoRunStore:
         self._state_collection = state_collection
         self._indexed = False
         # The runs of states runtimes took from this process, for their reports (which mostly come
-        # back to it): a read by _id saved per report. The oldest go first past the bound.
+        # back to it): a read by _id saved per report. A state's entry goes when its attempt ends
+        # (next states, settled or requeued: a requeued state is taken again), so the cache holds the
+        # states in flight, not history; the oldest go first past the bound (taken, never reported).
         self._run_of_state: LruCache[str, str] = LruCache(MAX_KNOWN_STATES)
 
     def states_taken(self, runs_by_state: Mapping[str, str]) -> None:
@@ -104,8 +106,8 @@ class MongoRunStore:
         found = await self._runs().find({"_id": {"$in": wanted}}).to_list(None)
         return {str(doc["_id"]): RunContext.from_document(doc) for doc in found}
 
-    async def _run_of(self, state_id: str) -> str | None:
-        known = self._run_of_state.get(state_id)
+    async def _run_of(self, state_id: str, attempt_ended: bool = False) -> str | None:
+        known = self._run_of_state.pop(state_id) if attempt_ended else self._run_of_state.get(state_id)
         if known is not None:
             return known
         found = await self._states().find_one({"_id": _object_id(state_id)}, {"run_id": 1})
@@ -116,7 +118,7 @@ class MongoRunStore:
 
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         ids = [str(s) for s in state_ids]
-        run_id = await self._run_of(ids[0])
+        run_id = await self._run_of(ids[0], attempt_ended=True)
         note = {"kind": "next", "run_id": run_id, "state_ids": ids, "t_start": time.time_ns(), "done": False}
         result = await self._notes().insert_one({**note, "seen": False})
         return (result.inserted_id, run_id)
@@ -128,7 +130,7 @@ class MongoRunStore:
             await self._touch(run_id)
 
     async def note_settled(self, state_id: str) -> None:
-        run_id = await self._run_of(state_id)
+        run_id = await self._run_of(state_id, attempt_ended=True)
         if run_id is None:
             return
         note = {"kind": "settled", "run_id": run_id, "state_ids": [state_id], "seen": False}
@@ -136,7 +138,7 @@ class MongoRunStore:
         await self._touch(run_id)
 
     async def note_requeue(self, state_id: str, t_ns: int, delay_ms: int) -> None:
-        run_id = await self._run_of(state_id)
+        run_id = await self._run_of(state_id, attempt_ended=True)
         if run_id is None:
             return
         await self._notes().insert_one(

@@ -34,7 +34,8 @@ class RunStore(Protocol):
 
     def states_taken(self, runs_by_state: Mapping[str, str]) -> None:
         """Runtimes took these states (state id -> run id): a store that reads a state's run by its id
-        may keep them for the state's report (a state's run never changes)."""
+        may keep them for the state's report (a state's run never changes), until the attempt's end
+        is noted (`begin_next_states`, `note_settled`, `note_requeue`)."""
 
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         """Next states are being created after these states (the first is the original, the rest

@@ -163,13 +163,15 @@ def in_process_server(
 @contextlib.contextmanager
 def uvicorn_server(
     settings: Settings, *, workers: int = 1, instrument: bool = False, pip: Sequence[str] = (),
-    port: int | None = None, **env: str,
+    port: int | None = None, app: str = "app.main:app", **env: str,
 ) -> Iterator[UpstreamServer]:
     """``uvicorn app.main:app --workers N`` on ``settings.mongo_uri``, under the launcher if ``instrument``.
 
+    ``app`` is the module:attribute uvicorn serves (helpers.memory_probe wraps the app, for instance).
     Yields once every worker has completed the app's startup; stops the process tree with SIGTERM.
     """
-    running = start_uvicorn(settings, workers=workers, instrument=instrument, pip=pip, port=port, **env)
+    running = start_uvicorn(settings, workers=workers, instrument=instrument, pip=pip, port=port, app=app,
+                            **env)
     try:
         yield running
     finally:
@@ -178,12 +180,12 @@ def uvicorn_server(
 
 def start_uvicorn(
     settings: Settings, *, workers: int = 1, instrument: bool = False, pip: Sequence[str] = (),
-    port: int | None = None, **env: str,
+    port: int | None = None, app: str = "app.main:app", **env: str,
 ) -> UpstreamServer:
     """Start the server as `uvicorn_server` does and return it running; the caller stops it (`stop`)."""
     python = server_python(pip)
     port = port or free_port()
-    command = [str(python), "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+    command = [str(python), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), "--log-level", "info"]
     if instrument:
         command = [str(python.parent / "opentelemetry-instrument"), *command]
