@@ -21,6 +21,7 @@ from exo_otel.core.ids import run_span_id, state_span_id, trace_id_for_run
 from exo_otel.server.records import epoch_ns
 from exo_otel.server.side import ServerSide, TakenState
 from exo_otel.server.spans import ServerMetrics
+from exo_otel.server.store import CHECK_KEYS
 from exo_otel_demo.embedded.models import State, StateStatus, StatusChange
 from exo_otel_demo.embedded.server_side import EmbeddedServerSide, MemoryRunStore
 from exo_otel_demo.embedded.store import Database
@@ -208,10 +209,10 @@ async def test_a_manual_retry_reopens_a_settled_run_and_its_node_span_links_the_
     await side.store.note_settled("s1")
     await side.sweeper.sweep_once()
     assert sorted(s.name for s in exporter.get_finished_spans()) == ["node work", "run greet", "settle greet"]
-    assert await side.store.open_runs_after(0, 10) == []
+    assert await side.store.open_runs_by_key(0, CHECK_KEYS, 10) == []
     retried = add_state(side, "s1-retry", "SUCCESS", now_ms - 100)
     await side.state_retried("s1-retry", "s1", RUN_ID, "ns", "greet", epoch_ns(retried.created_at) or 0)
-    assert [r.run_id for r in await side.store.open_runs_after(0, 10)] == [RUN_ID]
+    assert [r.run_id for r in await side.store.open_runs_by_key(0, CHECK_KEYS, 10)] == [RUN_ID]
     await side.store.note_settled("s1-retry")
     await side.sweeper.sweep_once()
     names = sorted(s.name for s in exporter.get_finished_spans())

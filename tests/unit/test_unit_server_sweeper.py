@@ -19,6 +19,7 @@ from exo_otel.core.attributes import SCHEMA_URL
 from exo_otel.core.ids import state_span_id
 from exo_otel.server.context import RunContext
 from exo_otel.server.spans import ServerMetrics
+from exo_otel.server.store import CHECK_KEYS
 from exo_otel.server.sweeper import DEFAULT_RETENTION_SECONDS, RETENTION_ENV, Sweeper, retention_seconds
 from exo_otel_demo.embedded.models import State, StateStatus, StatusChange
 from exo_otel_demo.embedded.server_side import MemoryRunStore
@@ -100,7 +101,7 @@ async def test_a_settled_run_gets_its_node_spans_and_its_outcome_then_closes(
     assert finish.context is not None and finish.context.span_id == state_span_id("s2")
     assert [link.context.span_id for link in finish.links] == [state_span_id("s1")]
     assert not world.store.runs[RUN_ID]["open"] and RUN_ID not in world.store.notes
-    assert await world.store.open_runs_after(0, 10) == []
+    assert await world.store.open_runs_by_key(0, CHECK_KEYS, 10) == []
     # Nothing new: the next passes, this process's or another's, emit nothing again.
     assert await sweep.sweep_once(check_all=True) == 0
     await sweeper(world, server_tracer).sweep_once(check_all=True)
@@ -297,6 +298,49 @@ async def test_a_closed_run_is_purged_once_its_retention_passed(
     await purging.sweep_once(check_all=True)
     assert purging.stats.purged == 1
     assert list(world.store.runs) == [RUN_ID]
+
+
+@pytest.mark.parametrize("open_runs", [10, 1000])
+async def test_the_background_check_goes_round_every_open_run_a_small_page_at_a_time(
+    server_tracer: trace.Tracer, open_runs: int
+) -> None:
+    world = World()
+    for index in range(open_runs):
+        await world.run(run_id=f"{index:08x}-3b1a-4c5d-8e7f-001122334455")
+    await world.store.untouch(list(world.store.runs))  # idle: only the background check reads them
+    pages: list[list[str]] = []
+    paged = world.store.open_runs_by_key
+
+    async def recorded(from_key: int, to_key: int, limit: int) -> list[RunContext]:
+        page = await paged(from_key, to_key, limit)
+        pages.append([run.run_id for run in page])
+        return page
+
+    world.store.open_runs_by_key = recorded  # type: ignore[method-assign]
+    sweep = sweeper(world, server_tracer, page_interval=0.0, check_interval=0.0)
+
+    async def one_round() -> list[list[str]]:
+        pages.clear()
+        await sweep.sweep_once()
+        while sweep._check_from != 0:
+            await sweep.sweep_once()
+        return list(pages)
+
+    await one_round()  # the first round: the window grows from a small one
+    for _ in range(2):
+        rounds = await one_round()
+        read = [run_id for page in rounds for run_id in page]
+        assert sorted(read) == sorted(world.store.runs)  # every open run, once a round
+        assert max(len(page) for page in rounds) <= 2 * sweep.check_page
+        if open_runs == 10:
+            assert len(rounds) == 1  # one page of them all
+        else:  # about check_page runs a page (keys hashed from the ids: uniform)
+            assert open_runs / (2 * sweep.check_page) <= len(rounds) <= 3 * open_runs / sweep.check_page
+    # A round begins at most every check_interval after the last one began: no page until then.
+    sweep.check_interval = 3600.0
+    await one_round()
+    pages.clear()
+    assert await sweep.sweep_once() == 0 and pages == []
 
 
 async def test_nudging_starts_the_loop_which_sweeps_by_itself(

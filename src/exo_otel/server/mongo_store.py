@@ -1,7 +1,8 @@
 """`RunStore` in the upstream state manager's MongoDB: three collections of exo_otel's own beside the app's.
 
 ``exo_otel_runs``: one document per run (``_id`` = run id): its context, whether it is ready, open,
-and touched since its last sweep. ``exo_otel_notes``: what the hooks saw, one document per event,
+and touched since its last sweep, and, while it is open and ready, its ``check_key`` (the background
+check's order). ``exo_otel_notes``: what the hooks saw, one document per event,
 with its run: next states being created (then the states that settled), errored and pruned states,
 requeues, manual retries, the CPU time of reported attempts. ``exo_otel_claims``: one document per
 emitted span (``_id`` = ``node:<state id>`` or ``outcome:<run id>``, with the run id); a claim is
@@ -22,16 +23,19 @@ from typing import Any, Final, cast
 from exo_otel.core.lru import LruCache
 from exo_otel.server.context import RunContext
 from exo_otel.server.records import PENDING_STATUSES, RunNotes, StateRecord, apply_note
+from exo_otel.server.store import check_key
 
 RUNS_COLLECTION: Final = "exo_otel_runs"
 NOTES_COLLECTION: Final = "exo_otel_notes"
 CLAIMS_COLLECTION: Final = "exo_otel_claims"
 _DUPLICATE_KEY: Final = 11000
 MAX_KNOWN_STATES: Final = 20_000  # state id -> run id kept from the runtimes' polls
+CHECK_KEY_INDEX: Final = "exo_otel_check_key"
+BACKFILL_PAGE: Final = 1000
 # (collection, keys, name): every query below names its index in a comment.
 INDEXES: Final = (
     (RUNS_COLLECTION, [("touched", 1), ("open", 1), ("ready", 1)], "exo_otel_touched"),
-    (RUNS_COLLECTION, [("open", 1), ("ready", 1), ("start_ns", 1)], "exo_otel_open_by_start"),
+    (RUNS_COLLECTION, [("check_key", 1)], CHECK_KEY_INDEX),
     (RUNS_COLLECTION, [("expires_ns", 1)], "exo_otel_expiry"),
     (NOTES_COLLECTION, [("run_id", 1), ("seen", 1)], "exo_otel_notes_by_run"),
     (CLAIMS_COLLECTION, [("run_id", 1)], "exo_otel_claims_by_run"),
@@ -81,20 +85,43 @@ class MongoRunStore:
         return self._states().database[CLAIMS_COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        """Create exo_otel's indexes (idempotent: every process does it once, at its first sweep)."""
+        """Create exo_otel's indexes (idempotent: every process does it once, at its first sweep).
+
+        A database without the check-key index predates check keys: its open, ready runs get theirs
+        first (`_backfill_check_keys`), then the index is made, so a process that dies meanwhile
+        leaves the backfill to the next one."""
         if self._indexed:
             return
         database = self._states().database
+        if CHECK_KEY_INDEX not in await self._runs().index_information():
+            await self._backfill_check_keys()
         for collection, keys, name in INDEXES:
             await database[collection].create_index(keys, name=name)
         self._indexed = True
+
+    async def _backfill_check_keys(self) -> None:
+        """Give the open, ready runs that lack one their check key, a page at a time (once per database:
+        on a fresh one this finds nothing). Each only if still open and keyless: a close meanwhile wins."""
+        update_one = importlib.import_module("pymongo").UpdateOne  # the app's, not a dependency of ours
+        keyless = {"open": True, "ready": True, "check_key": {"$exists": False}}
+        while True:
+            found = await self._runs().find(keyless, {"_id": 1}).limit(BACKFILL_PAGE).to_list(None)
+            if found:
+                keyed = [
+                    update_one({"_id": run, **keyless}, {"$set": {"check_key": check_key(str(run))}})
+                    for run in (doc["_id"] for doc in found)
+                ]
+                await self._runs().bulk_write(keyed, ordered=False)
+            if len(found) < BACKFILL_PAGE:
+                return
 
     async def save_run(self, run: RunContext) -> None:
         document = {"_id": run.run_id, **run.to_document(), "ready": False, "open": True, "touched": False}
         await self._runs().insert_one(document)
 
     async def mark_ready(self, run_id: str) -> None:
-        await self._runs().update_one({"_id": run_id}, {"$set": {"ready": True, "touched": True}})
+        ready = {"ready": True, "touched": True, "check_key": check_key(run_id)}
+        await self._runs().update_one({"_id": run_id}, {"$set": ready})
 
     async def discard_run(self, run_id: str) -> None:
         await self._runs().delete_one({"_id": run_id})
@@ -166,11 +193,14 @@ class MongoRunStore:
         await self._notes().insert_one(
             {"kind": "retry", "run_id": run_id, "state_id": state_id, "of": retried_state_id}
         )
-        await self._touch(run_id)
+        # Touched, and checked again, if ready (a run whose trigger never completed is never swept).
+        reopened_ready = {"touched": True, "check_key": check_key(run_id)}
+        await self._runs().update_one({"_id": run_id, "ready": True}, {"$set": reopened_ready})
         return True
 
     async def revive_run(self, run: RunContext) -> None:
-        document = {"_id": run.run_id, **run.to_document(), "ready": True, "open": True, "touched": False}
+        document = {"_id": run.run_id, **run.to_document(), "ready": True, "open": True, "touched": False,
+                    "check_key": check_key(run.run_id)}
         for collection, revived in ((self._runs(), document), (self._claims(), _outcome_claim(run.run_id))):
             try:
                 await collection.insert_one(revived)
@@ -184,10 +214,10 @@ class MongoRunStore:
         found = await cursor.limit(limit).to_list(None)
         return [RunContext.from_document(doc) for doc in found]
 
-    async def open_runs_after(self, start_ns: int, limit: int) -> list[RunContext]:
-        # exo_otel_open_by_start
-        cursor = self._runs().find({"open": True, "ready": True, "start_ns": {"$gt": start_ns}})
-        found = await cursor.sort("start_ns", 1).limit(limit).to_list(None)
+    async def open_runs_by_key(self, from_key: int, to_key: int, limit: int) -> list[RunContext]:
+        # exo_otel_check_key: both bounds on the one field, so the index admits this window's runs alone.
+        cursor = self._runs().find({"check_key": {"$gte": from_key, "$lt": to_key}})
+        found = await cursor.sort("check_key", 1).limit(limit).to_list(None)
         return [RunContext.from_document(doc) for doc in found]
 
     async def untouch(self, run_ids: Sequence[str]) -> None:
@@ -324,15 +354,17 @@ class MongoRunStore:
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         ids = list(run_ids)
         await self._runs().update_many(
-            {"_id": {"$in": ids}}, {"$set": {"open": False, "touched": False, "expires_ns": expires_ns}}
+            {"_id": {"$in": ids}},
+            {"$set": {"open": False, "touched": False, "expires_ns": expires_ns}, "$unset": {"check_key": 1}},
         )
         await self._notes().delete_many({"run_id": {"$in": ids}})
 
     async def purge_expired(self, now_ns: int, limit: int) -> int:
-        # exo_otel_expiry. Runs first, each only if still expired (a retry may have reopened it since
-        # the find); then the claims and notes of those that went (exo_otel_claims_by_run,
-        # exo_otel_notes_by_run), never of a run still there.
-        expired = {"expires_ns": {"$lt": now_ns}}
+        # exo_otel_expiry, bounded on both sides (open runs have no expiry: a one-sided bound may admit
+        # them, as missing, on some databases). Runs first, each only if still expired (a retry may
+        # have reopened it since the find); then the claims and notes of those that went
+        # (exo_otel_claims_by_run, exo_otel_notes_by_run), never of a run still there.
+        expired = {"expires_ns": {"$gte": 0, "$lt": now_ns}}
         found = await self._runs().find(expired, {"_id": 1}).limit(limit).to_list(None)
         ids = [doc["_id"] for doc in found]
         if not ids:

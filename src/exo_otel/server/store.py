@@ -7,11 +7,22 @@ each span is emitted by exactly one process.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from exo_otel.server.context import RunContext
 from exo_otel.server.records import RunNotes, StateRecord
+
+CHECK_KEYS: Final = 1 << 62
+"""Check keys are in [0, CHECK_KEYS): an int64 for any database."""
+
+
+def check_key(run_id: str) -> int:
+    """A run's place in the background check's round: its id hashed, so keys are spread uniformly
+    whatever the ids look like, and every process computes the same key for a run."""
+    digest = hashlib.blake2b(run_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 2
 
 
 class RunStore(Protocol):
@@ -70,8 +81,10 @@ class RunStore(Protocol):
     async def touched_runs(self, limit: int) -> list[RunContext]:
         """Open, ready runs touched since their last sweep (at most ``limit``)."""
 
-    async def open_runs_after(self, start_ns: int, limit: int) -> list[RunContext]:
-        """Open, ready runs that started after ``start_ns``, oldest first: the background check's page."""
+    async def open_runs_by_key(self, from_key: int, to_key: int, limit: int) -> list[RunContext]:
+        """Open, ready runs whose `check_key` is in [``from_key``, ``to_key``), by key, at most
+        ``limit``: the background check's page. A store keeps a run's key only while it is open and
+        ready, indexed, so a page reads what its bounds admit and nothing else."""
 
     async def untouch(self, run_ids: Sequence[str]) -> None:
         """These runs are being swept: a touch from now on makes them swept again."""

@@ -4,10 +4,10 @@ Each state manager process runs one sweep loop (started by the first hooked requ
 activity: a pass takes the runs the hooks touched since their last sweep, reads only the notes not
 seen yet and the states they name, claims the node spans of states that settled and, when a run has
 no pending state left, its outcome. A run with nothing new costs nothing; a bounded background check
-reads a page of open runs in full every `check_interval`, for what no hook saw. Claims are atomic in
-the store, so with several processes every span is emitted once; they are leased until the pass's
-spans are exported (then confirmed), so a process that dies first leaves them to another. A hook
-that sees an outcome nudges the loop, so node spans and outcomes follow well within a second.
+reads a small page of open runs in full at a time, going round them, for what no hook saw. Claims are
+atomic in the store, so with several processes every span is emitted once; they are leased until the
+pass's spans are exported (then confirmed), so a process that dies first leaves them to another. A
+hook that sees an outcome nudges the loop, so node spans and outcomes follow well within a second.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from exo_otel.core.spans import guard
 from exo_otel.server.context import RunContext
 from exo_otel.server.records import RunNotes, StateRecord, is_settled
 from exo_otel.server.spans import ServerMetrics, emit_node_span, emit_run_outcome, emit_run_root
-from exo_otel.server.store import RunStore
+from exo_otel.server.store import CHECK_KEYS, RunStore, check_key
 
 _logger = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ MAX_UNCONFIRMED = 100_000
 MAX_HELD = 10_000
 # Flushes the tracer provider's span processors within a timeout (ms); True when everything went out.
 Flush = Callable[[int], bool]
+# The background check's first page spans this much of the key space (a fresh process knows nothing of
+# how many runs are open: a small window, grown from the pages' counts, never reads them all at once).
+FIRST_CHECK_WINDOW = CHECK_KEYS >> 10
+CHECK_WINDOW_GROWTH = 4  # at most, from one page to the next
 
 
 RETENTION_ENV: Final = "OTEL_PYTHON_EXOSPHERE_RUN_RETENTION_SECONDS"
@@ -99,8 +103,12 @@ class Sweeper:
     busy_interval: float = 0.25  # between passes while runs are touched
     idle_interval: float = 1.0
     max_runs_per_pass: int = 500
-    check_interval: float = 10.0  # the background check: a page of open runs read in full
-    check_page: int = 100
+    # The background check: a round over every open run, a page of about `check_page` runs read in full
+    # every `page_interval`; a round begins at most every `check_interval` (and the purge and the
+    # take-over of stale claims come that often).
+    check_interval: float = 10.0
+    check_page: int = 10
+    page_interval: float = 1.0
     # How long a settled run's records (context, claims) are kept: a late event within it (a manual
     # retry of one of its states) is still placed and emitted once; after it, runtimes place it.
     retention_seconds: float = DEFAULT_RETENTION_SECONDS
@@ -113,8 +121,12 @@ class Sweeper:
     _loop: asyncio.AbstractEventLoop | None = None
     # Node claims this process tried in runs still open (lost ones are another process's spans).
     _attempted: set[str] = field(default_factory=set)
-    _check_after_ns: int = 0  # where the background check's next page starts (by run start)
-    _next_check: float = 0.0
+    _check_from: int = 0  # where the background check's next page starts (a check key)
+    _check_window: int = FIRST_CHECK_WINDOW  # the key span of its next page (about `check_page` runs)
+    _round_began: float = 0.0
+    _round_runs: int = 0  # open runs the round read so far
+    _next_page: float = 0.0
+    _next_upkeep: float = 0.0  # the purge and the take-over
     _purge_due: bool = False
     _takeover_due: bool = False
     _flush_failing: bool = False  # the last flush did not complete: this process cannot export now
@@ -164,7 +176,8 @@ class Sweeper:
             # Idle (not nudged, nothing left from the last pass): nothing to ask the database until the
             # background check is due. A run touched by a process that died before its sweep passed
             # is swept at another process's next check.
-            if not (woken or busy or failed or self._unconfirmed or time.monotonic() >= self._next_check):
+            due = min(self._next_page, self._next_upkeep)
+            if not (woken or busy or failed or self._unconfirmed or time.monotonic() >= due):
                 continue
             started = time.perf_counter()
             failed = False
@@ -191,8 +204,9 @@ class Sweeper:
     async def sweep_once(self, check_all: bool = False) -> int:
         """One pass; returns how many runs it swept (0: nothing was new).
 
-        The touched runs, then, every `check_interval` (or with ``check_all``), a page of open runs
-        read in full. A run touched again while it is swept is swept again at the next pass.
+        The touched runs, then, when due (or with ``check_all``: every open run, up to
+        `max_runs_per_pass`), the background check's page of open runs read in full. A run touched
+        again while it is swept is swept again at the next pass.
         """
         started = time.perf_counter()
         await self.store.ensure_indexes()
@@ -219,14 +233,43 @@ class Sweeper:
 
     async def _check_page(self, check_all: bool, touched: set[str]) -> list[RunContext]:
         now = time.monotonic()
-        if not check_all and now < self._next_check:
+        if check_all or now >= self._next_upkeep:
+            self._next_upkeep = now + self.check_interval
+            self._purge_due = self._takeover_due = True
+        if check_all:
+            page = await self.store.open_runs_by_key(0, CHECK_KEYS, self.max_runs_per_pass)
+        elif now >= self._next_page:
+            page = await self._next_check_page(now)
+        else:
             return []
-        self._next_check = now + self.check_interval
-        self._purge_due = self._takeover_due = True
-        limit = self.max_runs_per_pass if check_all else self.check_page
-        page = await self.store.open_runs_after(0 if check_all else self._check_after_ns, limit)
-        self._check_after_ns = page[-1].start_ns if len(page) == limit else 0
         return [run for run in page if run.run_id not in touched]
+
+    async def _next_check_page(self, now: float) -> list[RunContext]:
+        """The next page of the round: the open runs in the next window of check keys, as wide as about
+        `check_page` runs were in the last round (keys are uniform), so a page costs the same whatever
+        the number of open runs; at most twice that many are read (then the page ends at the last one
+        and the window narrows), and an empty page widens it. Past the end of the keys the round is
+        over; the next begins `check_interval` after this one began: a few open runs are read once a
+        round, many `check_page` every `page_interval`."""
+        start = self._check_from
+        if start == 0:
+            self._round_began, self._round_runs = now, 0
+        end = min(CHECK_KEYS, start + self._check_window)
+        limit = 2 * self.check_page
+        page = await self.store.open_runs_by_key(start, end, limit)
+        self._round_runs += len(page)
+        if len(page) == limit:  # more runs than thought (many opened since): a narrower window
+            end = check_key(page[-1].run_id) + 1
+            self._check_window = max(1, (end - start) * self.check_page // limit)
+        elif not page:  # fewer (many closed since): a wider one
+            self._check_window = min(CHECK_KEYS, self._check_window * CHECK_WINDOW_GROWTH)
+        self._next_page = now + self.page_interval
+        self._check_from = end
+        if end >= CHECK_KEYS:  # the round is over, every open run counted: the next round's window
+            self._check_window = max(1, CHECK_KEYS * self.check_page // max(1, self._round_runs))
+            self._check_from = 0
+            self._next_page = max(self._next_page, self._round_began + self.check_interval)
+        return page
 
     async def _sweep_changes(self, runs: list[RunContext]) -> None:
         """What changed in these runs since their last sweep; the runs that may have settled in full."""
@@ -354,6 +397,8 @@ class Sweeper:
             return
         runs = await self.store.load_runs(set(taken.values()))
         states, notes = await self.store.run_records(list(runs))
+        if len(self._held) < MAX_HELD:  # closed once these claims are final, if settled
+            self._held.update(runs)
         by_id = {run_id: {s.state_id: s for s in records} for run_id, records in states.items()}
         emitted = 0
         for key, run_id in taken.items():

@@ -26,6 +26,7 @@ from exo_otel.server.records import PENDING_STATUSES, RunNotes, StateRecord, app
 from exo_otel.server.sampling import install_stored_decision
 from exo_otel.server.side import ServerSide, TakenState
 from exo_otel.server.spans import ServerMetrics
+from exo_otel.server.store import check_key
 from exo_otel.server.sweeper import retention_seconds
 from exo_otel.version import __version__
 from exo_otel_demo.embedded.models import State, StateStatus
@@ -59,7 +60,7 @@ class MemoryRunStore:
 
     Notes are kept per run in the same form as the MongoDB store's documents (`apply_note` reads both).
     What the MongoDB store's indexes serve is kept indexed here too (the touched runs, the open runs by
-    start, the claims by run, the expiries), so a pass costs the same whatever the number of runs.
+    check key, the claims by run, the expiries), so a pass costs the same whatever the number of runs.
     """
 
     def __init__(self, db: Database) -> None:
@@ -70,7 +71,7 @@ class MemoryRunStore:
         self._claimed: set[str] = set()
         self._leases: dict[str, tuple[str, int]] = {}  # unconfirmed claim: (run id, lease end)
         self._touched: set[str] = set()  # ready, open and touched
-        self._open: list[tuple[int, str]] = []  # (start_ns, run id) of ready, open runs, sorted
+        self._open: list[tuple[int, str]] = []  # (check key, run id) of ready, open runs, sorted
         self._expiries: list[tuple[int, str]] = []  # (expires_ns, run id) of closed runs, a heap
         self._note_ids = itertools.count()
 
@@ -94,7 +95,7 @@ class MemoryRunStore:
     def _reopen(self, run_id: str) -> None:
         entry = self.runs[run_id]
         if entry["ready"] and not entry["open"]:
-            bisect.insort(self._open, (entry["run"].start_ns, run_id))
+            bisect.insort(self._open, (check_key(run_id), run_id))
         entry.update(open=True, expires_ns=None)
 
     async def ensure_indexes(self) -> None:
@@ -108,7 +109,7 @@ class MemoryRunStore:
         entry = self.runs[run_id]
         if not entry["ready"]:
             entry["ready"] = True
-            bisect.insort(self._open, (entry["run"].start_ns, run_id))
+            bisect.insort(self._open, (check_key(run_id), run_id))
         self._touch(run_id)
 
     async def discard_run(self, run_id: str) -> None:
@@ -175,9 +176,10 @@ class MemoryRunStore:
     async def touched_runs(self, limit: int) -> list[RunContext]:
         return [self.runs[run_id]["run"] for run_id in itertools.islice(self._touched, limit)]
 
-    async def open_runs_after(self, start_ns: int, limit: int) -> list[RunContext]:
-        first = bisect.bisect_right(self._open, (start_ns, "\uffff"))
-        return [self.runs[run_id]["run"] for _, run_id in self._open[first : first + limit]]
+    async def open_runs_by_key(self, from_key: int, to_key: int, limit: int) -> list[RunContext]:
+        first = bisect.bisect_left(self._open, (from_key, ""))
+        end = min(bisect.bisect_left(self._open, (to_key, ""), first), first + limit)
+        return [self.runs[run_id]["run"] for _, run_id in self._open[first:end]]
 
     async def untouch(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
@@ -282,7 +284,7 @@ class MemoryRunStore:
         for run_id in run_ids:
             entry = self.runs[run_id]
             if entry["open"] and entry["ready"]:
-                index = bisect.bisect_left(self._open, (entry["run"].start_ns, run_id))
+                index = bisect.bisect_left(self._open, (check_key(run_id), run_id))
                 if index < len(self._open) and self._open[index][1] == run_id:
                     del self._open[index]
             entry.update(open=False, touched=False, expires_ns=expires_ns)
