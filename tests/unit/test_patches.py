@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import sys
 import types
+import unittest.mock
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -86,6 +89,35 @@ def test_a_plain_wrapper_calls_the_wrapper_alike_and_unwrap_restores_the_method(
     plain.unwrap()
     assert module.Service.__dict__["handle"] is original and not plain.is_wrapped()
     assert module.Service().handle("a") == "a:"
+
+
+def test_a_plain_wrapper_of_a_coroutine_method_is_a_coroutine_function_to_introspection(
+    module: types.ModuleType,
+) -> None:
+    """Upstream's own runtime tests `patch("...Runtime._notify_executed")` and await the mock: `patch`
+    makes an AsyncMock only of what `inspect.iscoroutinefunction` calls a coroutine function."""
+
+    async def notify(self: Any, state_id: str) -> str:
+        return f"notified {state_id}"
+
+    module.Service.notify = notify
+
+    def passing(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return wrapped(*args, **kwargs)
+
+    passing.__module__ = "exo_otel.tests"
+    plain = Patch(module.__name__, "Service.notify", lambda side: passing, ("self", "state_id"), plain=True)
+    plain.wrap(module, None)
+    assert inspect.iscoroutinefunction(module.Service.notify)
+    assert asyncio.run(module.Service().notify("s1")) == "notified s1"
+    with unittest.mock.patch(f"{module.__name__}.Service.notify") as mocked:
+        assert isinstance(mocked, unittest.mock.AsyncMock)
+        asyncio.run(module.Service().notify("s2"))
+        mocked.assert_awaited_once_with("s2")
+    plain.unwrap()
+    assert module.Service.__dict__["notify"] is notify
 
 
 def test_is_ours_tells_exo_otel_wrappers_from_others(module: types.ModuleType) -> None:

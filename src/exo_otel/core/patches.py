@@ -122,12 +122,17 @@ _PLAIN_WRAPPER = "_exo_otel_wrapper"
 def plain_method(original: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable[..., Any]:
     """A function to put on a class in place of the method ``original``: each call is
     ``wrapper(bound original, instance, args, kwargs)``, as with a wrapt function wrapper.
-    ``__wrapped__`` is ``original`` (what `Patch.unwrap` puts back)."""
+    ``__wrapped__`` is ``original`` (what `Patch.unwrap` puts back). An ``async def`` original gives a
+    function that says it is a coroutine function too (it returns the wrapper's coroutine), so
+    introspection sees the method's kind unchanged: ``unittest.mock.patch`` of it makes an
+    ``AsyncMock``, as on the unwrapped class."""
 
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         return wrapper(MethodType(original, self), self, args, kwargs)
 
     functools.update_wrapper(method, original)
+    if inspect.iscoroutinefunction(original):
+        inspect.markcoroutinefunction(method)
     setattr(method, _PLAIN_WRAPPER, wrapper)
     return method
 
