@@ -791,7 +791,7 @@ def _exo_otel_dir() -> str:
     return str(Path(exo_otel.__file__).resolve().parent) + os.sep
 
 
-LOG_CORRELATION = ("_CorrelatingFactory.__call__", "_set_span_ids", "_redact_record")
+LOG_CORRELATION = ("correlating_factory.<locals>.correlated_record", "_set_span_ids", "_redact_record")
 EXO, LOGS, OTEL, FLOOR, RUNTIME = ("exo_otel code", "exo_otel log correlation", "OpenTelemetry",
                                    "the floor's own queue code", "runtime and the rest")
 GROUPS = (EXO, LOGS, OTEL, FLOOR, RUNTIME)

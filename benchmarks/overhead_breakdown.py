@@ -70,7 +70,16 @@ def install(with_exo_otel: bool) -> None:
         _timed(execution, "finish", "exo_otel finish (spans ended)")
         runtime.finish = execution.finish
         _timed(runtime.RuntimeTracing, "on_polled", "exo_otel on_polled")
-        _timed(logs._CorrelatingFactory, "__call__", "exo_otel log factory (with the record)")
+        # The factory exo_otel installs is made by `correlating_factory`: the one it makes is timed.
+        make_factory = logs.correlating_factory
+
+        def timed_factory(previous: Any) -> Any:
+            holder = type("FactoryHolder", (), {"factory": staticmethod(make_factory(previous))})
+            _timed(holder, "factory", "exo_otel log factory (with the record)")
+            setattr(holder.factory, logs._PREVIOUS, previous)  # what removing the factory puts back
+            return holder.factory
+
+        logs.correlating_factory = timed_factory
 
 
 def start() -> None:

@@ -74,6 +74,6 @@ def timestamp_or(value: int | None, fallback: int) -> int:
 
     A creation time before 1970 (negative) or after now is no timestamp a span can start at.
     """
-    if value is None or not 0 < value <= min(fallback, MAX_TIMESTAMP_NS):
+    if value is None or value <= 0 or value > fallback or value > MAX_TIMESTAMP_NS:
         return fallback
     return value

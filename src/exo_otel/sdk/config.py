@@ -62,11 +62,11 @@ class PlacementMode(enum.StrEnum):
 
     @property
     def uses_payload(self) -> bool:
-        return self in (PlacementMode.AUTO, PlacementMode.PAYLOAD)
+        return self is PlacementMode.AUTO or self is PlacementMode.PAYLOAD  # identity: no string compare
 
     @property
     def uses_run_api(self) -> bool:
-        return self in (PlacementMode.AUTO, PlacementMode.RUN_API)
+        return self is PlacementMode.AUTO or self is PlacementMode.RUN_API
 
 
 @dataclass(frozen=True)

@@ -92,30 +92,32 @@ def _redact_record(record: logging.LogRecord, redact: Callable[[str], str]) -> N
         record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
 
 
-class _CorrelatingFactory:
-    """A log record factory that adds the current ids, then defers to the factory it replaced."""
+_PREVIOUS: Final = "_exo_otel_previous"
+"""The attribute of exo_otel's log record factory holding the factory it replaced."""
 
-    def __init__(self, previous: RecordFactory) -> None:
-        self.previous = previous
-        # A record `logging.LogRecord` just made has no trace id yet: only another factory (the
-        # OpenTelemetry logging instrumentation's) may have set one.
-        self._fresh = previous is logging.LogRecord
 
-    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+def correlating_factory(previous: RecordFactory) -> RecordFactory:
+    """A log record factory that adds the current ids, then defers to ``previous``, the factory it
+    replaces. A function, not an object with ``__call__``: it is called for every record."""
+    # A record `logging.LogRecord` just made has no trace id yet: only another factory (the
+    # OpenTelemetry logging instrumentation's) may have set one.
+    fresh = previous is logging.LogRecord
+
+    def correlated_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
         # Without keywords (how `logging.Logger.makeRecord` calls it) no empty dict is passed on.
-        record = self.previous(*args, **kwargs) if kwargs else self.previous(*args)
+        record = previous(*args, **kwargs) if kwargs else previous(*args)
         # Attributes set one by one, not through record.__dict__: that would make the record's dict
         # a separate object early, which costs more than the three fields.
         try:
             current = _get_current()
             fields = current.get(_FIELDS_KEY)
             if type(fields) is not LogFields:
-                if self._fresh or getattr(record, TRACE_ID_FIELD, None) is None:
+                if fresh or getattr(record, TRACE_ID_FIELD, None) is None:
                     _set_span_ids(record, trace.get_current_span(current))
                 record.exosphere_run_id = ""
                 return record
             # Unless set already (by the OpenTelemetry logging instrumentation's factory).
-            if self._fresh or getattr(record, TRACE_ID_FIELD, None) is None:
+            if fresh or getattr(record, TRACE_ID_FIELD, None) is None:
                 # With no span key found (SPAN_KEY None) ``current.get`` answers None: never the span.
                 if current.get(SPAN_KEY) is fields.span:  # type: ignore[arg-type]
                     record.otelTraceID = fields.trace_id
@@ -128,6 +130,9 @@ class _CorrelatingFactory:
         except Exception:  # a log call must never fail because of us
             pass
         return record
+
+    setattr(correlated_record, _PREVIOUS, previous)
+    return correlated_record
 
 
 def _set_span_ids(record: logging.LogRecord, span: trace.Span) -> None:
@@ -142,12 +147,12 @@ def _set_span_ids(record: logging.LogRecord, span: trace.Span) -> None:
 def install_log_correlation() -> None:
     """Wrap the current log record factory (once)."""
     current = logging.getLogRecordFactory()
-    if not isinstance(current, _CorrelatingFactory):
-        logging.setLogRecordFactory(_CorrelatingFactory(current))
+    if getattr(current, _PREVIOUS, None) is None:
+        logging.setLogRecordFactory(correlating_factory(current))
 
 
 def remove_log_correlation() -> None:
     """Put back the factory we wrapped, if nobody has wrapped ours since."""
-    current = logging.getLogRecordFactory()
-    if isinstance(current, _CorrelatingFactory):
-        logging.setLogRecordFactory(current.previous)
+    previous = getattr(logging.getLogRecordFactory(), _PREVIOUS, None)
+    if previous is not None:
+        logging.setLogRecordFactory(previous)

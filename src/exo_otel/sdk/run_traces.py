@@ -52,7 +52,7 @@ class RunTrace:
 
     def state_context(self, state_id: str) -> SpanContext:
         """The remote context of a state's node span in this run."""
-        return SpanContext(self.trace_id, state_span_id(state_id), is_remote=True, trace_flags=self.flags)
+        return SpanContext(self.trace_id, state_span_id(state_id), True, self.flags)  # remote
 
 
 def run_trace(run: RunInfo, namespace: str, sampler: Sampler | None) -> RunTrace:

@@ -150,12 +150,13 @@ def carried_context(run: RunInfo, trace_id: int | None = None) -> Context | None
 
 _EPOCH: Final = dt.datetime(1970, 1, 1)
 _EPOCH_UTC: Final = _EPOCH.replace(tzinfo=dt.UTC)
+_MICROSECOND: Final = dt.timedelta(microseconds=1)
 
 
 def parse_timestamp_ns(value: object) -> int | None:
     """Epoch nanoseconds of an ISO 8601 timestamp (naive means UTC, as the state manager writes it).
 
-    Exact (integer arithmetic on the timedelta since the epoch, no float seconds): one call per state.
+    Exact (the timedelta since the epoch in whole microseconds, no float seconds): one call per state.
     """
     if not isinstance(value, str):
         return None
@@ -164,7 +165,7 @@ def parse_timestamp_ns(value: object) -> int | None:
     except ValueError:
         return None
     since = moment - (_EPOCH if moment.tzinfo is None else _EPOCH_UTC)
-    return (since.days * 86_400 + since.seconds) * 1_000_000_000 + since.microseconds * 1_000
+    return since // _MICROSECOND * 1_000  # whole microseconds: an exact integer division
 
 
 def run_is_sampled(sampler: Sampler | None, run: RunInfo, trace_id: int | None = None) -> bool:
