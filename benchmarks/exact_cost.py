@@ -106,12 +106,12 @@ LOG_FORMAT = ("%(asctime)s %(levelname)s %(name)s [%(otelTraceID)s %(otelSpanID)
               "%(message)s")
 LOG_DEFAULTS = {"otelTraceID": "-", "otelSpanID": "-", "exosphere_run_id": "-"}
 CALLGRIND_ENV = "EXO_OTEL_EXACT_CALLGRIND"
-CPU_TIME_ENV = "EXO_OTEL_EXACT_CPU_TIME"  # "0": exo_otel with cpu_time=False, and the floor likewise
+CPU_TIME_ENV = "EXO_OTEL_EXACT_CPU_TIME"  # "1": exo_otel with cpu_time=True, and the floor likewise
 FLOOR_PARENTS_ENV = "EXO_OTEL_EXACT_FLOOR_PARENTS"  # "1": the floor makes its parents' SDK objects itself
 
 
 def _cpu_time_on() -> bool:
-    return os.environ.get(CPU_TIME_ENV, "1") != "0"
+    return os.environ.get(CPU_TIME_ENV) == "1"
 
 
 def _floor_makes_parents() -> bool:
@@ -984,22 +984,23 @@ if __name__ == "__main__":
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                         help="the breakdown by function (python -X perf)")
     parser.add_argument("--top", type=int, default=15, help="exo_otel functions listed by the profile")
-    parser.add_argument("--cpu-time", action=argparse.BooleanOptionalAction, default=True,
-                        help="exo_otel's CPU-time accounting on (the default) or off, the floor alike")
-    parser.add_argument("--floor-parents", action="store_true",
-                        help="the floor makes, in the measured part, the SDK calls exo_otel makes for its "
-                             "spans' parents and links (the run's carrier extracted, or the sampler asked, "
-                             "once per run; span contexts per state), the ids still given")
+    parser.add_argument("--cpu-time", action=argparse.BooleanOptionalAction, default=False,
+                        help="exo_otel's CPU-time accounting on, or off (the default, as in exo_otel), "
+                             "the floor alike")
+    parser.add_argument("--floor-parents", action=argparse.BooleanOptionalAction, default=True,
+                        help="the floor makes, in the measured part, the SDK calls any instrumentation "
+                             "makes for these spans' parents and links (the run's carrier extracted, or the "
+                             "sampler asked, once per run; span contexts per state), the ids still given "
+                             "(the default); --no-floor-parents hands it the parent contexts ready-made")
     parser.add_argument("--child", choices=["plain", "floor", "exo"], help=argparse.SUPPRESS)
     parser.add_argument("--signals", choices=["spans", "metrics"], default="spans", help=argparse.SUPPRESS)
     parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.executions <= 0 or arguments.executions % GROUP or arguments.warmup % GROUP:
         parser.error(f"--executions and --warmup are multiples of {GROUP} (--executions at least {GROUP})")
-    if not arguments.cpu_time:
-        os.environ[CPU_TIME_ENV] = "0"  # the children read it
-    if arguments.floor_parents:
-        os.environ[FLOOR_PARENTS_ENV] = "1"
+    if not arguments.child:  # the children read these, set by the invocation that starts them
+        os.environ[CPU_TIME_ENV] = "1" if arguments.cpu_time else "0"
+        os.environ[FLOOR_PARENTS_ENV] = "1" if arguments.floor_parents else "0"
     if arguments.child:
         child(arguments)
     else:
