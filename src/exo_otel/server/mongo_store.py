@@ -322,8 +322,11 @@ class MongoRunStore:
 
     async def renew_claims(self, keys: Sequence[str], lease_until_ns: int) -> None:
         if keys:
+            # By `_id` alone (a filter SecantusDB's planner serves by the index; with `done` beside the
+            # `$in` it scans the collection): a lease on a claim already final is never read, since
+            # the take-over and unconfirmed_runs only match claims with `done: false`.
             await self._claims().update_many(
-                {"_id": {"$in": list(keys)}, "done": False}, {"$set": {"lease_ns": lease_until_ns}}
+                {"_id": {"$in": list(keys)}}, {"$set": {"lease_ns": lease_until_ns}}
             )
 
     async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, str]:
@@ -346,10 +349,14 @@ class MongoRunStore:
         ids = list(run_ids)
         if not ids:
             return set()
-        # exo_otel_claims_by_run. Claims made before leases existed have no `done`: final, never matched.
-        unconfirmed = {"run_id": {"$in": ids}, "done": False}
-        found = await self._claims().find(unconfirmed, {"run_id": 1}).to_list(None)
-        return {str(doc.get("run_id")) for doc in found if not str(doc["_id"]).startswith("root:")}
+        # exo_otel_claims_by_run, by `run_id` alone: with `done` beside the `$in` SecantusDB's planner
+        # scans the collection, every claim ever retained. The runs' claims are read (one per state)
+        # and the final ones left here. Claims made before leases existed have no `done`: final.
+        found = await self._claims().find({"run_id": {"$in": ids}}, {"run_id": 1, "done": 1}).to_list(None)
+        return {
+            str(doc.get("run_id")) for doc in found
+            if doc.get("done") is False and not str(doc["_id"]).startswith("root:")
+        }
 
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         ids = list(run_ids)
