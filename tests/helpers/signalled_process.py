@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from exo_otel import format_trace_id
-from helpers import HELPERS_DIR, TESTS_DIR
+from helpers import HELPERS_DIR
 from helpers.otlp_receiver import OtlpHttpReceiver
-
-LAUNCHER = Path(sys.executable).with_name("opentelemetry-instrument")
+from helpers.proc_runtime import LAUNCHER, otel_env
 
 
 def _env(endpoint: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(
-        PYTHONPATH=os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p),
-        EXOSPHERE_DISABLE_DEFAULT_LOGGING="1",
-        OTEL_SERVICE_NAME="signalled-runtime",
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="otlp",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
-        # Nothing leaves before the signal: what arrives is what the signal path flushed.
-        OTEL_BSP_SCHEDULE_DELAY="60000",
-        OTEL_METRIC_EXPORT_INTERVAL="60000",
-    )
-    env.update(extra)
-    return env
+    # Nothing leaves before the signal: what arrives is what the signal path flushed.
+    return otel_env(endpoint, "signalled-runtime", EXOSPHERE_DISABLE_DEFAULT_LOGGING="1",
+                    OTEL_METRICS_EXPORTER="otlp", OTEL_BSP_SCHEDULE_DELAY="60000",
+                    OTEL_METRIC_EXPORT_INTERVAL="60000", **extra)
 
 
 def _default_sigint() -> None:
