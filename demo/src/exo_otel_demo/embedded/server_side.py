@@ -82,7 +82,9 @@ class MemoryRunStore:
 
     def _note(self, run_id: str, note: dict[str, Any]) -> int:
         note_id = next(self._note_ids)
-        self.notes.setdefault(run_id, {})[note_id] = {**note, "_id": note_id, "run_id": run_id, "seen": False}
+        # Its `_id` names its run too, so marking notes seen goes to each note, not round every run's.
+        record = {**note, "_id": (run_id, note_id), "run_id": run_id, "seen": False}
+        self.notes.setdefault(run_id, {})[note_id] = record
         return note_id
 
     def _touch(self, run_id: str) -> None:
@@ -234,10 +236,10 @@ class MemoryRunStore:
             }
 
     async def notes_seen(self, note_ids: Sequence[object]) -> None:
-        wanted = set(note_ids)
-        for run_notes in self.notes.values():
-            for note_id in wanted & run_notes.keys():
-                run_notes[note_id]["seen"] = True  # type: ignore[index]
+        for run_id, note_id in cast(Sequence[tuple[str, int]], note_ids):
+            note = self.notes.get(run_id, {}).get(note_id)
+            if note is not None:
+                note["seen"] = True
 
     def _claim(self, runs_by_key: Mapping[str, str], lease_until_ns: int | None = None) -> set[str]:
         won = set(runs_by_key) - self._claimed
