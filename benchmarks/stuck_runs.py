@@ -59,6 +59,8 @@ class Counters:
 
     server: Callable[[], tuple[float, int]]
     database: Callable[[], float] | None = None
+    check_pages: Callable[[], tuple[float, int, int]] | None = None
+    """Embedded: the time of the sweep's passes that read a background-check page, the pages, their runs."""
 
 
 @contextlib.asynccontextmanager
@@ -71,7 +73,8 @@ async def serving(
             assert sm._api.side is not None
             stats = sm._api.side.side.sweeper.stats
             yield (EmbeddedServer(sm), lambda: flatten(exporter.get_finished_spans()),
-                   Counters(lambda: (stats.seconds, stats.passes)))
+                   Counters(lambda: (stats.seconds, stats.passes),
+                            check_pages=lambda: (stats.check_seconds, stats.check_pages, stats.check_runs)))
         return
     require_upstream()
     with contextlib.ExitStack() as stack:
@@ -135,6 +138,7 @@ async def main() -> None:
                 exporter.clear()
                 seconds_before, passes_before = counters.server()
                 database_before = counters.database() if counters.database is not None else 0.0
+                pages_before = counters.check_pages() if counters.check_pages is not None else None
                 await asyncio.sleep(args.idle)
                 seconds_after, passes_after = counters.server()
                 used, passes = seconds_after - seconds_before, passes_after - passes_before
@@ -142,6 +146,14 @@ async def main() -> None:
                 per = used / passes * 1e3 if passes else per_second
                 if passes:
                     unit = f"ms per pass over {passes} passes ({per_second:.3f} ms per second)"
+                if pages_before is not None and counters.check_pages is not None:
+                    now_pages = counters.check_pages()
+                    page_s, pages, page_runs = (
+                        now_pages[0] - pages_before[0], now_pages[1] - pages_before[1],
+                        now_pages[2] - pages_before[2])
+                    if pages:
+                        unit += (f"; a pass with a background-check page {page_s / pages * 1e3:.3f} ms "
+                                 f"({pages} pages, {page_runs / pages:.1f} runs a page)")
                 else:
                     unit = "ms CPU per second, whole server"
                 first = first or per

@@ -91,6 +91,9 @@ class SweepStats:
     purged: int = 0  # runs whose records went after their retention
     taken_over: int = 0  # claims whose process died before exporting, emitted by this one
     unflushed: int = 0  # flushes that did not complete: their claims kept (lease renewed), flushed again
+    check_pages: int = 0  # pages of the background check read
+    check_runs: int = 0  # open runs those pages held
+    check_seconds: float = 0.0  # the time of the passes that read a page (included in `seconds`)
 
 
 @dataclass
@@ -208,7 +211,7 @@ class Sweeper:
         `max_runs_per_pass`), the background check's page of open runs read in full. A run touched
         again while it is swept is swept again at the next pass.
         """
-        started = time.perf_counter()
+        started, pages_before = time.perf_counter(), self.stats.check_pages
         await self.store.ensure_indexes()
         touched = await self.store.touched_runs(self.max_runs_per_pass)
         checked = await self._check_page(check_all, {run.run_id for run in touched})
@@ -227,8 +230,11 @@ class Sweeper:
         if self._purge_due:
             self._purge_due = False
             self.stats.purged += await self.store.purge_expired(time.time_ns(), self.purge_page)
+        elapsed = time.perf_counter() - started
         self.stats.passes += 1
-        self.stats.seconds += time.perf_counter() - started
+        self.stats.seconds += elapsed
+        if self.stats.check_pages != pages_before:
+            self.stats.check_seconds += elapsed
         return len(touched) + len(checked)
 
     async def _check_page(self, check_all: bool, touched: set[str]) -> list[RunContext]:
@@ -257,6 +263,8 @@ class Sweeper:
         end = min(CHECK_KEYS, start + self._check_window)
         limit = 2 * self.check_page
         page = await self.store.open_runs_by_key(start, end, limit)
+        self.stats.check_pages += 1
+        self.stats.check_runs += len(page)
         self._round_runs += len(page)
         if len(page) == limit:  # more runs than thought (many opened since): a narrower window
             end = check_key(page[-1].run_id) + 1

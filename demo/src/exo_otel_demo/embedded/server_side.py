@@ -188,6 +188,10 @@ class MemoryRunStore:
             if run_id in self.runs:
                 self.runs[run_id]["touched"] = False
             self._touched.discard(run_id)
+        if not self._touched:
+            # A set keeps the table its largest size needed: iterating it, even empty, walks all of it
+            # (after a burst of 10,000 triggers, every idle pass did). A new one is as small as it holds.
+            self._touched = set()
 
     def _notes_of(self, run_ids: Sequence[str], unseen_only: bool) -> dict[str, RunNotes]:
         now = time.time_ns()
