@@ -91,7 +91,7 @@ async def one_whole_run(database: Any, store: MongoRunStore, sweeper: Sweeper) -
     await store.save_run(run)
     states = [state_document(run.run_id, "start", "SUCCESS"), state_document(run.run_id, "side", "ERRORED")]
     await database["State"].insert_many(states)
-    await store.mark_ready(run.run_id)
+    await store.mark_ready(run)
     done, failed = str(states[0]["_id"]), str(states[1]["_id"])
     store.states_taken({done: run.run_id})
     await store.note_requeue(done, time.time_ns(), 10)
@@ -117,6 +117,8 @@ async def one_whole_run(database: Any, store: MongoRunStore, sweeper: Sweeper) -
     await store.load_runs([revived.run_id])
     discarded = new_run_context(str(uuid.uuid4()), "ns", "g", time.time_ns(), None, None)
     await store.save_run(discarded)
+    await store.stalled_triggers(time.time_ns() + 1, 10)  # the trigger just begun, taken for stalled
+    await store.runs_with_states([discarded.run_id])
     await store.discard_run(discarded.run_id)
 
 

@@ -9,6 +9,10 @@ other processes can use it while the caller's loop is busy or blocked.
 
 ``database_requests()`` leaves out the drivers' monitoring (``hello``, ``isMaster``, ``ping`` and the
 handshake): what is left is the work the application asked of the database.
+
+``hold``, where given, sees each whole client message before it is forwarded: when it answers True,
+that message and everything after it on its connection are not forwarded (the connection is closed),
+so a test can stop a client at an exact request.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import contextlib
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 OP_MSG = 2013
@@ -61,8 +65,9 @@ def target_of(message: bytes) -> tuple[str, str | None]:
 class MongoCountingProxy:
     """Forwards ``127.0.0.1:<port>`` to the server at ``target`` (a ``mongodb://host:port/`` URI)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, hold: Callable[[bytes], bool] | None = None) -> None:
         parts = urlsplit(target)
+        self._hold = hold
         assert parts.hostname is not None and parts.port is not None, target
         self._target = (parts.hostname, parts.port)
         self._query = parts.query
@@ -126,6 +131,8 @@ class MongoCountingProxy:
                 header = await client_reader.readexactly(_HEADER.size)
                 (length,) = struct.unpack_from("<i", header)
                 message = header + await client_reader.readexactly(length - _HEADER.size)
+                if self._hold is not None and self._hold(message):
+                    break
                 command, collection = target_of(message)
                 with self._lock:
                     self._counts[command] += 1
@@ -151,8 +158,10 @@ class MongoCountingProxy:
 
 
 @contextlib.contextmanager
-def mongo_counting_proxy(target: str) -> Iterator[MongoCountingProxy]:
-    proxy = MongoCountingProxy(target)
+def mongo_counting_proxy(
+    target: str, hold: Callable[[bytes], bool] | None = None
+) -> Iterator[MongoCountingProxy]:
+    proxy = MongoCountingProxy(target, hold)
     proxy.start()
     try:
         yield proxy

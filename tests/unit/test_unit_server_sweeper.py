@@ -40,7 +40,7 @@ class World:
     async def run(self, sampled: bool = True, run_id: str = RUN_ID, **changes: Any) -> RunContext:
         run = RunContext(run_id, "ns", "greet", self.t0_ms * MS, sampled, **changes)
         await self.store.save_run(run)
-        await self.store.mark_ready(run_id)
+        await self.store.mark_ready(run)
         return run
 
     def state(
@@ -131,10 +131,10 @@ async def test_next_states_in_progress_hold_the_run_open(
     server_tracer: trace.Tracer, exporter: InMemorySpanExporter
 ) -> None:
     world = World()
-    await world.run()
+    run = await world.run()
     world.state("s1", "start", "SUCCESS", at_ms=10)
     token = await world.store.begin_next_states(["s1"])
-    await world.store.mark_ready(RUN_ID)  # touched
+    await world.store.mark_ready(run)  # touched
     sweep = sweeper(world, server_tracer)
     await sweep.sweep_once(check_all=True)
     assert exporter.get_finished_spans() == ()  # s1 looks settled, but its next states are not in yet
@@ -379,3 +379,48 @@ def test_the_retention_is_explicit_or_the_environments_and_a_bad_value_is_refuse
             monkeypatch.setenv(RETENTION_ENV, bad_env)
             assert retention_seconds() == DEFAULT_RETENTION_SECONDS
     assert len([r for r in caplog.records if RETENTION_ENV in r.getMessage()]) == 3
+
+
+async def test_a_run_whose_trigger_process_died_mid_trigger_is_completed_by_another_process(
+    server_tracer: trace.Tracer, exporter: InMemorySpanExporter
+) -> None:
+    # The dead process kept the runs' contexts and never made them ready: one had its states created,
+    # the other none (upstream's trigger failed with its process).
+    world = World()
+    begun = RunContext(RUN_ID, "ns", "greet", world.t0_ms * MS, True)
+    never = RunContext(RUN_ID[:-2] + "99", "ns", "greet", world.t0_ms * MS, True)
+    for run in (begun, never):
+        await world.store.save_run(run)
+    await two_states_done(world)
+    patient = sweeper(world, server_tracer, stalled_trigger_seconds=3600.0)  # the runs are a minute old
+    await patient.sweep_once(check_all=True)
+    assert exporter.get_finished_spans() == () and patient.stats.stalled_triggers == 0
+    sweep = sweeper(world, server_tracer, stalled_trigger_seconds=30.0)
+    await sweep.sweep_once(check_all=True)  # the root; the run made ready and touched
+    await sweep.sweep_once()
+    assert names(exporter) == ["node finish", "node start", "run greet", "settle greet"]
+    root = next(s for s in exporter.get_finished_spans() if s.name == "run greet")
+    assert root.start_time == root.end_time == begun.start_ns  # the trigger's end is not known
+    assert sweep.stats.stalled_triggers == 1 and never.run_id not in world.store.runs
+    assert not world.store.runs[RUN_ID]["open"]
+    # Another process coming after emits nothing again.
+    later = sweeper(world, server_tracer, stalled_trigger_seconds=30.0)
+    await later.sweep_once(check_all=True)
+    assert len(exporter.get_finished_spans()) == 4 and later.stats.stalled_triggers == 0
+
+
+async def test_a_slow_trigger_taken_for_dead_keeps_its_run_when_it_completes(
+    server_tracer: trace.Tracer, exporter: InMemorySpanExporter
+) -> None:
+    world = World()
+    run = RunContext(RUN_ID, "ns", "greet", world.t0_ms * MS, True)
+    await world.store.save_run(run)
+    await sweeper(world, server_tracer, stalled_trigger_seconds=30.0).sweep_once(check_all=True)
+    assert RUN_ID not in world.store.runs  # no state yet: taken for a trigger that failed with its process
+    await two_states_done(world)  # it was only slow: its states come (noted with no run), then its end
+    await world.store.mark_ready(run)
+    sweep = sweeper(world, server_tracer)
+    await sweep.sweep_once()  # touched: no note names its states
+    assert exporter.get_finished_spans() == ()
+    await sweep.sweep_once(check_all=True)  # the background check reads it in full
+    assert names(exporter) == ["node finish", "node start", "settle greet"]

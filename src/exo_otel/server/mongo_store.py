@@ -37,6 +37,7 @@ INDEXES: Final = (
     (RUNS_COLLECTION, [("touched", 1), ("open", 1), ("ready", 1)], "exo_otel_touched"),
     (RUNS_COLLECTION, [("check_key", 1)], CHECK_KEY_INDEX),
     (RUNS_COLLECTION, [("expires_ns", 1)], "exo_otel_expiry"),
+    (RUNS_COLLECTION, [("ready", 1), ("start_ns", 1)], "exo_otel_triggers"),
     (NOTES_COLLECTION, [("run_id", 1), ("seen", 1)], "exo_otel_notes_by_run"),
     (CLAIMS_COLLECTION, [("run_id", 1)], "exo_otel_claims_by_run"),
     (CLAIMS_COLLECTION, [("done", 1), ("lease_ns", 1)], "exo_otel_claim_leases"),
@@ -119,12 +120,26 @@ class MongoRunStore:
         document = {"_id": run.run_id, **run.to_document(), "ready": False, "open": True, "touched": False}
         await self._runs().insert_one(document)
 
-    async def mark_ready(self, run_id: str) -> None:
-        ready = {"ready": True, "touched": True, "check_key": check_key(run_id)}
-        await self._runs().update_one({"_id": run_id}, {"$set": ready})
+    async def mark_ready(self, run: RunContext) -> None:
+        ready = {"ready": True, "touched": True, "check_key": check_key(run.run_id)}
+        kept = {**run.to_document(), "open": True}  # only if discarded meanwhile (one atomic upsert)
+        await self._runs().update_one({"_id": run.run_id}, {"$set": ready, "$setOnInsert": kept}, upsert=True)
 
     async def discard_run(self, run_id: str) -> None:
-        await self._runs().delete_one({"_id": run_id})
+        await self._runs().delete_one({"_id": run_id, "ready": False})
+
+    async def stalled_triggers(self, started_before_ns: int, limit: int) -> list[RunContext]:
+        # exo_otel_triggers: its equality prefix admits the runs whose trigger is in flight, no other.
+        cursor = self._runs().find({"ready": False, "start_ns": {"$lt": started_before_ns}})
+        found = await cursor.sort("start_ns", 1).limit(limit).to_list(None)
+        return [RunContext.from_document(doc) for doc in found]
+
+    async def runs_with_states(self, run_ids: Sequence[str]) -> set[str]:
+        begun = set()
+        for run_id in run_ids:  # the app's run_id_status_index, by its prefix: one probe per run
+            if await self._states().find_one({"run_id": run_id}, {"_id": 1}) is not None:
+                begun.add(run_id)
+        return begun
 
     async def load_runs(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
         wanted = sorted(set(run_ids))

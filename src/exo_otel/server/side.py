@@ -103,7 +103,7 @@ class ServerSide:
             with guard("emitting a run's root"):
                 emit_run_root(self.tracer, run, time.time_ns())
             self.sweeper.emitted(f"root:{run.run_id}")
-        await self.store.mark_ready(run.run_id)
+        await self.store.mark_ready(run)
         self.sweeper.nudge()
 
     async def state_retried(

@@ -34,11 +34,19 @@ class RunStore(Protocol):
     async def save_run(self, run: RunContext) -> None:
         """Keep a new run's context (not yet swept: `mark_ready` makes it so)."""
 
-    async def mark_ready(self, run_id: str) -> None:
-        """The trigger is complete: the run's states are in; the sweeper may settle it."""
+    async def mark_ready(self, run: RunContext) -> None:
+        """The trigger is complete: the run's states are in; the sweeper may settle it. A run whose
+        context is gone meanwhile (taken for a dead trigger's, `discard_run`) is kept again."""
 
     async def discard_run(self, run_id: str) -> None:
-        """The trigger failed: forget the run's context."""
+        """The trigger failed: forget the run's context, if it is not ready (a ready run stays)."""
+
+    async def stalled_triggers(self, started_before_ns: int, limit: int) -> list[RunContext]:
+        """Runs whose trigger began before ``started_before_ns`` and never completed (not ready): at
+        most ``limit``, the oldest first. Their process died mid-trigger, or is very slow."""
+
+    async def runs_with_states(self, run_ids: Sequence[str]) -> set[str]:
+        """Those of these runs the state manager holds a state of."""
 
     async def load_runs(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
         """The contexts of these runs (those that have one)."""

@@ -40,6 +40,9 @@ MAX_ATTEMPTED = 200_000
 # until then it is leased: a process that dies before exporting leaves it to be taken over after this.
 CLAIM_LEASE_SECONDS = 60.0
 FLUSH_TIMEOUT_MS = 10_000
+# A trigger not complete this long after it began is taken for one whose process died in it (after the
+# run's context was kept, before it was made ready): another process completes what it can of it.
+STALLED_TRIGGER_SECONDS = CLAIM_LEASE_SECONDS
 # Claims kept unconfirmed while exports fail, at most: past it the oldest are made final (their spans
 # wait in, or were dropped from, the span processor's own bounded queue: re-emitting cannot help).
 MAX_UNCONFIRMED = 100_000
@@ -90,6 +93,7 @@ class SweepStats:
     errors: int = 0
     purged: int = 0  # runs whose records went after their retention
     taken_over: int = 0  # claims whose process died before exporting, emitted by this one
+    stalled_triggers: int = 0  # runs whose trigger's process died mid-trigger, made ready by this one
     unflushed: int = 0  # flushes that did not complete: their claims kept (lease renewed), flushed again
     check_pages: int = 0  # pages of the background check read
     check_runs: int = 0  # open runs those pages held
@@ -118,6 +122,7 @@ class Sweeper:
     purge_page: int = 1000
     flush: Flush | None = None  # None: spans are out once emitted (no SDK provider to flush)
     lease_seconds: float = CLAIM_LEASE_SECONDS
+    stalled_trigger_seconds: float = STALLED_TRIGGER_SECONDS
     stats: SweepStats = field(default_factory=SweepStats)
     _task: asyncio.Task[None] | None = None
     _wake: asyncio.Event | None = None
@@ -220,8 +225,10 @@ class Sweeper:
             await self._sweep_changes(touched)
         if checked:
             await self._sweep_in_full(checked)
+        adopted = 0
         if self._takeover_due:
             self._takeover_due = False
+            adopted = await self._complete_stalled_triggers()
             if not self._flush_failing:  # taking over what this process cannot export helps nobody
                 await self._take_over_stale()
         await self._confirm()
@@ -235,7 +242,34 @@ class Sweeper:
         self.stats.seconds += elapsed
         if self.stats.check_pages != pages_before:
             self.stats.check_seconds += elapsed
-        return len(touched) + len(checked)
+        return len(touched) + len(checked) + adopted
+
+    async def _complete_stalled_triggers(self) -> int:
+        """Do for the runs whose trigger's process died in it what the trigger's end would have done:
+        claim and emit the root (ending where it starts: the trigger's end is unknown), and make the run
+        ready, touched, so the next pass sweeps it. A run none of whose states was created is no run
+        (upstream failed its trigger): its context goes. Returns how many were made ready."""
+        started_before = time.time_ns() - int(self.stalled_trigger_seconds * 1e9)
+        stalled = await self.store.stalled_triggers(started_before, self.max_runs_per_pass)
+        if not stalled:
+            return 0
+        begun = await self.store.runs_with_states([run.run_id for run in stalled])
+        for run in stalled:
+            if run.run_id not in begun:
+                await self.store.discard_run(run.run_id)
+                continue
+            if await self.store.claim_root(run.run_id, self.lease_until()):
+                self._unconfirmed.append(f"root:{run.run_id}")
+                with guard("emitting a stalled trigger's root"):
+                    emit_run_root(self.tracer, run, run.start_ns)
+            await self.store.mark_ready(run)
+        self.stats.stalled_triggers += len(begun)
+        _logger.warning(
+            "exo_otel: completed %d run(s) whose trigger never completed in %.0f s (its state manager "
+            "process stopped in it), forgot %d that had no state", len(begun), self.stalled_trigger_seconds,
+            len(stalled) - len(begun),
+        )
+        return len(begun)
 
     async def _check_page(self, check_all: bool, touched: set[str]) -> list[RunContext]:
         now = time.monotonic()

@@ -71,6 +71,7 @@ class MemoryRunStore:
         self._claimed: set[str] = set()
         self._leases: dict[str, tuple[str, int]] = {}  # unconfirmed claim: (run id, lease end)
         self._touched: set[str] = set()  # ready, open and touched
+        self._unready: dict[str, int] = {}  # run id: start (ns), of the runs whose trigger is in flight
         self._open: list[tuple[int, str]] = []  # (check key, run id) of ready, open runs, sorted
         self._expiries: list[tuple[int, str]] = []  # (expires_ns, run id) of closed runs, a heap
         self._note_ids = itertools.count()
@@ -106,17 +107,32 @@ class MemoryRunStore:
     async def save_run(self, run: RunContext) -> None:
         entry = {"run": run, "ready": False, "open": True, "touched": False, "expires_ns": None}
         self.runs[run.run_id] = entry
+        self._unready[run.run_id] = run.start_ns
 
-    async def mark_ready(self, run_id: str) -> None:
-        entry = self.runs[run_id]
+    async def mark_ready(self, run: RunContext) -> None:
+        if run.run_id not in self.runs:
+            await self.save_run(run)
+        entry = self.runs[run.run_id]
         if not entry["ready"]:
             entry["ready"] = True
-            bisect.insort(self._open, (check_key(run_id), run_id))
-        self._touch(run_id)
+            self._unready.pop(run.run_id, None)
+            bisect.insort(self._open, (check_key(run.run_id), run.run_id))
+        self._touch(run.run_id)
 
     async def discard_run(self, run_id: str) -> None:
-        self.runs.pop(run_id, None)
-        self.notes.pop(run_id, None)
+        entry = self.runs.get(run_id)
+        if entry is not None and not entry["ready"]:
+            del self.runs[run_id]
+            self._unready.pop(run_id, None)
+            self.notes.pop(run_id, None)
+
+    async def stalled_triggers(self, started_before_ns: int, limit: int) -> list[RunContext]:
+        stalled = sorted((start, run) for run, start in self._unready.items() if start < started_before_ns)
+        return [self.runs[run_id]["run"] for _, run_id in stalled[:limit]]
+
+    async def runs_with_states(self, run_ids: Sequence[str]) -> set[str]:
+        with self.db.lock:
+            return {run_id for run_id in run_ids if self.db.run_states.get(run_id)}
 
     async def load_runs(self, run_ids: Iterable[str]) -> dict[str, RunContext]:
         return {r: self.runs[r]["run"] for r in run_ids if r in self.runs}
@@ -172,7 +188,7 @@ class MemoryRunStore:
     async def revive_run(self, run: RunContext) -> None:
         if run.run_id not in self.runs:
             await self.save_run(run)
-            await self.mark_ready(run.run_id)
+            await self.mark_ready(run)
             self._claim({f"outcome:{run.run_id}": run.run_id})
 
     async def touched_runs(self, limit: int) -> list[RunContext]:
