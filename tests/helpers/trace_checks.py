@@ -96,6 +96,8 @@ class RunReport:
     outcome_lag_ms: list[float] = field(default_factory=list)
     # Per run received over OTLP: when its root reached the receiver, after the trigger was handled.
     root_export_ms: list[float] = field(default_factory=list)
+    # Per node span received over OTLP: when it reached the receiver, after its state ended (its end).
+    node_export_ms: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -110,8 +112,16 @@ class RunReport:
             f"dangling_parents={self.dangling_parents} dangling_links={self.dangling_links} "
             f"executes={self.executes} executes_misplaced={self.executes_misplaced} "
             f"outcome_end_after_last_node_ms(p50/max)={_p50_max(self.outcome_lag_ms)} "
-            f"root_exported_after_trigger_ms(p50/max)={_p50_max(self.root_export_ms)}"
+            f"root_exported_after_trigger_ms(p50/max)={_p50_max(self.root_export_ms)} "
+            f"node_exported_after_state_end_ms(p50/p99/max)={_p50_p99_max(self.node_export_ms)}"
         )
+
+
+def _p50_p99_max(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[len(ordered) // 2]:.0f}/{ordered[len(ordered) * 99 // 100]:.0f}/{ordered[-1]:.0f}"
 
 
 def _p50_max(values: list[float]) -> str:
@@ -162,6 +172,8 @@ def check_runs(
             node = node_ids.get(f"{state_span_id(state['state_id']):016x}")
             if node is not None and node.parent_span_id == root_id:
                 report.placed += 1
+                if node.received_ns is not None:
+                    report.node_export_ms.append((node.received_ns - node.end_ns) / 1e6)
             else:
                 report.problems.append(f"state {state['state_id']} ({state.get('identifier')}) not placed")
         for span in trace:

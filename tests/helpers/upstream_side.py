@@ -204,6 +204,51 @@ async def run_states(
     return dict(zip(run_ids, found, strict=True))
 
 
+PENDING = ("CREATED", "QUEUED", "EXECUTED")  # what upstream's runs API counts as pending
+
+
+async def unsettled_runs(uri: str, api_key: str, namespace: str, run_ids: list[str]) -> dict[str, list[str]]:
+    """The runs not settled (a state pending, or fewer than the graph's states), each with its states'
+    ``identifier:status`` from the server's run-graph route."""
+    states = await run_states(uri, api_key, namespace, run_ids)
+    return {
+        run_id: sorted(f"{s['identifier']}:{s['status']}" for s in of_run)
+        for run_id, of_run in states.items()
+        if len(of_run) < ug.STATES_PER_RUN or any(s["status"] in PENDING for s in of_run)
+    }
+
+
+def upstream_prune_race(unsettled: dict[str, list[str]]) -> str:
+    """Why a run stuck in this shape is upstream's: every `work` done, one of them PRUNED, no `merge`.
+    Upstream 0.0.3's prune handler (app/controller/prune_signal.py) only sets the state PRUNED; it never
+    checks the unites node, which only a state's successful execution does. So when the pruned `work`
+    is the last of the three to leave QUEUED (its prune reported after the other two succeeded), no
+    process ever creates `merge` and the run stays open for good, with or without exo_otel."""
+    stuck = [
+        run_id for run_id, states in unsettled.items()
+        if not any(s.split(":")[1] in PENDING for s in states)
+        and "work:PRUNED" in states and not any(s.startswith("merge:") for s in states)
+    ]
+    if not stuck:
+        return ""
+    return (f"; {len(stuck)} of them stuck by upstream's prune never creating the unites state (every work "
+            "done, one pruned, no merge: see upstream_prune_race)")
+
+
+
+
+async def wait_settled_saying_why(
+    uri: str, api_key: str, namespace: str, run_ids: list[str], timeout: float
+) -> None:
+    """`wait_settled` for runs of the test graph; when some do not settle, the AssertionError says where
+    each one stands, and whether upstream's prune race stranded it (`upstream_prune_race`)."""
+    try:
+        await wait_settled(uri, api_key, namespace, run_ids, timeout=timeout)
+    except AssertionError as unsettled:
+        where = await unsettled_runs(uri, api_key, namespace, run_ids)
+        raise AssertionError(f"{unsettled}: {where}{upstream_prune_race(where)}") from None
+
+
 @dataclass
 class LoadResult:
     run_ids: list[str]
@@ -249,7 +294,7 @@ async def run_load(
         client = StateManager(namespace=namespace, state_manager_uri=trigger_at, key=server.api_key)
         run_ids = await trigger_runs(client, trigger_at, server.api_key, namespace, n, sdk)
         timeout = 60 + settle_seconds_per_run * n
-        await wait_settled(server.uri, server.api_key, namespace, run_ids, timeout=timeout)
+        await wait_settled_saying_why(server.uri, server.api_key, namespace, run_ids, timeout=timeout)
         settled = time.monotonic()
         roots = {format_trace_id(r) for r in run_ids}
 

@@ -43,7 +43,7 @@ from helpers.mongo_proxy import mongo_counting_proxy, target_of
 from helpers.otlp_receiver import OtlpHttpReceiver
 from helpers.trace_checks import check_runs, flatten
 from helpers.upstream_harness.database import secantus_database
-from helpers.upstream_harness.processes import Settings, UpstreamServer, start_uvicorn, stop, uvicorn_server
+from helpers.upstream_harness.processes import Settings, start_uvicorn, stop, uvicorn_server
 from helpers.upstream_harness.venvs import server_python
 from helpers.upstream_side import (
     SIDE_PIP,
@@ -54,7 +54,7 @@ from helpers.upstream_side import (
     run_states,
     spans_of,
     trigger_runs,
-    wait_settled,
+    wait_settled_saying_why,
 )
 from helpers.upstream_sm import require_upstream
 
@@ -108,37 +108,6 @@ async def until_server_spans(receiver: OtlpHttpReceiver, run_ids: list[str], dea
         await asyncio.sleep(0.5)
 
 
-PENDING = ("CREATED", "QUEUED", "EXECUTED")  # what upstream's runs API counts as pending
-
-
-async def unsettled_runs(server: UpstreamServer, namespace: str, run_ids: list[str]) -> dict[str, list[str]]:
-    """The runs not settled (a state pending, or fewer than the graph's states), each with its states'
-    ``identifier:status`` from the server's run-graph route."""
-    states = await run_states(server.uri, server.api_key, namespace, run_ids)
-    return {
-        run_id: sorted(f"{s['identifier']}:{s['status']}" for s in of_run)
-        for run_id, of_run in states.items()
-        if len(of_run) < ug.STATES_PER_RUN or any(s["status"] in PENDING for s in of_run)
-    }
-
-
-def upstream_prune_race(unsettled: dict[str, list[str]]) -> str:
-    """Why a run stuck in this shape is upstream's: every `work` done, one of them PRUNED, no `merge`.
-    Upstream 0.0.3's prune handler (app/controller/prune_signal.py) only sets the state PRUNED; it never
-    checks the unites node, which only a state's successful execution does. So when the pruned `work`
-    is the last of the three to leave QUEUED (its prune reported after the other two succeeded), no
-    process ever creates `merge` and the run stays open for good, with or without exo_otel."""
-    stuck = [
-        run_id for run_id, states in unsettled.items()
-        if not any(s.split(":")[1] in PENDING for s in states)
-        and "work:PRUNED" in states and not any(s.startswith("merge:") for s in states)
-    ]
-    if not stuck:
-        return ""
-    return (f"; {len(stuck)} of them stuck by upstream's prune never creating the unites state (every work "
-            "done, one pruned, no merge: see upstream_prune_race)")
-
-
 # In `make test-upstream`, not CI: in one CI run the stalled case left 1 of 20 runs unsettled on
 # upstream's side after 460 s (the spans of the 19 others were whole). Seen again (issue 24, the
 # answering case): the run had start, split x3, work SUCCESS, SUCCESS, PRUNED and no merge, with
@@ -178,11 +147,7 @@ async def test_a_server_killed_and_restarted_mid_load_loses_and_duplicates_no_sp
                 killed_at = time.monotonic()
                 victim = start_uvicorn(settings, instrument=True, pip=pip, port=port, **env)
                 restarted_s = time.monotonic() - killed_at
-                try:
-                    await wait_settled(steady.uri, steady.api_key, namespace, run_ids, timeout=SETTLE_S)
-                except AssertionError as unsettled:  # say which runs, and where each one stands
-                    where = await unsettled_runs(steady, namespace, run_ids)
-                    raise AssertionError(f"{unsettled}: {where}{upstream_prune_race(where)}") from None
+                await wait_settled_saying_why(steady.uri, steady.api_key, namespace, run_ids, SETTLE_S)
                 settled_s = time.monotonic() - started
                 traces = {format_trace_id(run_id) for run_id in run_ids}
                 wanted = RUNS * (ug.STATES_PER_RUN + 2)  # root, outcome, a node span per state
@@ -294,7 +259,7 @@ async def test_a_server_killed_in_the_middle_of_its_triggers_leaves_every_run_wh
                 answered = [a for a in answers if isinstance(a, str)]
                 left = await unready_runs(database.uri, settings.database_name)
                 run_ids = answered + [run for run, has_states in left.items() if has_states]
-                await wait_settled(steady.uri, steady.api_key, namespace, run_ids, timeout=SETTLE_S)
+                await wait_settled_saying_why(steady.uri, steady.api_key, namespace, run_ids, SETTLE_S)
                 settled_s = time.monotonic() - started
                 deadline = time.monotonic() + STALLED_TRIGGER_S + 90
                 await until_server_spans(receiver, run_ids, deadline)
