@@ -43,7 +43,7 @@ from helpers.mongo_proxy import mongo_counting_proxy, target_of
 from helpers.otlp_receiver import OtlpHttpReceiver
 from helpers.trace_checks import check_runs, flatten
 from helpers.upstream_harness.database import secantus_database
-from helpers.upstream_harness.processes import Settings, start_uvicorn, stop, uvicorn_server
+from helpers.upstream_harness.processes import Settings, UpstreamServer, start_uvicorn, stop, uvicorn_server
 from helpers.upstream_harness.venvs import server_python
 from helpers.upstream_side import (
     SIDE_PIP,
@@ -90,6 +90,12 @@ def stalled_collector() -> Iterator[str]:
         listener.close()
         for connection in held:
             connection.close()
+
+
+def logged_total(pattern: str, *servers: UpstreamServer) -> int:
+    """The sum of the numbers ``pattern``'s group matched in these servers' logs."""
+    logs = "".join(server.log.read_text(errors="replace") for server in servers)
+    return sum(int(n) for n in re.findall(pattern, logs))
 
 
 def server_spans(receiver: OtlpHttpReceiver, run_ids: list[str]) -> int:
@@ -163,8 +169,7 @@ async def test_a_server_killed_and_restarted_mid_load_loses_and_duplicates_no_sp
     spans = spans_of(run_ids, receiver.spans(), flatten(span_exporter.get_finished_spans()))
     report = check_runs(spans, states_by_run, ug.GRAPH)
     from_killed = sum(1 for s in receiver.spans() if s.trace_id in traces and s.process_pid == killed_pid)
-    logs = steady.log.read_text(errors="replace") + victim.log.read_text(errors="replace")
-    taken_over = sum(int(n) for n in re.findall(r"exo_otel: emitted (\d+) span\(s\) another", logs))
+    taken_over = logged_total(r"exo_otel: emitted (\d+) span\(s\) another", steady, victim)
     print(
         f"\n[killed and restarted, collector {collector}] runs={RUNS} {report.summary()}\n"
         f"  killed {KILL_AFTER_S:.0f} s into the load, restarted in {restarted_s:.1f} s; settled after "
@@ -274,8 +279,7 @@ async def test_a_server_killed_in_the_middle_of_its_triggers_leaves_every_run_wh
         states_by_run = await run_states(steady.uri, steady.api_key, namespace, run_ids)
     spans = spans_of(run_ids, receiver.spans(), flatten(span_exporter.get_finished_spans()))
     report = check_runs(spans, states_by_run, ug.GRAPH)
-    logs = steady.log.read_text(errors="replace") + victim.log.read_text(errors="replace")
-    completed = sum(int(n) for n in re.findall(r"exo_otel: completed (\d+) run\(s\) whose trigger", logs))
+    completed = logged_total(r"exo_otel: completed (\d+) run\(s\) whose trigger", steady, victim)
     print(
         f"\n[killed mid-trigger] {TRIGGERS} triggers at once, the process killed at its root claim "
         f"{KILL_AT_ROOT_CLAIM}, {kill.killed_at - started:.1f} s in: {len(answered)} answered, {len(left)} "
