@@ -132,17 +132,20 @@ async def trigger_runs(
             *(client.trigger(graph, store={"topic": uuid.uuid4().hex}) for _ in range(n))
         )
         return [str(a["run_id"]) for a in answers]
-    url = f"{uri}/v0/namespace/{namespace}/graph/{graph}/trigger"
-
-    async def post(session: aiohttp.ClientSession) -> str:
-        async with session.post(
-            url, json={"store": {"topic": uuid.uuid4().hex}}, headers={"x-api-key": api_key}
-        ) as answer:
-            answer.raise_for_status()
-            return str((await answer.json())["run_id"])
-
     async with aiohttp.ClientSession() as session:
-        return list(await asyncio.gather(*(post(session) for _ in range(n))))
+        posts = (post_trigger(session, uri, api_key, namespace, graph) for _ in range(n))
+        return list(await asyncio.gather(*posts))
+
+
+async def post_trigger(
+    session: aiohttp.ClientSession, uri: str, api_key: str, namespace: str, graph: str = ug.GRAPH
+) -> str:
+    """One run of ``graph`` started by a plain HTTP POST (a fresh store topic); its run id."""
+    url = f"{uri}/v0/namespace/{namespace}/graph/{graph}/trigger"
+    body = {"store": {"topic": uuid.uuid4().hex}}
+    async with session.post(url, json=body, headers={"x-api-key": api_key}) as answer:
+        answer.raise_for_status()
+        return str((await answer.json())["run_id"])
 
 
 async def wait_settled(
@@ -233,8 +236,6 @@ def upstream_prune_race(unsettled: dict[str, list[str]]) -> str:
         return ""
     return (f"; {len(stuck)} of them stuck by upstream's prune never creating the unites state (every work "
             "done, one pruned, no merge: see upstream_prune_race)")
-
-
 
 
 async def wait_settled_saying_why(

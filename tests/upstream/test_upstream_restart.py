@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from exo_otel.core.ids import format_trace_id
 from exo_otel.sdk.instrumentor import ExosphereInstrumentor
 from exo_otel.server.mongo_store import CLAIMS_COLLECTION
+from exo_otel.server.sweeper import STALLED_TRIGGER_SECONDS
 from helpers import upstream_graph as ug
 from helpers.mongo_proxy import mongo_counting_proxy, target_of
 from helpers.otlp_receiver import OtlpHttpReceiver
@@ -51,6 +52,7 @@ from helpers.upstream_side import (
     assert_every_run_whole,
     graph_runtime,
     otel_env,
+    post_trigger,
     run_states,
     spans_of,
     trigger_runs,
@@ -185,21 +187,13 @@ async def test_a_server_killed_and_restarted_mid_load_loses_and_duplicates_no_sp
 UNREADY_RUNS = Path(__file__).resolve().parents[1] / "helpers" / "unready_runs.py"
 TRIGGERS = 20
 KILL_AT_ROOT_CLAIM = 10  # the victim dies as its 10th trigger, its states created, claims its root
-STALLED_TRIGGER_S = 60.0  # exo_otel.server.sweeper.STALLED_TRIGGER_SECONDS
 
 
 async def post_triggers(uri: str, api_key: str, namespace: str, n: int) -> list[str | BaseException]:
     """``n`` plain-HTTP triggers at once; each one's run id, or what its request raised."""
-    url = f"{uri}/v0/namespace/{namespace}/graph/{ug.GRAPH}/trigger"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-
-        async def post() -> str:
-            async with session.post(url, json={"store": {"topic": uuid.uuid4().hex}},
-                                    headers={"x-api-key": api_key}) as answer:
-                answer.raise_for_status()
-                return str((await answer.json())["run_id"])
-
-        return list(await asyncio.gather(*(post() for _ in range(n)), return_exceptions=True))
+        posts = (post_trigger(session, uri, api_key, namespace) for _ in range(n))
+        return list(await asyncio.gather(*posts, return_exceptions=True))
 
 
 async def unready_runs(uri: str, database: str) -> dict[str, bool]:
@@ -266,7 +260,7 @@ async def test_a_server_killed_in_the_middle_of_its_triggers_leaves_every_run_wh
                 run_ids = answered + [run for run, has_states in left.items() if has_states]
                 await wait_settled_saying_why(steady.uri, steady.api_key, namespace, run_ids, SETTLE_S)
                 settled_s = time.monotonic() - started
-                deadline = time.monotonic() + STALLED_TRIGGER_S + 90
+                deadline = time.monotonic() + STALLED_TRIGGER_SECONDS + 90
                 await until_server_spans(receiver, run_ids, deadline)
                 while (still_unready := await unready_runs(database.uri, settings.database_name)) and (
                     time.monotonic() < deadline

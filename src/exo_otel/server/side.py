@@ -18,9 +18,8 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from exo_otel.core import attributes as attr
 from exo_otel.core.cpu_report import CPU_TIME_HEADER, read_cpu_time_header
 from exo_otel.core.lru import LruCache
-from exo_otel.core.spans import guard
 from exo_otel.server.context import RunContext, enqueue_extension, new_run_context
-from exo_otel.server.spans import ServerMetrics, emit_run_root
+from exo_otel.server.spans import ServerMetrics
 from exo_otel.server.store import RunStore
 from exo_otel.server.sweeper import DEFAULT_RETENTION_SECONDS, Flush, Sweeper
 
@@ -96,14 +95,11 @@ class ServerSide:
         """The trigger completed: the run's root is emitted now, and the run may settle from now on.
 
         Only the process handling the trigger gets here, once per run: its claim of the root always
-        wins, and is made final by the sweep's next export (`Sweeper.emitted`), or taken over by another
-        process if this one dies before it.
+        wins (unless it took so long that another process took it for dead), and is made final by the
+        sweep's next export (`Sweeper.start_run`), or taken over by another process if this one dies
+        before it.
         """
-        if await self.store.claim_root(run.run_id, self.sweeper.lease_until()):
-            with guard("emitting a run's root"):
-                emit_run_root(self.tracer, run, time.time_ns())
-            self.sweeper.emitted(f"root:{run.run_id}")
-        await self.store.mark_ready(run)
+        await self.sweeper.start_run(run, time.time_ns())
         self.sweeper.nudge()
 
     async def state_retried(

@@ -225,10 +225,10 @@ class Sweeper:
             await self._sweep_changes(touched)
         if checked:
             await self._sweep_in_full(checked)
-        adopted = 0
+        completed = 0
         if self._takeover_due:
             self._takeover_due = False
-            adopted = await self._complete_stalled_triggers()
+            completed = await self._complete_stalled_triggers()
             if not self._flush_failing:  # taking over what this process cannot export helps nobody
                 await self._take_over_stale()
         await self._confirm()
@@ -242,27 +242,23 @@ class Sweeper:
         self.stats.seconds += elapsed
         if self.stats.check_pages != pages_before:
             self.stats.check_seconds += elapsed
-        return len(touched) + len(checked) + adopted
+        return len(touched) + len(checked) + completed
 
     async def _complete_stalled_triggers(self) -> int:
-        """Do for the runs whose trigger's process died in it what the trigger's end would have done:
-        claim and emit the root (ending where it starts: the trigger's end is unknown), and make the run
-        ready, touched, so the next pass sweeps it. A run none of whose states was created is no run
-        (upstream failed its trigger): its context goes. Returns how many were made ready."""
+        """Do for the runs whose trigger's process died in it what the trigger's end would have done
+        (`start_run`; the root ends where it starts: the trigger's end is unknown). A run none of whose
+        states was created is no run (upstream failed its trigger): its context goes. Returns how many
+        were made ready."""
         started_before = time.time_ns() - int(self.stalled_trigger_seconds * 1e9)
         stalled = await self.store.stalled_triggers(started_before, self.max_runs_per_pass)
         if not stalled:
             return 0
         begun = await self.store.runs_with_states([run.run_id for run in stalled])
         for run in stalled:
-            if run.run_id not in begun:
+            if run.run_id in begun:
+                await self.start_run(run, run.start_ns)
+            else:
                 await self.store.discard_run(run.run_id)
-                continue
-            if await self.store.claim_root(run.run_id, self.lease_until()):
-                self._unconfirmed.append(f"root:{run.run_id}")
-                with guard("emitting a stalled trigger's root"):
-                    emit_run_root(self.tracer, run, run.start_ns)
-            await self.store.mark_ready(run)
         self.stats.stalled_triggers += len(begun)
         _logger.warning(
             "exo_otel: completed %d run(s) whose trigger never completed in %.0f s (its state manager "
@@ -402,9 +398,15 @@ class Sweeper:
         """When a claim made now is left to other processes, unless confirmed by then."""
         return time.time_ns() + int(self.lease_seconds * 1e9)
 
-    def emitted(self, key: str) -> None:
-        """A span claimed under ``key`` was emitted elsewhere in this process: confirm it with the sweep's."""
-        self._unconfirmed.append(key)
+    async def start_run(self, run: RunContext, root_end_ns: int) -> None:
+        """What a trigger's end does, in the process that handled it or for one whose process died in it:
+        claim the run's root and, if won, emit it (its claim confirmed with the sweep's next export);
+        then make the run ready and touched, so that a pass sweeps it."""
+        if await self.store.claim_root(run.run_id, self.lease_until()):
+            with guard("emitting a run's root"):
+                emit_run_root(self.tracer, run, root_end_ns)
+            self._unconfirmed.append(f"root:{run.run_id}")
+        await self.store.mark_ready(run)
 
     async def _confirm(self) -> None:
         """Export what this process emitted (flush), then make its claims final. While a flush does not

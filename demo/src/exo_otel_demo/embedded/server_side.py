@@ -209,8 +209,7 @@ class MemoryRunStore:
 
     async def revive_run(self, run: RunContext) -> None:
         if run.run_id not in self.runs:
-            await self.save_run(run)
-            await self.mark_ready(run)
+            await self.mark_ready(run)  # kept, ready and touched
             self._claim({f"outcome:{run.run_id}": run.run_id})
 
     async def touched_runs(self, limit: int) -> list[RunContext]:
