@@ -222,6 +222,10 @@ class KillAtRootClaim:
         return self.seen >= self.n
 
 
+# In `make test-upstream`, not CI: in 1 of 3 runs (2026-12-06) 2 of 8 runs had their root twice: the
+# killed process had exported those roots and died before confirming their claims, so a live process
+# took them over after the lease (docs/state-manager-side.md, "Exactly once": the duplicate window).
+@pytest.mark.long_load
 @pytest.mark.timeout(900)
 async def test_a_server_killed_in_the_middle_of_its_triggers_leaves_every_run_whole(
     tmp_path: Path,
