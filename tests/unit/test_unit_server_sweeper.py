@@ -16,7 +16,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from exo_otel.core.attributes import SCHEMA_URL
-from exo_otel.core.ids import state_span_id
+from exo_otel.core.ids import state_span_id, trace_id_for_run
 from exo_otel.server.context import RunContext
 from exo_otel.server.spans import ServerMetrics
 from exo_otel.server.store import CHECK_KEYS
@@ -240,6 +240,38 @@ async def test_claims_a_process_could_not_export_are_kept_and_taken_over_once_th
     assert (settle.attributes or {}).get("exosphere.run.cpu_time") == 0.5
     # Its claims final, the run closes.
     assert not world.store.runs[RUN_ID]["open"] and RUN_ID not in world.store.notes
+
+
+async def test_a_root_is_confirmed_as_soon_as_it_is_exported_and_taken_over_as_the_same_span(
+    server_tracer: trace.Tracer, exporter: InMemorySpanExporter
+) -> None:
+    world = World()
+    quick, dying = (RunContext(RUN_ID[:-1] + end, "ns", "greet", world.t0_ms * MS, True) for end in "01")
+    for run in (quick, dying):
+        await world.store.save_run(run)
+    trigger_end = world.t0_ms * MS + 40 * MS
+    exported: list[int] = []
+    first = sweeper(world, server_tracer, flush=lambda timeout_ms: not exported.append(timeout_ms))
+    await first.start_run(quick, trigger_end)
+    assert first._confirmer is not None
+    await first._confirmer  # no pass: the root's export and its claim's confirmation follow its emission
+    assert exported and world.store._leases == {}
+    # A process whose export got out but that died before confirming it (its flush is taken for one that
+    # did not complete: the claim stays leased, the span is in the exporter).
+    dead = sweeper(world, server_tracer, flush=lambda timeout_ms: False, lease_seconds=0.0)
+    await dead.start_run(dying, trigger_end)
+    assert dead._confirmer is not None
+    await dead._confirmer
+    assert list(world.store._leases) == [f"root:{dying.run_id}"]
+    time.sleep(0.001)  # its lease passes
+    survivor = sweeper(world, server_tracer, flush=lambda timeout_ms: True)
+    await survivor.sweep_once()
+    assert survivor.stats.taken_over == 1 and world.store._leases == {}
+    trace_id = trace_id_for_run(dying.run_id)
+    spans = exporter.get_finished_spans()
+    original, again = (s for s in spans if s.context and s.context.trace_id == trace_id)
+    assert again.end_time == original.end_time == trigger_end  # the end its claimant gave it
+    assert again.to_json() == original.to_json()  # ids, times, attributes, links: the same span
 
 
 async def test_a_settled_run_stays_open_while_a_claim_of_it_is_not_final(

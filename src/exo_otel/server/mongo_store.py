@@ -23,7 +23,7 @@ from typing import Any, Final, cast
 from exo_otel.core.lru import LruCache
 from exo_otel.server.context import RunContext
 from exo_otel.server.records import PENDING_STATUSES, RunNotes, StateRecord, apply_note
-from exo_otel.server.store import check_key
+from exo_otel.server.store import StaleClaim, check_key
 
 RUNS_COLLECTION: Final = "exo_otel_runs"
 NOTES_COLLECTION: Final = "exo_otel_notes"
@@ -153,7 +153,12 @@ class MongoRunStore:
         if known is not None:
             return known
         found = await self._states().find_one({"_id": _object_id(state_id)}, {"run_id": 1})
-        return None if found is None else str(found.get("run_id"))
+        if found is None:
+            return None
+        run_id = str(found.get("run_id"))
+        if not attempt_ended:  # a report read here (its cost noted) ends its attempt here: read once
+            self._run_of_state.put(state_id, run_id)
+        return run_id
 
     async def _touch(self, run_id: str) -> None:
         await self._runs().update_one({"_id": run_id}, {"$set": {"touched": True}})
@@ -295,13 +300,16 @@ class MongoRunStore:
         if note_ids:
             await self._notes().update_many({"_id": {"$in": list(note_ids)}}, {"$set": {"seen": True}})
 
-    async def _claim(self, runs_by_key: dict[str, str], lease_until_ns: int) -> set[str]:
+    async def _claim(
+        self, runs_by_key: dict[str, str], lease_until_ns: int, kept: Mapping[str, Any] | None = None
+    ) -> set[str]:
+        """Insert these claims (``kept``: fields each one keeps for whoever takes it over); the keys won."""
         keys = list(runs_by_key)
         if not keys:
             return set()
         try:
             documents = [
-                {"_id": key, "run_id": run_id, "done": False, "lease_ns": lease_until_ns}
+                {"_id": key, "run_id": run_id, "done": False, "lease_ns": lease_until_ns, **(kept or {})}
                 for key, run_id in runs_by_key.items()
             ]
             await self._claims().insert_many(documents, ordered=False)
@@ -326,8 +334,8 @@ class MongoRunStore:
         won = await self._claim({claim["_id"]: claim["run_id"] for claim in claims}, lease_until_ns)
         return {key.removeprefix("outcome:") for key in won}
 
-    async def claim_root(self, run_id: str, lease_until_ns: int) -> bool:
-        return bool(await self._claim({f"root:{run_id}": run_id}, lease_until_ns))
+    async def claim_root(self, run_id: str, lease_until_ns: int, end_ns: int) -> bool:
+        return bool(await self._claim({f"root:{run_id}": run_id}, lease_until_ns, {"end_ns": end_ns}))
 
     async def confirm_claims(self, keys: Sequence[str]) -> None:
         if keys:
@@ -344,12 +352,12 @@ class MongoRunStore:
                 {"_id": {"$in": list(keys)}}, {"$set": {"lease_ns": lease_until_ns}}
             )
 
-    async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, str]:
+    async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, StaleClaim]:
         # exo_otel_claim_leases. Claims made before leases existed have no `done`: final, never matched.
         stale = await self._claims().find(
-            {"done": False, "lease_ns": {"$lt": now_ns}}, {"run_id": 1, "lease_ns": 1}
+            {"done": False, "lease_ns": {"$lt": now_ns}}, {"run_id": 1, "lease_ns": 1, "end_ns": 1}
         ).limit(limit).to_list(None)
-        taken: dict[str, str] = {}
+        taken: dict[str, StaleClaim] = {}
         for claim in stale:
             # Only if no other process took it over since the find: one winner per lease.
             moved = await self._claims().update_one(
@@ -357,7 +365,7 @@ class MongoRunStore:
                 {"$set": {"lease_ns": lease_until_ns}},
             )
             if moved.modified_count == 1:
-                taken[str(claim["_id"])] = str(claim.get("run_id"))
+                taken[str(claim["_id"])] = StaleClaim(str(claim.get("run_id")), claim.get("end_ns"))
         return taken
 
     async def unconfirmed_runs(self, run_ids: Sequence[str]) -> set[str]:

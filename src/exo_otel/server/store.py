@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from exo_otel.server.context import RunContext
 from exo_otel.server.records import RunNotes, StateRecord
@@ -23,6 +23,14 @@ def check_key(run_id: str) -> int:
     whatever the ids look like, and every process computes the same key for a run."""
     digest = hashlib.blake2b(run_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 2
+
+
+class StaleClaim(NamedTuple):
+    """A claim taken over from a process that died before confirming it: its run, and for a root the end
+    its claimant gave it (the trigger's end), so that a root emitted again is the same span."""
+
+    run_id: str
+    root_end_ns: int | None = None
 
 
 class RunStore(Protocol):
@@ -129,9 +137,10 @@ class RunStore(Protocol):
         """Atomically claim these runs' outcome spans (once ever each, leased as `claim_nodes`); returns
         those this caller won."""
 
-    async def claim_root(self, run_id: str, lease_until_ns: int) -> bool:
-        """Claim the run's root, which the process handling its trigger emits (leased as `claim_nodes`,
-        so that a process that dies before exporting it leaves it to another); True when won."""
+    async def claim_root(self, run_id: str, lease_until_ns: int, end_ns: int) -> bool:
+        """Claim the run's root, which the process handling its trigger emits ending at ``end_ns``
+        (leased as `claim_nodes`, so that a process that dies before exporting it leaves it to another,
+        with its end kept: see `take_over_stale`); True when won."""
 
     async def confirm_claims(self, keys: Sequence[str]) -> None:
         """These claims' spans are exported (``node:<state id>``, ``outcome:<run id>``): final."""
@@ -140,10 +149,10 @@ class RunStore(Protocol):
         """These claims are still this caller's, its export not done yet: their lease runs to
         ``lease_until_ns`` (a process alive but slow to export keeps its claims)."""
 
-    async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, str]:
+    async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, StaleClaim]:
         """Claims whose lease passed unconfirmed (their process died before exporting): at most ``limit``
         of them, taken over atomically with a new lease; returns the keys this caller took, with their
-        run ids."""
+        runs (and a root's end)."""
 
     async def unconfirmed_runs(self, run_ids: Sequence[str]) -> set[str]:
         """Those of these runs with a node or outcome claim not final yet (its span may still be taken

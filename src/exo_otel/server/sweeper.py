@@ -51,9 +51,6 @@ MAX_UNCONFIRMED = 100_000
 MAX_HELD = 10_000
 # Flushes the tracer provider's span processors within a timeout (ms); True when everything went out.
 Flush = Callable[[int], bool]
-# The background check's first page spans this much of the key space (a fresh process knows nothing of
-# how many runs are open: a small window, grown from the pages' counts, never reads them all at once).
-FIRST_CHECK_WINDOW = CHECK_KEYS >> 10
 CHECK_WINDOW_GROWTH = 4  # at most, from one page to the next
 
 
@@ -130,7 +127,10 @@ class Sweeper:
     # Node claims this process tried in runs still open (lost ones are another process's spans).
     _attempted: set[str] = field(default_factory=set)
     _check_from: int = 0  # where the background check's next page starts (a check key)
-    _check_window: int = FIRST_CHECK_WINDOW  # the key span of its next page (about `check_page` runs)
+    # The key span of its next page (about `check_page` runs). A fresh process knows nothing of how many
+    # runs are open: its first page spans every key, and reads the `2 * check_page` first at most.
+    _check_window: int = CHECK_KEYS
+    _busy: int = 0  # the runs the last pass swept for a touch, and the triggers it completed
     _round_began: float = 0.0
     _round_runs: int = 0  # open runs the round read so far
     _next_page: float = 0.0
@@ -138,8 +138,10 @@ class Sweeper:
     _purge_due: bool = False
     _takeover_due: bool = False
     _flush_failing: bool = False  # the last flush did not complete: this process cannot export now
-    # Claims won and emitted, not yet confirmed (confirmed once a flush exported them).
-    _unconfirmed: list[str] = field(default_factory=list)
+    # Claims won and emitted, not yet confirmed (confirmed once a flush exported them), oldest first.
+    _unconfirmed: dict[str, None] = field(default_factory=dict)
+    # Exports and confirms what was emitted as soon as it was (`_confirm_soon`), beside the pass.
+    _confirmer: asyncio.Task[None] | None = None
     # Settled runs left open because a node or outcome claim of theirs was not final (a process could
     # not export it, or died first): their notes stay for whoever emits that span; read again and
     # closed at a later pass once the claims are final (the background check closes the others).
@@ -190,12 +192,16 @@ class Sweeper:
             started = time.perf_counter()
             failed = False
             try:
-                busy = await self.sweep_once()
+                # A page of the background check has its own schedule: only touched runs (and completed
+                # triggers) make the loop busy, and pass again soon for what they may bring next.
+                await self.sweep_once()
+                busy = self._busy
             except asyncio.CancelledError:
                 # The process is stopping (its event loop cancels its tasks): what this pass emitted is
-                # exported and confirmed now, else another process would emit it again after the lease.
+                # exported and confirmed now, else another process would emit it again after the lease
+                # (directly: the background confirmation may be cancelled with the loop's other tasks).
                 with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(self._confirm(), FLUSH_TIMEOUT_MS / 1000 + 5)
+                    await asyncio.wait_for(self._export_and_confirm(), FLUSH_TIMEOUT_MS / 1000 + 5)
                 raise
             except Exception:
                 failed = True
@@ -237,6 +243,7 @@ class Sweeper:
         if self._purge_due:
             self._purge_due = False
             self.stats.purged += await self.store.purge_expired(time.time_ns(), self.purge_page)
+        self._busy = len(touched) + completed
         elapsed = time.perf_counter() - started
         self.stats.passes += 1
         self.stats.seconds += elapsed
@@ -335,7 +342,7 @@ class Sweeper:
         if not settled:
             return
         for run_id in await self.store.claim_outcomes(settled, self.lease_until()):
-            self._unconfirmed.append(f"outcome:{run_id}")
+            self._unconfirmed[f"outcome:{run_id}"] = None
             with guard("emitting a run's outcome"):
                 run_notes = notes.get(run_id) or RunNotes()
                 emit_run_outcome(self.tracer, self.metrics, by_run[run_id], states[run_id], run_notes)
@@ -376,7 +383,7 @@ class Sweeper:
             and s.created_ns >= by_run[s.run_id].emit_from_ns  # a revived run's earlier states: emitted
         }
         won = await self.store.claim_nodes(finished, self.lease_until()) if finished else set()
-        self._unconfirmed.extend(f"node:{state_id}" for state_id in won)
+        self._unconfirmed.update((f"node:{state_id}", None) for state_id in won)
         # Lost claims are another process's spans: not tried again while the run is open.
         if len(self._attempted) + len(finished) > MAX_ATTEMPTED:
             self._attempted.clear()
@@ -393,6 +400,8 @@ class Sweeper:
                         of_run = known[run.run_id] = {s.state_id: s for s in run_states.get(run.run_id, [])}
                     emit_node_span(self.tracer, run, state, of_run, notes.get(run.run_id) or RunNotes())
                     self.stats.node_spans += 1
+        if won:
+            self._confirm_soon()
 
     def lease_until(self) -> int:
         """When a claim made now is left to other processes, unless confirmed by then."""
@@ -402,18 +411,44 @@ class Sweeper:
         """What a trigger's end does, in the process that handled it or for one whose process died in it:
         claim the run's root and, if won, emit it (its claim confirmed with the sweep's next export);
         then make the run ready and touched, so that a pass sweeps it."""
-        if await self.store.claim_root(run.run_id, self.lease_until()):
+        if await self.store.claim_root(run.run_id, self.lease_until(), root_end_ns):
             with guard("emitting a run's root"):
                 emit_run_root(self.tracer, run, root_end_ns)
-            self._unconfirmed.append(f"root:{run.run_id}")
+            self._unconfirmed[f"root:{run.run_id}"] = None
+            self._confirm_soon()
         await self.store.mark_ready(run)
 
+    def _confirm_soon(self) -> None:
+        """Export and confirm what was just emitted now, beside the pass (not at its end, after its other
+        queries): a span exported is confirmed one database write later, which is all the time a process
+        that dies has to leave an exported span to be emitted again (the same span: see `start_run`)."""
+        with guard("confirming the emitted spans"):
+            if self._confirmer is None or self._confirmer.done():
+                self._confirmer = asyncio.get_running_loop().create_task(self._confirm_in_background())
+
+    async def _confirm_in_background(self) -> None:
+        try:
+            while self._unconfirmed and not self._flush_failing:
+                await self._export_and_confirm()
+        except Exception:
+            self.stats.errors += 1
+            _logger.warning("exo_otel: confirming exported spans failed; a later pass retries", exc_info=True)
+
     async def _confirm(self) -> None:
+        """Every claim emitted so far confirmed (or, while exports fail, renewed) before this returns:
+        the confirmation in flight, if any, then what is left."""
+        confirmer = self._confirmer
+        in_flight = confirmer is not None and not confirmer.done()
+        if confirmer is not None and in_flight and confirmer.get_loop() is asyncio.get_running_loop():
+            await asyncio.shield(confirmer)  # it logs its own failures; what it left is done below
+        await self._export_and_confirm()
+
+    async def _export_and_confirm(self) -> None:
         """Export what this process emitted (flush), then make its claims final. While a flush does not
         complete (a collector down or slow) the claims stay this live process's: their lease is renewed
         and the next pass flushes again. Only a process that died leaves its claims to the others.
-        Claims leave `_unconfirmed` only once confirmed (others are only appended meanwhile), so a
-        cancellation at any await here loses none."""
+        Claims leave `_unconfirmed` only once confirmed, so a cancellation at any await here loses none;
+        two of these at once only confirm some claims twice."""
         if not self._unconfirmed:
             return
         keys = list(self._unconfirmed)
@@ -424,14 +459,18 @@ class Sweeper:
             self._flush_failing = not flushed
             if not flushed:
                 self.stats.unflushed += 1
-                overflow = max(0, len(self._unconfirmed) - MAX_UNCONFIRMED)
-                await self.store.renew_claims(self._unconfirmed[overflow:], self.lease_until())
+                overflow = keys[: max(0, len(keys) - MAX_UNCONFIRMED)]
+                await self.store.renew_claims(keys[len(overflow):], self.lease_until())
                 if overflow:
-                    await self.store.confirm_claims(self._unconfirmed[:overflow])
-                    del self._unconfirmed[:overflow]
+                    await self.store.confirm_claims(overflow)
+                    self._forget(overflow)
                 return
         await self.store.confirm_claims(keys)
-        del self._unconfirmed[: len(keys)]
+        self._forget(keys)
+
+    def _forget(self, confirmed: list[str]) -> None:
+        for key in confirmed:
+            self._unconfirmed.pop(key, None)
 
     async def _take_over_stale(self) -> None:
         """Emit the spans of claims whose process died before exporting them (their lease passed)."""
@@ -439,15 +478,15 @@ class Sweeper:
         taken = await self.store.take_over_stale(now, self.lease_until(), self.max_runs_per_pass)
         if not taken:
             return
-        runs = await self.store.load_runs(set(taken.values()))
+        runs = await self.store.load_runs({claim.run_id for claim in taken.values()})
         states, notes = await self.store.run_records(list(runs))
         if len(self._held) < MAX_HELD:  # closed once these claims are final, if settled
             self._held.update(runs)
         by_id = {run_id: {s.state_id: s for s in records} for run_id, records in states.items()}
         emitted = 0
-        for key, run_id in taken.items():
+        for key, (run_id, root_end_ns) in taken.items():
             run = runs.get(run_id)
-            self._unconfirmed.append(key)
+            self._unconfirmed[key] = None
             if run is None or not run.sampled:
                 continue  # nothing to emit: the claim is made final
             kind, _, target = key.partition(":")
@@ -455,8 +494,9 @@ class Sweeper:
             of_run = by_id.get(run_id, {})
             with guard("emitting a taken-over span"):
                 if kind == "root":
-                    # Its end (the trigger handled) is not stored: it ends where it starts.
-                    emit_run_root(self.tracer, run, run.start_ns)
+                    # The end its claimant gave it, so that it is the same span if that one got out too
+                    # (a claim made before ends were kept: it ends where it starts).
+                    emit_run_root(self.tracer, run, root_end_ns if root_end_ns is not None else run.start_ns)
                 elif kind == "node" and target in of_run:
                     emit_node_span(self.tracer, run, of_run[target], of_run, run_notes)
                     self.stats.node_spans += 1

@@ -27,7 +27,7 @@ from exo_otel.server.records import PENDING_STATUSES, RunNotes, StateRecord, app
 from exo_otel.server.sampling import install_stored_decision
 from exo_otel.server.side import ServerSide, TakenState
 from exo_otel.server.spans import ServerMetrics
-from exo_otel.server.store import check_key
+from exo_otel.server.store import StaleClaim, check_key
 from exo_otel.server.sweeper import retention_seconds
 from exo_otel.version import __version__
 from exo_otel_demo.embedded.models import State, StateStatus
@@ -300,8 +300,11 @@ class MemoryRunStore:
         won = self._claim({f"outcome:{run_id}": run_id for run_id in run_ids}, lease_until_ns)
         return {key.removeprefix("outcome:") for key in won}
 
-    async def claim_root(self, run_id: str, lease_until_ns: int) -> bool:
-        return bool(self._claim({f"root:{run_id}": run_id}, lease_until_ns))
+    async def claim_root(self, run_id: str, lease_until_ns: int, end_ns: int) -> bool:
+        won = bool(self._claim({f"root:{run_id}": run_id}, lease_until_ns))
+        if won and run_id in self.runs:
+            self.runs[run_id]["root_end_ns"] = end_ns
+        return won
 
     async def confirm_claims(self, keys: Sequence[str]) -> None:
         for key in keys:
@@ -312,10 +315,14 @@ class MemoryRunStore:
             if key in self._leases:
                 self._leases[key] = (self._leases[key][0], lease_until_ns)
 
-    async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, str]:
+    async def take_over_stale(self, now_ns: int, lease_until_ns: int, limit: int) -> dict[str, StaleClaim]:
         stale = [key for key, (_run, until) in self._leases.items() if until < now_ns][:limit]
-        taken = {key: self._leases[key][0] for key in stale}
-        self._leases.update((key, (run_id, lease_until_ns)) for key, run_id in taken.items())
+        taken = {}
+        for key in stale:
+            run_id = self._leases[key][0]
+            self._leases[key] = (run_id, lease_until_ns)
+            root_end = self.runs.get(run_id, {}).get("root_end_ns") if key.startswith("root:") else None
+            taken[key] = StaleClaim(run_id, root_end)
         return taken
 
     async def unconfirmed_runs(self, run_ids: Sequence[str]) -> set[str]:
