@@ -93,7 +93,7 @@ async def add_stuck_runs(database: Any, count: int) -> None:
     runs, claims, states = [], [], []
     for index in range(count):
         run = new_run_context(str(uuid.uuid4()), "stuck-ns", "stuck", now + index, None, None)
-        runs.append({"_id": run.run_id, **run.to_document(), "ready": True, "open": True, "touched": False,
+        runs.append({"_id": run.run_id, **run.to_document(), "ready": True, "open": True,
                      "check_key": check_key(run.run_id)})
         claims.append({"_id": f"root:{run.run_id}", "run_id": run.run_id, "done": True})
         created = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)

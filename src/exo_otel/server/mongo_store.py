@@ -1,13 +1,15 @@
 """`RunStore` in the upstream state manager's MongoDB: three collections of exo_otel's own beside the app's.
 
-``exo_otel_runs``: one document per run (``_id`` = run id): its context, whether it is ready, open,
-and touched since its last sweep, and, while it is open and ready, its ``check_key`` (the background
-check's order). ``exo_otel_notes``: what the hooks saw, one document per event,
-with its run: next states being created (then the states that settled), errored and pruned states,
-requeues, manual retries, the CPU time of reported attempts. ``exo_otel_claims``: one document per
-emitted span (``_id`` = ``node:<state id>`` or ``outcome:<run id>``, with the run id); a claim is
-an insert, atomic by the unique ``_id``, and a sweep pass claims all it needs in one unordered
-``insert_many``, whatever the number of runs. A closed run's document gets ``expires_ns``; past
+``exo_otel_runs``: one document per run (``_id`` = run id): its context, whether it is ready and open,
+and, while it is open and ready, its ``check_key`` (the background check's order). Which runs a hook
+touched since their last sweep is the process's own (in memory: the process that saw the change sweeps
+it; a process that dies first leaves it to the background check), so a hook writes no touch.
+``exo_otel_notes``: what the hooks saw, one document per event, with its run: next states being
+created (then the states that settled), errored and pruned states, requeues, manual retries, the CPU
+time of reported attempts. ``exo_otel_claims``: one document per emitted span (``_id`` =
+``node:<state id>``, ``outcome:<run id>`` or ``root:<run id>``, with the run id); a claim is an insert,
+atomic by the unique ``_id``, and a sweep pass claims all it needs in one unordered ``insert_many``,
+whatever the number of runs. A closed run's document gets ``expires_ns``; past
 it, the run and its claims are removed (`purge_expired`) unless a manual retry reopened the run.
 Every query on them is served by an index `ensure_indexes` creates. The app's ``State`` collection
 is only read, by ``_id`` or by its own ``run_id, status`` index.
@@ -16,6 +18,7 @@ is only read, by ``_id`` or by its own ``run_id, status`` index.
 from __future__ import annotations
 
 import importlib
+import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, cast
@@ -30,11 +33,11 @@ NOTES_COLLECTION: Final = "exo_otel_notes"
 CLAIMS_COLLECTION: Final = "exo_otel_claims"
 _DUPLICATE_KEY: Final = 11000
 MAX_KNOWN_STATES: Final = 20_000  # state id -> run id kept from the runtimes' polls
+MAX_TOUCHED: Final = 100_000  # runs touched and not swept yet, at most (past it: the background check)
 CHECK_KEY_INDEX: Final = "exo_otel_check_key"
 BACKFILL_PAGE: Final = 1000
 # (collection, keys, name): every query below names its index in a comment.
 INDEXES: Final = (
-    (RUNS_COLLECTION, [("touched", 1), ("open", 1), ("ready", 1)], "exo_otel_touched"),
     (RUNS_COLLECTION, [("check_key", 1)], CHECK_KEY_INDEX),
     (RUNS_COLLECTION, [("expires_ns", 1)], "exo_otel_expiry"),
     (RUNS_COLLECTION, [("ready", 1), ("start_ns", 1)], "exo_otel_triggers"),
@@ -67,6 +70,7 @@ class MongoRunStore:
         # (next states, settled or requeued: a requeued state is taken again), so the cache holds the
         # states in flight, not history; the oldest go first past the bound (taken, never reported).
         self._run_of_state: LruCache[str, str] = LruCache(MAX_KNOWN_STATES)
+        self._touched: dict[str, None] = {}  # runs this process touched since their last sweep, in order
 
     def states_taken(self, runs_by_state: Mapping[str, str]) -> None:
         for state_id, run_id in runs_by_state.items():
@@ -117,13 +121,14 @@ class MongoRunStore:
                 return
 
     async def save_run(self, run: RunContext) -> None:
-        document = {"_id": run.run_id, **run.to_document(), "ready": False, "open": True, "touched": False}
+        document = {"_id": run.run_id, **run.to_document(), "ready": False, "open": True}
         await self._runs().insert_one(document)
 
     async def mark_ready(self, run: RunContext) -> None:
-        ready = {"ready": True, "touched": True, "check_key": check_key(run.run_id)}
+        ready = {"ready": True, "check_key": check_key(run.run_id)}
         kept = {**run.to_document(), "open": True}  # only if discarded meanwhile (one atomic upsert)
         await self._runs().update_one({"_id": run.run_id}, {"$set": ready, "$setOnInsert": kept}, upsert=True)
+        await self._touch(run.run_id)
 
     async def discard_run(self, run_id: str) -> None:
         await self._runs().delete_one({"_id": run_id, "ready": False})
@@ -161,7 +166,8 @@ class MongoRunStore:
         return run_id
 
     async def _touch(self, run_id: str) -> None:
-        await self._runs().update_one({"_id": run_id}, {"$set": {"touched": True}})
+        if run_id in self._touched or len(self._touched) < MAX_TOUCHED:  # past it: the background check
+            self._touched[run_id] = None
 
     async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         ids = [str(s) for s in state_ids]
@@ -213,13 +219,14 @@ class MongoRunStore:
         await self._notes().insert_one(
             {"kind": "retry", "run_id": run_id, "state_id": state_id, "of": retried_state_id}
         )
-        # Touched, and checked again, if ready (a run whose trigger never completed is never swept).
-        reopened_ready = {"touched": True, "check_key": check_key(run_id)}
-        await self._runs().update_one({"_id": run_id, "ready": True}, {"$set": reopened_ready})
+        # Checked again, and touched, if ready (a run whose trigger never completed is never swept).
+        checked = {"$set": {"check_key": check_key(run_id)}}
+        await self._runs().update_one({"_id": run_id, "ready": True}, checked)
+        await self._touch(run_id)
         return True
 
     async def revive_run(self, run: RunContext) -> None:
-        document = {"_id": run.run_id, **run.to_document(), "ready": True, "open": True, "touched": False,
+        document = {"_id": run.run_id, **run.to_document(), "ready": True, "open": True,
                     "check_key": check_key(run.run_id)}
         for collection, revived in ((self._runs(), document), (self._claims(), _outcome_claim(run.run_id))):
             try:
@@ -229,9 +236,17 @@ class MongoRunStore:
                     raise
 
     async def touched_runs(self, limit: int) -> list[RunContext]:
-        # exo_otel_touched
-        cursor = self._runs().find({"touched": True, "open": True, "ready": True})
-        found = await cursor.limit(limit).to_list(None)
+        taken = list(itertools.islice(self._touched, limit))
+        if not taken:
+            return []
+        for run_id in taken:
+            del self._touched[run_id]
+        try:  # by `_id`; a run not ready yet is touched again when it is (`mark_ready`)
+            cursor = self._runs().find({"_id": {"$in": taken}, "open": True, "ready": True})
+            found = await cursor.to_list(None)
+        except BaseException:
+            self._touched.update(dict.fromkeys(taken))  # still to sweep
+            raise
         return [RunContext.from_document(doc) for doc in found]
 
     async def open_runs_by_key(self, from_key: int, to_key: int, limit: int) -> list[RunContext]:
@@ -239,9 +254,6 @@ class MongoRunStore:
         cursor = self._runs().find({"check_key": {"$gte": from_key, "$lt": to_key}})
         found = await cursor.sort("check_key", 1).limit(limit).to_list(None)
         return [RunContext.from_document(doc) for doc in found]
-
-    async def untouch(self, run_ids: Sequence[str]) -> None:
-        await self._runs().update_many({"_id": {"$in": list(run_ids)}}, {"$set": {"touched": False}})
 
     async def run_changes(
         self, run_ids: Sequence[str]
@@ -385,7 +397,7 @@ class MongoRunStore:
         ids = list(run_ids)
         await self._runs().update_many(
             {"_id": {"$in": ids}},
-            {"$set": {"open": False, "touched": False, "expires_ns": expires_ns}, "$unset": {"check_key": 1}},
+            {"$set": {"open": False, "expires_ns": expires_ns}, "$unset": {"check_key": 1}},
         )
         await self._notes().delete_many({"run_id": {"$in": ids}})
 

@@ -95,15 +95,14 @@ class RunStore(Protocol):
         claimed (it was made when the run first settled). Another process reviving it too is fine."""
 
     async def touched_runs(self, limit: int) -> list[RunContext]:
-        """Open, ready runs touched since their last sweep (at most ``limit``)."""
+        """Open, ready runs touched since their last sweep (at most ``limit``), taken: a touch from now on
+        makes a run come again. A store may keep touches per process (the process that saw a change
+        sweeps it; one that dies first leaves it to the background check)."""
 
     async def open_runs_by_key(self, from_key: int, to_key: int, limit: int) -> list[RunContext]:
         """Open, ready runs whose `check_key` is in [``from_key``, ``to_key``), by key, at most
         ``limit``: the background check's page. A store keeps a run's key only while it is open and
         ready, indexed, so a page reads what its bounds admit and nothing else."""
-
-    async def untouch(self, run_ids: Sequence[str]) -> None:
-        """These runs are being swept: a touch from now on makes them swept again."""
 
     async def run_changes(
         self, run_ids: Sequence[str]

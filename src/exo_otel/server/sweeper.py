@@ -227,7 +227,6 @@ class Sweeper:
         touched = await self.store.touched_runs(self.max_runs_per_pass)
         checked = await self._check_page(check_all, {run.run_id for run in touched})
         if touched:
-            await self.store.untouch([run.run_id for run in touched])
             await self._sweep_changes(touched)
         if checked:
             await self._sweep_in_full(checked)

@@ -213,22 +213,20 @@ class MemoryRunStore:
             self._claim({f"outcome:{run.run_id}": run.run_id})
 
     async def touched_runs(self, limit: int) -> list[RunContext]:
-        return [self.runs[run_id]["run"] for run_id in itertools.islice(self._touched, limit)]
+        taken = list(itertools.islice(self._touched, limit))
+        for run_id in taken:
+            self.runs[run_id]["touched"] = False
+        self._touched.difference_update(taken)
+        if not self._touched:
+            # A set keeps the table its largest size needed: iterating it, even empty, walks all of it
+            # (after a burst of 10,000 triggers, every idle pass did). A new one is as small as it holds.
+            self._touched = set()
+        return [self.runs[run_id]["run"] for run_id in taken]
 
     async def open_runs_by_key(self, from_key: int, to_key: int, limit: int) -> list[RunContext]:
         first = bisect.bisect_left(self._open_keys, from_key)
         end = min(bisect.bisect_left(self._open_keys, to_key, first), first + limit)
         return [self.runs[run_id]["run"] for run_id in self._open_ids[first:end]]
-
-    async def untouch(self, run_ids: Sequence[str]) -> None:
-        for run_id in run_ids:
-            if run_id in self.runs:
-                self.runs[run_id]["touched"] = False
-            self._touched.discard(run_id)
-        if not self._touched:
-            # A set keeps the table its largest size needed: iterating it, even empty, walks all of it
-            # (after a burst of 10,000 triggers, every idle pass did). A new one is as small as it holds.
-            self._touched = set()
 
     def _notes_of(self, run_ids: Sequence[str], unseen_only: bool) -> dict[str, RunNotes]:
         now = time.time_ns()
