@@ -128,7 +128,7 @@ class MongoRunStore:
         ready = {"ready": True, "check_key": check_key(run.run_id)}
         kept = {**run.to_document(), "open": True}  # only if discarded meanwhile (one atomic upsert)
         await self._runs().update_one({"_id": run.run_id}, {"$set": ready, "$setOnInsert": kept}, upsert=True)
-        await self._touch(run.run_id)
+        self._touch(run.run_id)
 
     async def discard_run(self, run_id: str) -> None:
         await self._runs().delete_one({"_id": run_id, "ready": False})
@@ -165,7 +165,7 @@ class MongoRunStore:
             self._run_of_state.put(state_id, run_id)
         return run_id
 
-    async def _touch(self, run_id: str) -> None:
+    def _touch(self, run_id: str) -> None:
         if run_id in self._touched or len(self._touched) < MAX_TOUCHED:  # past it: the background check
             self._touched[run_id] = None
 
@@ -180,7 +180,7 @@ class MongoRunStore:
         note_id, run_id = cast(tuple[Any, str | None], token)
         await self._notes().update_one({"_id": note_id}, {"$set": {"done": True, "t_end": t_ns}})
         if run_id is not None:
-            await self._touch(run_id)
+            self._touch(run_id)
 
     async def note_settled(self, state_id: str) -> None:
         run_id = await self._run_of(state_id, attempt_ended=True)
@@ -188,7 +188,7 @@ class MongoRunStore:
             return
         note = {"kind": "settled", "run_id": run_id, "state_ids": [state_id], "seen": False}
         await self._notes().insert_one(note)
-        await self._touch(run_id)
+        self._touch(run_id)
 
     async def note_requeue(self, state_id: str, t_ns: int, delay_ms: int) -> None:
         run_id = await self._run_of(state_id, attempt_ended=True)
@@ -222,7 +222,7 @@ class MongoRunStore:
         # Checked again, and touched, if ready (a run whose trigger never completed is never swept).
         checked = {"$set": {"check_key": check_key(run_id)}}
         await self._runs().update_one({"_id": run_id, "ready": True}, checked)
-        await self._touch(run_id)
+        self._touch(run_id)
         return True
 
     async def revive_run(self, run: RunContext) -> None:

@@ -95,8 +95,8 @@ class ServerSide:
         """The trigger completed: the run's root is emitted now, and the run may settle from now on.
 
         Only the process handling the trigger gets here, once per run: its claim of the root always
-        wins (unless it took so long that another process took it for dead), and is made final by the
-        sweep's next export (`Sweeper.start_run`), or taken over by another process if this one dies
+        wins (unless it took so long that another process took it for dead), and is made final once
+        the root is exported (`Sweeper.start_run`), or taken over by another process if this one dies
         before it.
         """
         await self.sweeper.start_run(run, time.time_ns())

@@ -408,8 +408,8 @@ class Sweeper:
 
     async def start_run(self, run: RunContext, root_end_ns: int) -> None:
         """What a trigger's end does, in the process that handled it or for one whose process died in it:
-        claim the run's root and, if won, emit it (its claim confirmed with the sweep's next export);
-        then make the run ready and touched, so that a pass sweeps it."""
+        claim the run's root (its end kept with the claim) and, if won, emit it, exported and confirmed
+        right away (`_confirm_soon`); then make the run ready and touched, so that a pass sweeps it."""
         if await self.store.claim_root(run.run_id, self.lease_until(), root_end_ns):
             with guard("emitting a run's root"):
                 emit_run_root(self.tracer, run, root_end_ns)
@@ -436,9 +436,8 @@ class Sweeper:
     async def _confirm(self) -> None:
         """Every claim emitted so far confirmed (or, while exports fail, renewed) before this returns:
         the confirmation in flight, if any, then what is left."""
-        confirmer = self._confirmer
-        in_flight = confirmer is not None and not confirmer.done()
-        if confirmer is not None and in_flight and confirmer.get_loop() is asyncio.get_running_loop():
+        confirmer, loop = self._confirmer, asyncio.get_running_loop()
+        if confirmer is not None and not confirmer.done() and confirmer.get_loop() is loop:
             await asyncio.shield(confirmer)  # it logs its own failures; what it left is done below
         await self._export_and_confirm()
 

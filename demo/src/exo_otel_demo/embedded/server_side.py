@@ -96,10 +96,8 @@ class MemoryRunStore:
 
     def _touch(self, run_id: str) -> None:
         entry = self.runs.get(run_id)
-        if entry is not None:
-            entry["touched"] = True
-            if entry["ready"] and entry["open"]:
-                self._touched.add(run_id)
+        if entry is not None and entry["ready"] and entry["open"]:
+            self._touched.add(run_id)
 
     def _reopen(self, run_id: str) -> None:
         entry = self.runs[run_id]
@@ -127,7 +125,7 @@ class MemoryRunStore:
         return None  # dictionaries by run and by state: nothing to index
 
     async def save_run(self, run: RunContext) -> None:
-        entry = {"run": run, "ready": False, "open": True, "touched": False, "expires_ns": None}
+        entry = {"run": run, "ready": False, "open": True, "expires_ns": None}
         self.runs[run.run_id] = entry
         self._unready[run.run_id] = run.start_ns
 
@@ -214,8 +212,6 @@ class MemoryRunStore:
 
     async def touched_runs(self, limit: int) -> list[RunContext]:
         taken = list(itertools.islice(self._touched, limit))
-        for run_id in taken:
-            self.runs[run_id]["touched"] = False
         self._touched.difference_update(taken)
         if not self._touched:
             # A set keeps the table its largest size needed: iterating it, even empty, walks all of it
@@ -333,7 +329,7 @@ class MemoryRunStore:
             entry = self.runs[run_id]
             if entry["open"] and entry["ready"]:
                 self._drop_open(run_id)
-            entry.update(open=False, touched=False, expires_ns=expires_ns)
+            entry.update(open=False, expires_ns=expires_ns)
             self._touched.discard(run_id)
             heapq.heappush(self._expiries, (expires_ns, run_id))
             self.notes.pop(run_id, None)
