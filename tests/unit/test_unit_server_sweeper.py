@@ -4,7 +4,6 @@ embedded database as upstream would have them, notes through the store as the ho
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import time
@@ -82,22 +81,6 @@ def names(exporter: InMemorySpanExporter) -> list[str]:
     return sorted(s.name for s in exporter.get_finished_spans())
 
 
-async def start_done_finish_queued(world: World) -> State:
-    """The run's first state settled (its next-states note done), the second still queued."""
-    world.state("s1", "start", "SUCCESS", at_ms=10)
-    later = world.state("s2", "finish", "QUEUED", at_ms=200, parents={"start": "s1"})
-    await world.executed("s1")
-    return later
-
-
-async def spans_out(exporter: InMemorySpanExporter, count: int, seconds: float = 5.0) -> None:
-    """Wait (a loop running meanwhile) until ``count`` spans are exported, ``seconds`` at most."""
-    for _ in range(int(seconds / 0.01)):
-        if len(exporter.get_finished_spans()) >= count:
-            return
-        await asyncio.sleep(0.01)
-
-
 async def two_states_done(world: World) -> None:
     world.state("s1", "start", "SUCCESS", at_ms=10)
     world.state("s2", "finish", "SUCCESS", at_ms=200, parents={"start": "s1"})
@@ -131,7 +114,9 @@ async def test_a_run_with_a_pending_state_gets_node_spans_only_until_it_settles(
 ) -> None:
     world = World()
     await world.run()
-    later = await start_done_finish_queued(world)
+    world.state("s1", "start", "SUCCESS", at_ms=10)
+    later = world.state("s2", "finish", "QUEUED", at_ms=200, parents={"start": "s1"})
+    await world.executed("s1")
     sweep = sweeper(world, server_tracer)
     await sweep.sweep_once()
     assert names(exporter) == ["node start"]
@@ -412,13 +397,18 @@ async def test_the_background_check_goes_round_every_open_run_a_small_page_at_a_
 async def test_nudging_starts_the_loop_which_sweeps_by_itself(
     server_tracer: trace.Tracer, exporter: InMemorySpanExporter
 ) -> None:
+    import asyncio
+
     world = World()
     await world.run()
     await two_states_done(world)
     sweep = sweeper(world, server_tracer)
     sweep.nudge()
     try:
-        await spans_out(exporter, 3, seconds=2.0)
+        for _ in range(200):
+            if len(exporter.get_finished_spans()) == 3:
+                break
+            await asyncio.sleep(0.01)
         assert names(exporter) == ["node finish", "node start", "settle greet"]
     finally:
         sweep.stop()
@@ -427,8 +417,12 @@ async def test_nudging_starts_the_loop_which_sweeps_by_itself(
 async def test_node_spans_do_not_wait_for_a_settle_check_in_progress(
     server_tracer: trace.Tracer, exporter: InMemorySpanExporter
 ) -> None:
+    import asyncio
+
     world = World()
     await world.run()
+    world.state("s1", "start", "SUCCESS", at_ms=10)
+    world.state("s2", "finish", "QUEUED", at_ms=200, parents={"start": "s1"})
     # The database stalls on the settle check's probe (a slow query behind upstream's own).
     asked, released = asyncio.Event(), asyncio.Event()
     probe = world.store.unsettled_runs
@@ -440,7 +434,7 @@ async def test_node_spans_do_not_wait_for_a_settle_check_in_progress(
 
     world.store.unsettled_runs = stalled  # type: ignore[method-assign]
     sweep = sweeper(world, server_tracer, busy_interval=0.01)
-    await start_done_finish_queued(world)
+    await world.executed("s1")
     sweep.nudge()
     try:
         await asyncio.wait_for(asked.wait(), 5)
@@ -450,12 +444,18 @@ async def test_node_spans_do_not_wait_for_a_settle_check_in_progress(
         world.state("b1", "start", "SUCCESS", at_ms=10, run_id=other)
         await world.executed("b1")
         sweep.nudge()  # while the first run's settle check is still stalled
-        await spans_out(exporter, 2)
+        for _ in range(500):
+            if len(exporter.get_finished_spans()) == 2:
+                break
+            await asyncio.sleep(0.01)
         spans = exporter.get_finished_spans()
         assert [s.name for s in spans] == ["node start", "node start"] and not released.is_set()
         assert spans[1].context is not None and spans[1].context.trace_id == trace_id_for_run(other)
         released.set()
-        await spans_out(exporter, 3)
+        for _ in range(500):
+            if len(exporter.get_finished_spans()) == 3:
+                break
+            await asyncio.sleep(0.01)
         # The other run settled (its one state); the first still has a queued state: open.
         assert names(exporter) == ["node start", "node start", "settle greet"]
         assert world.store.runs[RUN_ID]["open"] and not world.store.runs[other]["open"]
