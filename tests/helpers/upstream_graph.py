@@ -12,7 +12,6 @@ Node behaviour is deterministic per run and per process as long as each run has 
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import os
 from datetime import timedelta
@@ -35,7 +34,6 @@ from pydantic import BaseModel
 
 GRAPH = "issue-graph"
 STATES_PER_RUN = 11
-SUCCESS_AFTER_PRUNE_SECONDS = 0.5  # a successful `work` waits this long (see Work.execute)
 RETRY_POLICY = RetryPolicyModel(
     max_retries=3, strategy=RetryStrategyEnum.EXPONENTIAL, backoff_factor=40, exponent=2
 )
@@ -102,11 +100,6 @@ class Work(BaseNode):
             raise PruneSignal({"skipped": item})
         if item.endswith("#2") and _attempt("work", item) == 1:
             raise ReQueueAfterSignal(timedelta(milliseconds=100))
-        # Upstream 0.0.3 strands a run whose pruned `work` leaves QUEUED after the other two succeeded
-        # (`upstream_prune_race` in tests/helpers/upstream_side.py: its prune never creates `merge`).
-        # The successes take a moment, so that under load the prune is in first: the graph tests
-        # exo_otel, not that race.
-        await asyncio.sleep(SUCCESS_AFTER_PRUNE_SECONDS)
         return self.Outputs(result=f"done:{item}")
 
 

@@ -268,12 +268,3 @@ async def test_the_embedded_adapter_pins_ids_on_any_sdk_provider_and_carries_the
     finally:
         await adapter.close()
         provider.shutdown()
-
-
-def test_an_executed_reports_cpu_time_is_kept_for_its_next_states_note_once(side: ServerSide) -> None:
-    side.executed_reported("s1", {"x-exo-otel-cpu-time": "0.25"})
-    side.executed_reported("s2", {"x-exo-otel-cpu-time": "nan"})  # not a CPU time: nothing kept
-    side.executed_reported("s3", None)
-    assert side.executed_cost("s1") == 0.25
-    assert side.executed_cost("s1") is None  # taken: a second creation after one report adds nothing
-    assert side.executed_cost("s2") is None and side.executed_cost("s3") is None

@@ -34,7 +34,6 @@ from exo_otel.server.upstream import (
     make_executed_wrapper,
     make_find_state_wrapper,
     make_manual_retry_wrapper,
-    make_mark_success_wrapper,
     make_next_states_wrapper,
     make_request_wrapper,
     make_requeue_wrapper,
@@ -90,7 +89,6 @@ PATCHES: Final[tuple[Patch[ServerSide], ...]] = (
         make_next_states_wrapper,
         ("state_ids", "identifier", "namespace", "graph_name", "parents_ids"),
     ),
-    Patch("app.tasks.create_next_states", "mark_success_states", make_mark_success_wrapper, ("state_ids",)),
     Patch(
         "app.routes",
         "executed_state",

@@ -2,9 +2,8 @@
 
 ``exo_otel_runs``: one document per run (``_id`` = run id): its context, whether it is ready and open,
 and, while it is open and ready, its ``check_key`` (the background check's order). Which runs a hook
-touched since their last sweep, and the states its notes named, is the process's own (in memory: the
-process that saw the change sweeps it; a process that dies first leaves it to the background check),
-so a hook writes no touch, and a pass reads a touched run, its notes and those states at once.
+touched since their last sweep is the process's own (in memory: the process that saw the change sweeps
+it; a process that dies first leaves it to the background check), so a hook writes no touch.
 ``exo_otel_notes``: what the hooks saw, one document per event, with its run: next states being
 created (then the states that settled), errored and pruned states, requeues, manual retries, the CPU
 time of reported attempts. ``exo_otel_claims``: one document per emitted span (``_id`` =
@@ -18,7 +17,6 @@ is only read, by ``_id`` or by its own ``run_id, status`` index.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import itertools
 import time
@@ -36,11 +34,6 @@ CLAIMS_COLLECTION: Final = "exo_otel_claims"
 _DUPLICATE_KEY: Final = 11000
 MAX_KNOWN_STATES: Final = 20_000  # state id -> run id kept from the runtimes' polls
 MAX_TOUCHED: Final = 100_000  # runs touched and not swept yet, at most (past it: the background check)
-# Contexts of runs read open and ready, kept for their next touches this long at most: a run stays ready
-# and its context never changes; only a revival after its retention's purge makes it another context
-# (the settle check reads the context again, `load_runs`), and a close is seen by the claims.
-READY_RUNS_SECONDS: Final = 30.0
-MAX_READY_RUNS: Final = 10_000
 CHECK_KEY_INDEX: Final = "exo_otel_check_key"
 BACKFILL_PAGE: Final = 1000
 # (collection, keys, name): every query below names its index in a comment.
@@ -77,10 +70,7 @@ class MongoRunStore:
         # (next states, settled or requeued: a requeued state is taken again), so the cache holds the
         # states in flight, not history; the oldest go first past the bound (taken, never reported).
         self._run_of_state: LruCache[str, str] = LruCache(MAX_KNOWN_STATES)
-        # Runs this process touched since their last sweep, in order, with the states its notes named.
-        self._touched: dict[str, set[str]] = {}
-        # Runs read open and ready (their contexts), with when: a run touched again is not read again.
-        self._ready_runs: LruCache[str, tuple[RunContext, float]] = LruCache(MAX_READY_RUNS)
+        self._touched: dict[str, None] = {}  # runs this process touched since their last sweep, in order
 
     def states_taken(self, runs_by_state: Mapping[str, str]) -> None:
         for state_id, run_id in runs_by_state.items():
@@ -175,30 +165,22 @@ class MongoRunStore:
             self._run_of_state.put(state_id, run_id)
         return run_id
 
-    def _touch(self, run_id: str, state_ids: Iterable[str] = ()) -> None:
-        states = self._touched.get(run_id)
-        if states is None:
-            if len(self._touched) >= MAX_TOUCHED:  # past it: the background check
-                return
-            states = self._touched[run_id] = set()
-        states.update(state_ids)
+    def _touch(self, run_id: str) -> None:
+        if run_id in self._touched or len(self._touched) < MAX_TOUCHED:  # past it: the background check
+            self._touched[run_id] = None
 
-    async def begin_next_states(self, state_ids: Sequence[str], cpu_seconds: float | None = None) -> object:
+    async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         ids = [str(s) for s in state_ids]
         run_id = await self._run_of(ids[0], attempt_ended=True)
-        note: dict[str, Any] = {
-            "kind": "next", "run_id": run_id, "state_ids": ids, "t_start": time.time_ns(), "done": False
-        }
-        if cpu_seconds is not None:
-            note["cpu_s"] = cpu_seconds
+        note = {"kind": "next", "run_id": run_id, "state_ids": ids, "t_start": time.time_ns(), "done": False}
         result = await self._notes().insert_one({**note, "seen": False})
-        return (result.inserted_id, run_id, ids)
+        return (result.inserted_id, run_id)
 
     async def end_next_states(self, token: object, t_ns: int) -> None:
-        note_id, run_id, state_ids = cast(tuple[Any, str | None, list[str]], token)
+        note_id, run_id = cast(tuple[Any, str | None], token)
         await self._notes().update_one({"_id": note_id}, {"$set": {"done": True, "t_end": t_ns}})
         if run_id is not None:
-            self._touch(run_id, state_ids)
+            self._touch(run_id)
 
     async def note_settled(self, state_id: str) -> None:
         run_id = await self._run_of(state_id, attempt_ended=True)
@@ -206,7 +188,7 @@ class MongoRunStore:
             return
         note = {"kind": "settled", "run_id": run_id, "state_ids": [state_id], "seen": False}
         await self._notes().insert_one(note)
-        self._touch(run_id, [state_id])
+        self._touch(run_id)
 
     async def note_requeue(self, state_id: str, t_ns: int, delay_ms: int) -> None:
         run_id = await self._run_of(state_id, attempt_ended=True)
@@ -253,63 +235,19 @@ class MongoRunStore:
                 if getattr(exc, "code", None) != _DUPLICATE_KEY:
                     raise
 
-    async def touched_changes(
-        self, limit: int
-    ) -> tuple[list[RunContext], dict[str, list[StateRecord]], dict[str, RunNotes]]:
-        taken = {run_id: self._touched[run_id] for run_id in itertools.islice(self._touched, limit)}
+    async def touched_runs(self, limit: int) -> list[RunContext]:
+        taken = list(itertools.islice(self._touched, limit))
         if not taken:
-            return [], {}, {}
+            return []
         for run_id in taken:
             del self._touched[run_id]
-        named = sorted({state_id for states in taken.values() for state_id in states})
-        now = time.monotonic()
-        known = {
-            run_id: entry[0]
-            for run_id in taken
-            if (entry := self._ready_runs.peek(run_id)) is not None and now - entry[1] < READY_RUNS_SECONDS
-        }
-        unknown = [run_id for run_id in taken if run_id not in known]
-        try:
-            # At once: the runs not known ready, by `_id` (a run not ready yet is touched again when it
-            # is, `mark_ready`), the runs' notes not seen yet, and the states this process's notes named
-            # (their notes are among those read: they were written before the touch).
-            found_runs, raw_notes, found = await asyncio.gather(
-                self._ready_by_id(unknown), self._unseen_notes(list(taken)), self._states_by_id(named)
-            )
+        try:  # by `_id`; a run not ready yet is touched again when it is (`mark_ready`)
+            cursor = self._runs().find({"_id": {"$in": taken}, "open": True, "ready": True})
+            found = await cursor.to_list(None)
         except BaseException:
-            for run_id, state_ids in taken.items():  # still to sweep
-                self._touch(run_id, state_ids)
+            self._touched.update(dict.fromkeys(taken))  # still to sweep
             raise
-        for doc in found_runs:
-            run = RunContext.from_document(doc)
-            known[run.run_id] = run
-            self._ready_runs.put(run.run_id, (run, now))
-        runs = [known[run_id] for run_id in taken if run_id in known]
-        notes = _notes_by_run(raw_notes, [run.run_id for run in runs], time.time_ns())
-        for run in runs:
-            # This process's own notes: their states settled before the touch (`changed` holds them
-            # even when another process's pass saw their notes first).
-            notes[run.run_id].changed.update(taken[run.run_id])
-        states = await self._named_states(notes, found)
-        return runs, states, notes
-
-    async def _ready_by_id(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
-        if not run_ids:
-            return []
-        ready = {"_id": {"$in": list(run_ids)}, "open": True, "ready": True}
-        return cast(list[dict[str, Any]], await self._runs().find(ready).to_list(None))
-
-    async def _unseen_notes(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
-        # Requeue and retry notes are few and kept in every read; next-states and settled notes only
-        # until seen. exo_otel_notes_by_run.
-        return cast(
-            list[dict[str, Any]],
-            await self._notes().find({"run_id": {"$in": list(run_ids)}, "seen": {"$ne": True}}).to_list(None),
-        )
-
-    async def _states_by_id(self, state_ids: Iterable[str]) -> list[StateRecord]:
-        ids = [_object_id(s) for s in state_ids]
-        return await self._read_states({"_id": {"$in": ids}}) if ids else []
+        return [RunContext.from_document(doc) for doc in found]
 
     async def open_runs_by_key(self, from_key: int, to_key: int, limit: int) -> list[RunContext]:
         # exo_otel_check_key: both bounds on the one field, so the index admits this window's runs alone.
@@ -317,22 +255,20 @@ class MongoRunStore:
         found = await cursor.sort("check_key", 1).limit(limit).to_list(None)
         return [RunContext.from_document(doc) for doc in found]
 
-    async def _named_states(
-        self, notes: dict[str, RunNotes], found: list[StateRecord]
-    ) -> dict[str, list[StateRecord]]:
-        """The states a touch named (``found``, read already), with those their spans refer to, read now
-        when not among them. The states other processes' notes name are theirs to emit (they read
-        them at their own touch; if one died first, its run's settle check or the background check
-        reads the run in full): not read here."""
-        found = [s for s in found if s.run_id in notes]
-        # A copy's original (named with it, so read already), a manual retry's retried state.
-        wanted = {
-            other
-            for s in found
-            for other in (notes[s.run_id].copy_of.get(s.state_id), notes[s.run_id].retry_of.get(s.state_id))
-            if other is not None
-        }
-        found += await self._states_by_id(wanted - {s.state_id for s in found})
+    async def run_changes(
+        self, run_ids: Sequence[str]
+    ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
+        # Notes first, states after (see RunStore.run_changes). Requeue and retry notes are few and
+        # kept in every read; next-states and settled notes only until seen. exo_otel_notes_by_run.
+        raw_notes = await self._notes().find(
+            {"run_id": {"$in": list(run_ids)}, "seen": {"$ne": True}}
+        ).to_list(None)
+        notes = _notes_by_run(raw_notes, run_ids, time.time_ns())
+        wanted = {s for run_notes in notes.values() for s in run_notes.changed}
+        wanted |= {o for run_notes in notes.values() for o in run_notes.copy_of.values()}
+        # A manual retry's retried state, for its link (retry notes are kept in every read).
+        wanted |= {o for run_notes in notes.values() for o in run_notes.retry_of.values()}
+        found = await self._read_states({"_id": {"$in": [_object_id(s) for s in wanted]}}) if wanted else []
         # A retry's previous attempt, for its link (retries are few: one query for all of them).
         attempts = [
             {"run_id": s.run_id, "identifier": s.identifier, "retry_count": s.retry_count - 1}
@@ -341,11 +277,10 @@ class MongoRunStore:
         ]
         if attempts:
             found += await self._read_states({"$or": attempts})
-        states: dict[str, list[StateRecord]] = {run_id: [] for run_id in notes}
+        states: dict[str, list[StateRecord]] = {run_id: [] for run_id in run_ids}
         for record in {r.state_id: r for r in found}.values():
-            if record.run_id in states:
-                states[record.run_id].append(record)
-        return states
+            states.setdefault(record.run_id, []).append(record)
+        return states, notes
 
     async def run_records(
         self, run_ids: Sequence[str]
@@ -460,8 +395,6 @@ class MongoRunStore:
 
     async def close_runs(self, run_ids: Sequence[str], expires_ns: int) -> None:
         ids = list(run_ids)
-        for run_id in ids:
-            self._ready_runs.pop(run_id)
         await self._runs().update_many(
             {"_id": {"$in": ids}},
             {"$set": {"open": False, "expires_ns": expires_ns}, "$unset": {"check_key": 1}},

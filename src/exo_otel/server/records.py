@@ -113,10 +113,6 @@ def apply_note(note: dict[str, Any], notes: RunNotes, now: int) -> None:
     """Add one stored note to its run's `RunNotes` (shared with the embedded store's notes)."""
     kind = note.get("kind")
     ids = [str(s) for s in note.get("state_ids") or ()]
-    if kind in ("cost", "next") and isinstance(cpu := note.get("cpu_s"), int | float):
-        # A cost note, or a next-states note with its executed report's CPU time: kept in every read.
-        notes.cpu_seconds += float(cpu)
-        notes.executions += 1
     if kind == "next":
         if not note.get("done"):
             if now - int(note.get("t_start") or 0) < STALE_TOKEN_NS:
@@ -137,6 +133,10 @@ def apply_note(note: dict[str, Any], notes: RunNotes, now: int) -> None:
         notes.retry_of[str(note.get("state_id"))] = str(note.get("of"))
         return
     elif kind == "cost":
+        cpu = note.get("cpu_s")
+        if isinstance(cpu, int | float):
+            notes.cpu_seconds += float(cpu)
+            notes.executions += 1
         return  # kept in every read until the run closes
     if "_id" in note and not note.get("seen"):
         notes.unseen.append(note["_id"])

@@ -24,7 +24,6 @@ from exo_otel.server.store import RunStore
 from exo_otel.server.sweeper import DEFAULT_RETENTION_SECONDS, Flush, Sweeper
 
 _CACHE_SIZE = 10_000
-_MAX_PENDING_COSTS = 10_000  # executed reports whose next states are not begun yet, at most
 _CACHE_MAX_AGE_SECONDS = 60.0
 
 
@@ -57,9 +56,6 @@ class ServerSide:
     _contexts: LruCache[str, tuple[RunContext, float]] = field(
         default_factory=lambda: LruCache(_CACHE_SIZE)
     )
-
-    # The CPU time of executed reports, by state id, for their next-states note (`executed_reported`).
-    _executed_costs: LruCache[str, float] = field(default_factory=lambda: LruCache(_MAX_PENDING_COSTS))
 
     def __post_init__(self) -> None:
         self.sweeper = Sweeper(
@@ -135,19 +131,6 @@ class ServerSide:
         if seconds is None:
             return None
         return await self.store.note_cost(state_id, seconds)
-
-    def executed_reported(self, state_id: str, headers: Mapping[str, str] | None) -> None:
-        """A runtime reports ``state_id`` executed, with its CPU time in a header when it measured it:
-        kept for the next-states note that follows in this process (`executed_cost`), not noted apart.
-        The state is pending until its next states are created, which waits for that note, so the
-        run cannot settle without it either (one database write fewer per state)."""
-        seconds = read_cpu_time_header(headers.get(CPU_TIME_HEADER) if headers is not None else None)
-        if seconds is not None:
-            self._executed_costs.put(state_id, seconds)
-
-    def executed_cost(self, state_id: str) -> float | None:
-        """The CPU time `executed_reported` kept for ``state_id``, taken (None if none, or refused)."""
-        return self._executed_costs.pop(state_id)
 
     async def report_refused(self, token: object) -> None:
         """The state manager refused the report `attempt_reported` noted: its CPU time is not the run's."""

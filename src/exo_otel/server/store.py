@@ -64,11 +64,9 @@ class RunStore(Protocol):
         may keep them for the state's report (a state's run never changes), until the attempt's end
         is noted (`begin_next_states`, `note_settled`, `note_requeue`)."""
 
-    async def begin_next_states(self, state_ids: Sequence[str], cpu_seconds: float | None = None) -> object:
+    async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         """Next states are being created after these states (the first is the original, the rest
-        its fan-out copies): their run cannot settle until `end_next_states`. ``cpu_seconds``: the CPU
-        time of the attempt the first one's executed report measured, noted with it (as `note_cost`
-        would). Returns a token."""
+        its fan-out copies): their run cannot settle until `end_next_states`. Returns a token."""
 
     async def end_next_states(self, token: object, t_ns: int) -> None:
         """Next states are created (or failed): these states settled, the copies became final at
@@ -96,38 +94,38 @@ class RunStore(Protocol):
         """Keep again the context of a run whose records were purged, ready and open, its outcome
         claimed (it was made when the run first settled). Another process reviving it too is fine."""
 
-    async def touched_changes(
-        self, limit: int
-    ) -> tuple[list[RunContext], dict[str, list[StateRecord]], dict[str, RunNotes]]:
-        """Open, ready runs touched since their last sweep (at most ``limit``), taken (a touch from now on
-        makes a run come again); their notes not seen yet, and the states those name (`RunNotes.changed`)
-        with the states their spans refer to (a copy's original, a retry's previous attempt, the state a
-        manual retry retries). A store may keep touches per process (the process that saw a change
-        sweeps it; one that dies first leaves it to the background check), and read the states a touch
-        named beside the notes.
-
-        Only settled states make node spans, so the states may be read before or beside the notes;
-        whether a run settled is asked afresh after (`unsettled_runs`, `run_records`: notes BEFORE
-        states, so that a next-states note seen done guarantees the states it created are in what is
-        read after; else a run could look settled between upstream marking its parents SUCCESS and
-        inserting a unites state).
-        """
+    async def touched_runs(self, limit: int) -> list[RunContext]:
+        """Open, ready runs touched since their last sweep (at most ``limit``), taken: a touch from now on
+        makes a run come again. A store may keep touches per process (the process that saw a change
+        sweeps it; one that dies first leaves it to the background check)."""
 
     async def open_runs_by_key(self, from_key: int, to_key: int, limit: int) -> list[RunContext]:
         """Open, ready runs whose `check_key` is in [``from_key``, ``to_key``), by key, at most
         ``limit``: the background check's page. A store keeps a run's key only while it is open and
         ready, indexed, so a page reads what its bounds admit and nothing else."""
 
+    async def run_changes(
+        self, run_ids: Sequence[str]
+    ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
+        """The notes of these runs not seen yet, then the states they name (``RunNotes.changed``)
+        with the states their spans refer to (a copy's original, a retry's previous attempt, the state
+        a manual retry retries).
+
+        Notes BEFORE states: a next-states token seen done then guarantees that the states it created
+        are in what is read after (else a run could look settled between upstream marking its parents
+        SUCCESS and inserting a unites state).
+        """
+
     async def run_records(
         self, run_ids: Sequence[str]
     ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
-        """Every state of these runs and all their notes (notes first, then states)."""
+        """Every state of these runs and all their notes (notes first, as in `run_changes`)."""
 
     async def unsettled_runs(self, run_ids: Sequence[str]) -> set[str]:
         """Those of these runs with a state still pending."""
 
     async def notes_seen(self, note_ids: Sequence[object]) -> None:
-        """These notes' states are swept: `touched_changes` no longer returns them."""
+        """These notes' states are swept: `run_changes` no longer returns them."""
 
     async def claim_nodes(self, runs_by_state: Mapping[str, str], lease_until_ns: int) -> set[str]:
         """Atomically claim these states' node spans (state id to run id, any runs, in one go); returns

@@ -1,15 +1,13 @@
 """The sweep: emits node spans for finished states and the outcome of every settled run, from stored truth.
 
-Each state manager process runs two loops (started by the first hooked request). Work follows
-activity. The node spans' loop, at each nudge of a hook, takes the runs the hooks touched since their
-last sweep, reads them, their notes not seen yet and the states the hooks named at once, claims the
-node spans of states that settled and emits them; it waits for nothing else, so a node span follows
-its state's settling by a few database requests. The sweep loop then asks of those runs whether they
-settled (no pending state left) and emits their outcomes; a run with nothing new costs nothing; a
-bounded background check reads a small page of open runs in full at a time, going round them, for
-what no hook saw. Claims are atomic in the store, so with several processes every span is emitted
-once; they are leased until their spans are exported (then confirmed), so a process that dies first
-leaves them to another.
+Each state manager process runs one sweep loop (started by the first hooked request). Work follows
+activity: a pass takes the runs the hooks touched since their last sweep, reads only the notes not
+seen yet and the states they name, claims the node spans of states that settled and, when a run has
+no pending state left, its outcome. A run with nothing new costs nothing; a bounded background check
+reads a small page of open runs in full at a time, going round them, for what no hook saw. Claims are
+atomic in the store, so with several processes every span is emitted once; they are leased until the
+pass's spans are exported (then confirmed), so a process that dies first leaves them to another. A
+hook that sees an outcome nudges the loop, so node spans and outcomes follow well within a second.
 """
 
 from __future__ import annotations
@@ -32,10 +30,8 @@ from exo_otel.server.spans import ServerMetrics, emit_node_span, emit_run_outcom
 from exo_otel.server.store import CHECK_KEYS, RunStore, check_key
 
 _logger = logging.getLogger(__name__)
-# After a pass, the loop pauses as long as the event loop's thread was busy on CPU during it (the pass's
-# own work and the requests served meanwhile), the busy interval at least: the sweep takes half of a
-# busy process's CPU at most, and waiting on the database delays nothing.
-PAUSE_PER_PASS_CPU = 1.0
+
+PAUSE_PER_PASS_TIME = 1.0
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 # Node claims remembered as tried, at most: past it the memory is dropped, and claims lost to another
 # process are asked again (and lost again: correct, one more database round).
@@ -102,22 +98,6 @@ class SweepStats:
 
 
 @dataclass
-class _Touched:
-    """A touched run whose node spans are out, for the settle check: what its notes said."""
-
-    run: RunContext
-    changed: bool = False  # a state of it settled
-    next_states_pending: bool = False
-    unseen: list[object] = field(default_factory=list)  # its notes to mark seen once checked
-
-    def add(self, notes: RunNotes) -> None:
-        """Touched again before its check: the later notes say whether next states are pending."""
-        self.changed = self.changed or bool(notes.changed)
-        self.next_states_pending = notes.next_states_pending
-        self.unseen.extend(notes.unseen)
-
-
-@dataclass
 class Sweeper:
     """One process's sweep loop over the runs in ``store``."""
 
@@ -141,12 +121,8 @@ class Sweeper:
     lease_seconds: float = CLAIM_LEASE_SECONDS
     stalled_trigger_seconds: float = STALLED_TRIGGER_SECONDS
     stats: SweepStats = field(default_factory=SweepStats)
-    _task: asyncio.Task[None] | None = None  # the sweep loop (`_run`)
-    _node_task: asyncio.Task[None] | None = None  # the node spans' loop (`_run_nodes`)
-    _wake: asyncio.Event | None = None  # a hook touched a run
-    _settle_wake: asyncio.Event | None = None  # touched runs handed over for the settle check
-    # Touched runs whose node spans are out, for the sweep loop's settle check, by run id.
-    _to_settle: dict[str, _Touched] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+    _wake: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     # Node claims this process tried in runs still open (lost ones are another process's spans).
     _attempted: set[str] = field(default_factory=set)
@@ -186,125 +162,72 @@ class Sweeper:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._loop is not loop:
             self._loop = loop
-            self._wake, self._settle_wake = asyncio.Event(), asyncio.Event()
+            self._wake = asyncio.Event()
             self._task = loop.create_task(self._run(), name="exo_otel state manager sweep")
-            self._node_task = loop.create_task(self._run_nodes(), name="exo_otel state manager node spans")
         assert self._wake is not None
         return self._wake
 
     def stop(self) -> None:
-        for task in (self._task, self._node_task):
-            if task is not None and not task.done() and self._loop is not None:
-                with guard("stopping the sweep"):
-                    self._loop.call_soon_threadsafe(task.cancel)
-        self._task = self._node_task = None
-
-    async def _run_nodes(self) -> None:
-        """The node spans' loop: at each nudge, the touched runs' changes read and their node spans
-        emitted, the runs handed to the sweep loop (`_run`) to see whether they settled. It waits for
-        no other work, so a state's node span follows its settling by a few database requests whatever
-        else the sweep is doing (a slow settle check, a page, a purge)."""
-        while True:
-            wake = self._wake
-            assert wake is not None
-            await wake.wait()
-            wake.clear()
-            try:
-                await self._emit_touched()
-            except asyncio.CancelledError:
-                await self._confirm_before_stopping()
-                raise
-            except Exception:
-                self.stats.errors += 1
-                _logger.warning("exo_otel: emitting node spans failed; the sweep retries", exc_info=True)
-            # Several nudges in a row: one read per busy interval at most, for all they touched.
-            await asyncio.sleep(self.busy_interval)
-
-    async def _confirm_before_stopping(self) -> None:
-        """The process is stopping (its event loop cancels its tasks): what was emitted is exported and
-        confirmed now, else another process would emit it again after the lease (directly: the
-        background confirmation may be cancelled with the loop's other tasks)."""
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(self._export_and_confirm(), FLUSH_TIMEOUT_MS / 1000 + 5)
+        if self._task is not None and not self._task.done() and self._loop is not None:
+            with guard("stopping the sweep"):
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        self._task = None
 
     async def _run(self) -> None:
         busy = 0
         failed = False
         while True:
-            wake = self._settle_wake
+            wake = self._wake
             assert wake is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.busy_interval if busy else self.idle_interval)
             woken = wake.is_set()
             wake.clear()
-            # Idle (nothing handed over, nothing left from the last pass): nothing to ask the database
-            # until the background check is due. A run touched by a process that died before its sweep
-            # passed is swept at another process's next check.
+            # Idle (not nudged, nothing left from the last pass): nothing to ask the database until the
+            # background check is due. A run touched by a process that died before its sweep passed
+            # is swept at another process's next check.
             due = min(self._next_page, self._next_upkeep)
             if not (woken or busy or failed or self._unconfirmed or time.monotonic() >= due):
                 continue
-            cpu_started = time.thread_time()
+            started = time.perf_counter()
             failed = False
             try:
                 # A page of the background check has its own schedule: only touched runs (and completed
                 # triggers) make the loop busy, and pass again soon for what they may bring next.
-                await self._settle_pass()
+                await self.sweep_once()
                 busy = self._busy
             except asyncio.CancelledError:
-                await self._confirm_before_stopping()
+                # The process is stopping (its event loop cancels its tasks): what this pass emitted is
+                # exported and confirmed now, else another process would emit it again after the lease
+                # (directly: the background confirmation may be cancelled with the loop's other tasks).
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(self._export_and_confirm(), FLUSH_TIMEOUT_MS / 1000 + 5)
                 raise
             except Exception:
                 failed = True
                 self.stats.errors += 1
                 _logger.warning("exo_otel: a state manager sweep failed; the next one retries", exc_info=True)
             if busy:
-                # Several nudges in a row give one pass per busy interval at most, and a pass that kept
-                # the event loop's thread busy (a big backlog) spaces the next ones out as much. A pass
-                # that waited on a slow database does not: its wall time is no cost to the process,
-                # and pausing as long would delay the spans of what changed meanwhile by as much.
-                cpu = time.thread_time() - cpu_started
-                await asyncio.sleep(max(self.busy_interval, PAUSE_PER_PASS_CPU * cpu))
+                # Several nudges in a row give one pass per busy interval at most, and a slow pass
+                # (a big backlog, a slow database) spaces the next ones out as much as it lasted: the
+                # sweep never takes more than half of the event loop's time. (Its wall time includes
+                # the requests served meanwhile, so a larger factor would delay spans under load.)
+                elapsed = time.perf_counter() - started
+                await asyncio.sleep(max(self.busy_interval, PAUSE_PER_PASS_TIME * elapsed))
 
     async def sweep_once(self, check_all: bool = False) -> int:
-        """One pass, as the two loops make it; returns how many runs it swept (0: nothing was new).
+        """One pass; returns how many runs it swept (0: nothing was new).
 
-        The touched runs' node spans (`_emit_touched`), then whether those runs settled, and, when due
-        (or with ``check_all``: every open run, up to `max_runs_per_pass`), the background check's page
-        of open runs read in full. A run touched again while it is swept is swept again at the next pass.
+        The touched runs, then, when due (or with ``check_all``: every open run, up to
+        `max_runs_per_pass`), the background check's page of open runs read in full. A run touched
+        again while it is swept is swept again at the next pass.
         """
-        await self._emit_touched()
-        return await self._settle_pass(check_all)
-
-    async def _emit_touched(self) -> None:
-        """The touched runs' new node spans; the runs handed over for the settle check."""
-        started = time.perf_counter()
-        await self.store.ensure_indexes()
-        touched, states, notes = await self.store.touched_changes(self.max_runs_per_pass)
-        if not touched:
-            return
-        by_run = {run.run_id: run for run in touched}
-        known = {s.state_id: s for records in states.values() for s in records}
-        changed = [known[s] for r in by_run for s in sorted(notes[r].changed) if s in known]
-        await self._emit_nodes(by_run, changed, states, notes)
-        for run in touched:
-            self._to_settle.setdefault(run.run_id, _Touched(run)).add(notes[run.run_id])
-        if self._settle_wake is not None:
-            self._settle_wake.set()
-        self.stats.passes += 1
-        self.stats.seconds += time.perf_counter() - started
-
-    async def _settle_pass(self, check_all: bool = False) -> int:
         started, pages_before = time.perf_counter(), self.stats.check_pages
         await self.store.ensure_indexes()
-        handed, self._to_settle = self._to_settle, {}
-        if handed:
-            try:
-                await self._settle_touched(handed)
-            except BaseException:
-                for run_id, entry in handed.items():  # still to check
-                    self._to_settle.setdefault(run_id, entry)
-                raise
-        checked = await self._check_page(check_all, set(handed))
+        touched = await self.store.touched_runs(self.max_runs_per_pass)
+        checked = await self._check_page(check_all, {run.run_id for run in touched})
+        if touched:
+            await self._sweep_changes(touched)
         if checked:
             await self._sweep_in_full(checked)
         completed = 0
@@ -319,13 +242,13 @@ class Sweeper:
         if self._purge_due:
             self._purge_due = False
             self.stats.purged += await self.store.purge_expired(time.time_ns(), self.purge_page)
-        self._busy = len(handed) + completed
+        self._busy = len(touched) + completed
         elapsed = time.perf_counter() - started
         self.stats.passes += 1
         self.stats.seconds += elapsed
         if self.stats.check_pages != pages_before:
             self.stats.check_seconds += elapsed
-        return len(handed) + len(checked) + completed
+        return len(touched) + len(checked) + completed
 
     async def _complete_stalled_triggers(self) -> int:
         """Do for the runs whose trigger's process died in it what the trigger's end would have done
@@ -392,18 +315,21 @@ class Sweeper:
             self._next_page = max(self._next_page, self._round_began + self.check_interval)
         return page
 
-    async def _settle_touched(self, handed: dict[str, _Touched]) -> None:
-        """The touched runs whose node spans are out: those that may have settled read in full."""
+    async def _sweep_changes(self, runs: list[RunContext]) -> None:
+        """What changed in these runs since their last sweep; the runs that may have settled in full."""
+        run_ids = [run.run_id for run in runs]
+        states, notes = await self.store.run_changes(run_ids)
+        by_run = {run.run_id: run for run in runs}
+        known = {s.state_id: s for records in states.values() for s in records}
+        changed = [known[s] for r in run_ids for s in sorted(notes[r].changed) if s in known]
+        await self._emit_nodes(by_run, changed, states, notes)
         # Only a state settling can settle its run: ask the store about those runs alone.
-        maybe = [r for r, entry in handed.items() if entry.changed and not entry.next_states_pending]
+        maybe = [r for r in run_ids if notes[r].changed and not notes[r].next_states_pending]
         unsettled = await self.store.unsettled_runs(maybe) if maybe else set()
-        settled = [r for r in maybe if r not in unsettled]
+        settled = [by_run[r] for r in maybe if r not in unsettled]
         if settled:
-            # Their contexts read again: one a store kept may be of a run revived since (purged, then
-            # retried), whose states before the revival are emitted already.
-            runs = await self.store.load_runs(settled)
-            await self._sweep_in_full(list(runs.values()))
-        await self.store.notes_seen([n for entry in handed.values() for n in entry.unseen])
+            await self._sweep_in_full(settled)
+        await self.store.notes_seen([n for r in run_ids for n in notes[r].unseen])
 
     async def _sweep_in_full(self, runs: list[RunContext]) -> None:
         """Every state and note of these runs: node spans for any state not tried yet (what no note

@@ -9,7 +9,6 @@ and the upstream answer goes out unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import importlib
 import logging
@@ -32,11 +31,6 @@ _request_headers: contextvars.ContextVar[Mapping[str, str] | None] = contextvars
 )
 # The trigger in progress in this task: the Run insert hook makes its context.
 _trigger: contextvars.ContextVar[_Trigger | None] = contextvars.ContextVar("exo_otel_trigger", default=None)
-# The next-states note being written for the next-states creation in progress in this task: its
-# parents may be marked SUCCESS only once it is in (`make_mark_success_wrapper`).
-_next_states_note: contextvars.ContextVar[asyncio.Task[object] | None] = contextvars.ContextVar(
-    "exo_otel_next_states_note", default=None
-)
 # The states one enqueue call took, by state id (find_state runs in gathered tasks: a shared dict).
 _taken: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("exo_otel_taken", default=None)
 
@@ -203,52 +197,27 @@ async def _extend_enqueue_answer(side: ServerSide, answer: Any, taken: dict[str,
 
 
 def make_next_states_wrapper(side: ServerSide) -> AsyncMethod:
-    """Around ``create_next_states(state_ids, ...)``: its states' runs cannot settle until it ends. The
-    note saying so is written beside upstream's first reads (the graph, the states), not before them:
-    only marking the states SUCCESS waits for it (`make_mark_success_wrapper`), since only from then
-    could the run look settled before the states it creates (a unites state) are in."""
+    """Around ``create_next_states(state_ids, ...)``: its states' runs cannot settle until it ends."""
 
     async def traced_next_states(
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         if not side.enabled:
             return await wrapped(*args, **kwargs)
-        note: asyncio.Task[object] | None = None
+        token = None
         with guard("noting next states in progress"):
             state_ids = [str(s) for s in call_argument(args, kwargs, 0, "state_ids", None) or ()]
             if state_ids:
-                cpu_seconds = side.executed_cost(state_ids[0])  # the executed report's (the first state)
-                note = asyncio.get_running_loop().create_task(
-                    side.store.begin_next_states(state_ids, cpu_seconds)
-                )
-        context_token = _next_states_note.set(note)
+                token = await side.store.begin_next_states(state_ids)
         try:
             return await wrapped(*args, **kwargs)
         finally:
-            _next_states_note.reset(context_token)
-            if note is not None:
+            if token is not None:
                 with guard("noting next states done"):
-                    token = await note
                     await side.store.end_next_states(token, time.time_ns())
                     side.sweeper.nudge()
 
     return traced_next_states
-
-
-def make_mark_success_wrapper(side: ServerSide) -> AsyncMethod:
-    """Around ``mark_success_states(state_ids)``, inside ``create_next_states``: once the next-states note
-    is in (see `make_next_states_wrapper`). A note that failed is logged there; the states go on."""
-
-    async def after_the_note(
-        wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        note = _next_states_note.get()
-        if note is not None:
-            with guard("waiting for the next-states note"):
-                await asyncio.wait([note])
-        return await wrapped(*args, **kwargs)
-
-    return after_the_note
 
 
 async def _report(
@@ -271,22 +240,12 @@ async def _report(
 
 
 def make_executed_wrapper(side: ServerSide) -> AsyncMethod:
-    """Around ``executed_state(namespace_name, state_id, body, ...)``: the attempt's CPU time, kept for
-    the next-states note of the creation it schedules (forgotten if it refuses the report)."""
+    """Around ``executed_state(namespace_name, state_id, body, ...)``: the attempt's CPU time."""
 
     async def traced_executed(
         wrapped: AsyncMethod, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        state_id = str(call_argument(args, kwargs, 1, "state_id", ""))
-        if side.enabled:
-            with guard("keeping an executed report's CPU time"):
-                side.executed_reported(state_id, _request_headers.get())
-        try:
-            return await wrapped(*args, **kwargs)
-        except BaseException:
-            with guard("forgetting a refused report's CPU time"):
-                side.executed_cost(state_id)
-            raise
+        return await _report(side, wrapped, args, kwargs)
 
     return traced_executed
 

@@ -160,15 +160,11 @@ class MemoryRunStore:
     def states_taken(self, runs_by_state: Mapping[str, str]) -> None:
         pass  # a state's run is read from the embedded database itself, in memory
 
-    async def begin_next_states(self, state_ids: Sequence[str], cpu_seconds: float | None = None) -> object:
+    async def begin_next_states(self, state_ids: Sequence[str]) -> object:
         run_id = self._run_of(state_ids[0])
         if run_id is None:
             return None
-        note: dict[str, Any] = {
-            "kind": "next", "state_ids": list(state_ids), "t_start": time.time_ns(), "done": False
-        }
-        if cpu_seconds is not None:
-            note["cpu_s"] = cpu_seconds
+        note = {"kind": "next", "state_ids": list(state_ids), "t_start": time.time_ns(), "done": False}
         return (run_id, self._note(run_id, note))
 
     async def end_next_states(self, token: object, t_ns: int) -> None:
@@ -214,14 +210,7 @@ class MemoryRunStore:
             await self.mark_ready(run)  # kept, ready and touched
             self._claim({f"outcome:{run.run_id}": run.run_id})
 
-    async def touched_changes(
-        self, limit: int
-    ) -> tuple[list[RunContext], dict[str, list[StateRecord]], dict[str, RunNotes]]:
-        runs = self._take_touched(limit)
-        states, notes = self._changes([run.run_id for run in runs])
-        return runs, states, notes
-
-    def _take_touched(self, limit: int) -> list[RunContext]:
+    async def touched_runs(self, limit: int) -> list[RunContext]:
         taken = list(itertools.islice(self._touched, limit))
         self._touched.difference_update(taken)
         if not self._touched:
@@ -244,8 +233,10 @@ class MemoryRunStore:
                     apply_note(note, notes[run_id], now)
         return notes
 
-    def _changes(self, run_ids: Sequence[str]) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
-        notes = self._notes_of(run_ids, unseen_only=True)
+    async def run_changes(
+        self, run_ids: Sequence[str]
+    ) -> tuple[dict[str, list[StateRecord]], dict[str, RunNotes]]:
+        notes = self._notes_of(run_ids, unseen_only=True)  # notes before states
         states: dict[str, list[StateRecord]] = {}
         with self.db.lock:
             for run_id in run_ids:
